@@ -1,0 +1,283 @@
+"""Typed configuration for every feedrank component.
+
+One pydantic model per component, assembled into :class:`Settings`. Values come from, in
+order of precedence: environment variables (``FEEDRANK_<SECTION>__<FIELD>``), the profile
+YAML (``feedrank/profiles/<profile>.yaml``, profile chosen by ``FEEDRANK_PROFILE``; default
+``local``), then the defaults below. Unknown keys are rejected everywhere so a typo in a
+profile or an environment variable fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+PROFILES = ("local", "redis", "cluster")
+HEADS: tuple[str, ...] = ("like", "reply", "retweet", "click", "negative")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(Section):
+    home: Path = Field(
+        default=PROJECT_ROOT / "var",
+        description="Run folder: logs, pid files, lake, models, Kafka and Airflow state.",
+    )
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def lake(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def features(self) -> Path:
+        return self.home / "features"
+
+    @property
+    def training(self) -> Path:
+        return self.home / "training"
+
+    @property
+    def models(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def reports(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def dead_letter(self) -> Path:
+        return self.home / "dead_letter"
+
+    @property
+    def cache(self) -> Path:
+        """Downloaded artifacts (Kafka and Spark connector jars); kept across runs."""
+        return PROJECT_ROOT / ".cache"
+
+
+class TopicConfig(Section):
+    partitions: int = Field(default=3, ge=1, description="Partition count.")
+    retention_ms: int = Field(default=7 * 24 * 3600 * 1000, description="Retention in ms.")
+    max_message_bytes: int = Field(default=1_048_576, description="Largest accepted message.")
+
+
+def _default_topics() -> dict[str, TopicConfig]:
+    names = ("tweets", "follows", "feed_requests", "impressions", "engagements", "ranked_feeds")
+    topics = {name: TopicConfig() for name in names}
+    for name in names:
+        topics[f"{name}.dlq"] = TopicConfig(partitions=1)
+    return topics
+
+
+class KafkaConfig(Section):
+    host: str = Field(default="127.0.0.1", description="Broker listener host (loopback only).")
+    port: int = Field(default=19092, description="Broker client port.")
+    controller_port: int = Field(default=19093, description="KRaft controller port.")
+    version: str = Field(default="4.1.1", description="Apache Kafka version fetched by Maven.")
+    ready_timeout_s: float = Field(default=60.0, description="How long to wait for readiness.")
+    topics: dict[str, TopicConfig] = Field(
+        default_factory=_default_topics, description="Every topic feedrank uses, declared once."
+    )
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class RedisConfig(Section):
+    host: str = Field(default="127.0.0.1", description="redis-server host (loopback only).")
+    port: int = Field(default=16379, description="redis-server port.")
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class SparkConfig(Section):
+    master: str = Field(default="local[*]", description="Spark master URL.")
+    shuffle_partitions: int = Field(default=4, ge=1, description="Small for small machines.")
+    driver_memory: str = Field(default="4g", description="spark.driver.memory.")
+    cluster_workers: int = Field(default=2, ge=1, description="Workers of the local cluster.")
+    worker_cores: int = Field(default=1, ge=1, description="Cores per local worker.")
+    worker_memory: str = Field(default="2g", description="Memory per local worker.")
+    master_port: int = Field(default=17077, description="Local standalone master port.")
+    master_webui_port: int = Field(default=18080, description="Local master web UI port.")
+
+
+class FeastConfig(Section):
+    online_store: Literal["sqlite", "redis"] = Field(
+        default="sqlite", description="Online store type."
+    )
+    offline_store: Literal["file", "spark"] = Field(
+        default="file", description="Offline store type."
+    )
+    project: str = Field(default="feedrank", description="Feast project name.")
+    feature_service: str = Field(default="ranker_v1", description="The model's contract.")
+
+
+class AirflowConfig(Section):
+    port: int = Field(default=18081, description="airflow standalone API/UI port.")
+
+
+class SimulatorConfig(Section):
+    seed: int = Field(default=7, description="Seed: same seed, same world, same bytes.")
+    start_date: str = Field(default="2026-11-01", description="First simulated day (UTC).")
+    days: int = Field(default=4, ge=1, description="Simulated days for a backfill.")
+    users: int = Field(default=2_000, ge=10, description="Number of users.")
+    author_share: float = Field(default=0.2, gt=0, le=1, description="Share of users who post.")
+    topics: int = Field(default=12, ge=2, description="Number of tweet topics.")
+    tweets_per_author_per_day: float = Field(default=2.0, gt=0, description="Mean posting rate.")
+    requests_per_user_per_day: float = Field(default=3.0, gt=0, description="Mean feed fetches.")
+    candidates_per_request: int = Field(
+        default=200, ge=10, description="Candidates per request in backfills (serving: 1,000)."
+    )
+    serving_candidates: int = Field(default=1_000, ge=10, description="Candidates when live.")
+    live_rate_rps: float = Field(default=20.0, gt=0, description="Live feed requests per s.")
+
+
+class TrainingDataConfig(Section):
+    attribution_window_s: int = Field(default=3600, ge=1, description="Engagement window.")
+    negative_keep_rate: float = Field(
+        default=0.25, gt=0, le=1, description="Share of all-negative impressions kept."
+    )
+    validation_days: int = Field(default=1, ge=1, description="Last days held out by time.")
+
+
+class TrainingConfig(Section):
+    n_estimators: int = Field(default=300, ge=1, description="Upper bound on trees per head.")
+    max_depth: int = Field(default=6, ge=1, description="Tree depth.")
+    learning_rate: float = Field(default=0.1, gt=0, description="Shrinkage.")
+    early_stopping_rounds: int = Field(default=20, ge=1, description="On the validation day.")
+    search_budget_s: float = Field(default=60.0, ge=0, description="Hyperparameter search time.")
+    nthread: int = Field(default=2, ge=1, description="XGBoost threads.")
+    num_workers: int = Field(default=2, ge=1, description="xgboost.spark workers (cluster).")
+
+
+class RankingConfig(Section):
+    weights: dict[str, float] = Field(
+        # In the spirit of Twitter's 2023 published heavy-ranker weights.
+        default_factory=lambda: {
+            "like": 0.5,
+            "reply": 13.5,
+            "retweet": 1.0,
+            "click": 11.0,
+            "negative": -74.0,
+        },
+        description="Per-head weight of the ranking score.",
+    )
+    author_diversity_floor: float = Field(
+        default=0.25, ge=0, le=1, description="f in score·((1-f)·0.5^k + f)."
+    )
+    top_k: int = Field(default=50, ge=1, description="Items returned per feed.")
+    heavy_ranker_cap: int = Field(
+        default=1_000, ge=1, description="Light ranker prunes to this many before the heavy one."
+    )
+
+    @model_validator(mode="after")
+    def _weights_cover_heads(self) -> RankingConfig:
+        if set(self.weights) != set(HEADS):
+            raise ValueError(f"ranking weights must name exactly the heads {HEADS}")
+        return self
+
+
+class ServingConfig(Section):
+    budget_ms: int = Field(default=300, ge=300, le=400, description="Deadline after request.")
+    metrics_port: int = Field(default=19100, description="prometheus /metrics port.")
+    group_id: str = Field(default="feedrank-serving", description="Consumer group.")
+    feature_log_sample: float = Field(
+        default=1.0, ge=0, le=1, description="Share of impressions logged with features."
+    )
+    feed_cache_ttl_s: int = Field(default=600, ge=1, description="Ranked feed cache TTL.")
+    max_request_bytes: int = Field(default=262_144, description="Larger requests are refused.")
+
+
+class MonitoringConfig(Section):
+    psi_alert: float = Field(default=0.2, ge=0, description="PSI above this is drift.")
+    skew_mismatch_alert: float = Field(default=0.01, ge=0, description="Skew mismatch share.")
+    min_auc: float = Field(default=0.6, ge=0, le=1, description="Live AUC below this alerts.")
+    null_rate_max: float = Field(default=0.05, ge=0, le=1, description="Null share per column.")
+    label_rate_drop_max: float = Field(
+        default=0.5, ge=0, le=1, description="Relative label-rate drop that fails the gate."
+    )
+    new_category_share_max: float = Field(
+        default=0.02, ge=0, le=1, description="Unseen category share that fails the gate."
+    )
+
+
+class Settings(BaseSettings):
+    """The whole resolved configuration of one feedrank process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FEEDRANK_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    profile: Literal["local", "redis", "cluster"] = Field(
+        default="local", description="Which profile YAML was layered under the environment."
+    )
+    paths: PathsConfig = PathsConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    redis: RedisConfig = RedisConfig()
+    spark: SparkConfig = SparkConfig()
+    feast: FeastConfig = FeastConfig()
+    airflow: AirflowConfig = AirflowConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
+    training_data: TrainingDataConfig = TrainingDataConfig()
+    training: TrainingConfig = TrainingConfig()
+    ranking: RankingConfig = RankingConfig()
+    serving: ServingConfig = ServingConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ProfileSource(settings_cls))
+
+
+class _ProfileSource(PydanticBaseSettingsSource):
+    """Reads ``profiles/<FEEDRANK_PROFILE>.yaml`` with ``${ENV}`` substitution."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        profile = os.environ.get("FEEDRANK_PROFILE", "local")
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+        path = PROFILES_DIR / f"{profile}.yaml"
+        data = yaml.safe_load(os.path.expandvars(path.read_text())) or {}
+        data["profile"] = profile
+        return data
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings (resolved once; call ``get_settings.cache_clear()`` to redo)."""
+    return Settings()
+
+
+def dump_settings(settings: Settings) -> str:
+    """The resolved configuration as YAML, for ``feedrank config`` and for service logs."""
+    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,215 @@
+"""The feature contract, declared once as plain data.
+
+``feature_repo/`` builds its Feast entities, sources, feature views and the ``ranker_v1``
+FeatureService from these declarations; the Spark feature jobs must produce exactly these
+columns (checked by tests); training orders model inputs by :func:`model_features`; the
+serving fast path reads the same names. Nothing here imports Feast, so Spark workers and the
+scorer can import it cheaply.
+
+Grain and window are in every name (``user_like_rate_7d``). Daily views are snapshots: the
+snapshot of day D is computed from events strictly before D+1 00:00 UTC and carries
+``event_timestamp`` = D+1 00:00 UTC, the moment it becomes knowable. Missing values (unknown
+entity, no snapshot within the TTL) are ``NaN`` for the model: XGBoost routes them natively,
+and offline and online paths agree on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from feedrank.config import HEADS
+
+DType = Literal["int64", "float64"]
+WINDOWS_DAYS: tuple[int, ...] = (1, 7, 28)
+TARGET_ENCODING_SMOOTHING = 20.0  # RecSys 2020 winners' smoothing for target encodings.
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    dtype: DType
+    description: str
+
+
+@dataclass(frozen=True)
+class Entity:
+    name: str
+    join_keys: tuple[str, ...]
+    description: str
+
+
+@dataclass(frozen=True)
+class View:
+    """One feature view: its entity, its fields and how its values arrive."""
+
+    name: str
+    entity: str
+    kind: Literal["daily", "event", "stream"]
+    ttl_days: int
+    description: str
+    features: tuple[Feature, ...]
+    in_model: bool = True
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+
+def _f(name: str, dtype: DType, description: str) -> Feature:
+    return Feature(name, dtype, description)
+
+
+ENTITIES: dict[str, Entity] = {
+    e.name: e
+    for e in (
+        Entity("user", ("user_id",), "A timeline reader."),
+        Entity("author", ("author_id",), "A user who posts tweets."),
+        Entity("tweet", ("tweet_id",), "A candidate tweet."),
+        Entity("user_author", ("user_id", "author_id"), "A reader-author pair (real graph)."),
+        Entity("user_topic", ("user_id", "topic"), "A reader-topic pair."),
+    )
+}
+
+_user_features = (
+    *(_f(f"user_impressions_{w}d", "int64", f"Impressions seen in the last {w} days.")
+      for w in WINDOWS_DAYS),
+    *(_f(f"user_{h}_rate_{w}d", "float64", f"{h} engagements per impression, last {w} days.")
+      for w in WINDOWS_DAYS for h in HEADS),
+    _f("user_requests_7d", "int64", "Feed requests in the last 7 days."),
+    _f("user_active_hour_peak", "int64", "UTC hour with most requests in 28 days (-1: none)."),
+    _f("user_following_count", "int64", "Accounts followed."),
+    *(_f(f"user_te_{h}", "float64", f"Smoothed target encoding of user for {h}, all history.")
+      for h in HEADS),
+)
+_author_features = (
+    _f("author_followers", "int64", "Followers."),
+    _f("author_tweets_7d", "int64", "Tweets posted in the last 7 days."),
+    _f("author_impressions_7d", "int64", "Impressions of the author's tweets, last 7 days."),
+    *(_f(f"author_{h}_rate_7d", "float64", f"{h} received per impression, last 7 days.")
+      for h in HEADS),
+    *(_f(f"author_te_{h}", "float64", f"Smoothed target encoding of author for {h}.")
+      for h in HEADS),
+)
+_tweet_attribute_features = (
+    _f("tweet_created_ts", "float64", "Creation time, seconds since the epoch."),
+    _f("tweet_topic", "int64", "Topic id."),
+    _f("tweet_has_media", "int64", "1 if the tweet carries media."),
+    _f("tweet_has_link", "int64", "1 if the tweet carries a link."),
+    _f("tweet_length", "int64", "Characters."),
+)
+_tweet_stats_features = (
+    _f("tweet_impressions_total", "int64", "Impressions so far (daily snapshot)."),
+    *(_f(f"tweet_{h}_total", "int64", f"{h} engagements so far (daily snapshot).")
+      for h in HEADS),
+)
+_user_author_features = (
+    _f("ua_follows", "int64", "1 if the user follows the author."),
+    _f("ua_impressions_28d", "int64", "Author's tweets seen by the user, last 28 days."),
+    *(_f(f"ua_{h}_count_28d", "int64", f"{h} engagements with the author, last 28 days.")
+      for h in HEADS),
+    _f("ua_days_since_last_engagement", "float64", "Days since any engagement (NaN: never)."),
+    _f("ua_te_like", "float64", "Smoothed target encoding of the pair for like."),
+    _f("ua_te_click", "float64", "Smoothed target encoding of the pair for click."),
+)
+_user_topic_features = (
+    _f("ut_impressions_28d", "int64", "Tweets of the topic seen, last 28 days."),
+    _f("ut_engagement_rate_28d", "float64", "Positive engagements per impression, 28 days."),
+    _f("ut_like_rate_28d", "float64", "Likes per impression of the topic, 28 days."),
+    _f("ut_click_rate_28d", "float64", "Clicks per impression of the topic, 28 days."),
+)
+_tweet_realtime_features = (
+    _f("tweet_engagements_30m", "int64", "Positive engagements in the last 30 minutes."),
+    _f("tweet_engagements_1h", "int64", "Positive engagements in the last hour."),
+)
+_user_realtime_features = (
+    _f("user_engagements_1h", "int64", "The user's positive engagements in the last hour."),
+)
+
+VIEWS: dict[str, View] = {
+    v.name: v
+    for v in (
+        View("user_engagement_daily", "user", "daily", 2,
+             "Per-user activity and engagement rates by head over 1/7/28 days.",
+             _user_features),
+        View("author_stats_daily", "author", "daily", 2,
+             "Per-author audience and engagement received.", _author_features),
+        View("tweet_attributes", "tweet", "event", 60,
+             "Static tweet attributes, known from the moment it is posted.",
+             _tweet_attribute_features),
+        View("tweet_stats_daily", "tweet", "daily", 2,
+             "Engagement a tweet has collected so far.", _tweet_stats_features),
+        View("user_author_affinity_daily", "user_author", "daily", 2,
+             "Twitter's real graph: a reader's history with an author.",
+             _user_author_features),
+        View("user_topic_affinity_daily", "user_topic", "daily", 2,
+             "A reader's history with a topic.", _user_topic_features),
+        View("tweet_realtime", "tweet", "stream", 1,
+             "Intraday tweet counters pushed from the engagements stream.",
+             _tweet_realtime_features),
+        View("user_realtime", "user", "stream", 1,
+             "Intraday user counters pushed from the engagements stream.",
+             _user_realtime_features),
+    )
+}
+
+# Request-time context (Feast on-demand view ``request_context`` over a RequestSource).
+REQUEST_FIELDS: tuple[Feature, ...] = (
+    _f("request_ts", "float64", "Request time, seconds since the epoch."),
+    _f("device_code", "int64", "Index of the request's device in feedrank.schemas.DEVICES."),
+)
+CONTEXT_FEATURES: tuple[Feature, ...] = (
+    _f("ctx_hour", "float64", "UTC hour of the request."),
+    _f("ctx_day_of_week", "float64", "Day of week, Monday = 0."),
+    _f("ctx_is_weekend", "float64", "1 on Saturday and Sunday."),
+    _f("ctx_days_to_holiday", "float64", "Days to the nearest holiday in the calendar."),
+    _f("ctx_device_code", "float64", "Device index (mobile, web, tablet)."),
+    _f("ctx_tweet_age_hours", "float64", "Tweet age at request time, hours."),
+    _f("ctx_hours_from_user_peak", "float64", "Circular hour distance to the user's peak."),
+)
+CONTEXT_VIEW = "request_context"
+FEATURE_SERVICE = "ranker_v1"
+# Views feeding the light ranker (a few cheap features) and the model heads.
+LIGHT_RANKER_FEATURES: tuple[str, ...] = (
+    "ua_follows",
+    "author_like_rate_7d",
+    "user_like_rate_7d",
+    "ut_engagement_rate_28d",
+    "ctx_tweet_age_hours",
+)
+
+
+def model_features() -> list[str]:
+    """The ordered input columns of ``ranker_v1``: every view's features, then context."""
+    names = [f.name for v in VIEWS.values() if v.in_model for f in v.features]
+    names += [f.name for f in CONTEXT_FEATURES]
+    if len(names) != len(set(names)):
+        raise ValueError("duplicate feature names in the contract")
+    return names
+
+
+def feature_dtype(name: str) -> DType:
+    """The declared dtype of one model feature; ``ValueError`` if it is not in the contract."""
+    for view in VIEWS.values():
+        for feat in view.features:
+            if feat.name == name:
+                return feat.dtype
+    for feat in CONTEXT_FEATURES:
+        if feat.name == name:
+            return feat.dtype
+    raise ValueError(f"{name} missing from schema")
+
+
+@dataclass(frozen=True)
+class Contract:
+    """Ordered features plus a stable hash, as recorded in a model's metadata."""
+
+    feature_service: str = FEATURE_SERVICE
+    features: tuple[str, ...] = field(default_factory=lambda: tuple(model_features()))
+
+    @property
+    def sha256(self) -> str:
+        import hashlib
+
+        text = self.feature_service + "\n" + "\n".join(self.features)
+        return hashlib.sha256(text.encode()).hexdigest()
