@@ -213,3 +213,20 @@ class Contract:
 
         text = self.feature_service + "\n" + "\n".join(self.features)
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- Training examples (output of ``feedrank training-data``, input of ``feedrank train``) ---
+# Layout: <paths.training>/<run_id>/{train,validation}/part-*.parquet + manifest.json.
+# manifest.json keys: rows{train,validation}, positives{split:{head:n}}, keep_rates{head:w}
+# (effective per-head negative keep-rate for recalibration), negative_keep_rate,
+# attribution_window_s, train_dates, validation_dates, input_partitions, features,
+# feature_service, schema_sha256.
+ID_COLUMNS: tuple[str, ...] = ("request_id", "user_id", "tweet_id", "author_id", "served_at",
+                               "position")
+LABEL_COLUMNS: tuple[str, ...] = tuple(f"label_{h}" for h in HEADS)
+KEEP_PROB_COLUMN = "keep_prob"  # probability the row survived negative downsampling
+
+
+def training_columns() -> list[str]:
+    """Every column of a training-examples file, in order."""
+    return [*ID_COLUMNS, *LABEL_COLUMNS, KEEP_PROB_COLUMN, *model_features()]
