@@ -221,6 +221,22 @@ class MonitoringConfig(Section):
     )
 
 
+class ExperimentConfig(Section):
+    salt: str = Field(default="feedrank-exp-1", description="Hash salt; a new salt reshuffles.")
+    arms: dict[str, float] = Field(
+        default_factory=lambda: {"control": 0.5, "treatment": 0.5},
+        description="Arm -> traffic share (control: chronological, treatment: champion; "
+        "optional: challenger, oracle — the simulator's truth, only in simulation).",
+    )
+    shadow: bool = Field(default=False, description="Score a challenger in shadow mode.")
+
+    @model_validator(mode="after")
+    def _shares_sum_to_one(self) -> ExperimentConfig:
+        if "control" not in self.arms or abs(sum(self.arms.values()) - 1.0) > 1e-9:
+            raise ValueError("experiment arms need a 'control' arm and shares summing to 1")
+        return self
+
+
 class Settings(BaseSettings):
     """The whole resolved configuration of one feedrank process."""
 
@@ -243,6 +259,7 @@ class Settings(BaseSettings):
     ranking: RankingConfig = RankingConfig()
     serving: ServingConfig = ServingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    experiment: ExperimentConfig = ExperimentConfig()
 
     @classmethod
     def settings_customise_sources(

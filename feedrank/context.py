@@ -19,9 +19,7 @@ HOLIDAYS: tuple[dt.date, ...] = tuple(
     for year in range(2024, 2029)
     for month, day in ((1, 1), (2, 14), (7, 4), (10, 31), (11, 26), (12, 24), (12, 25), (12, 31))
 )
-_HOLIDAY_DAYS = np.array(
-    [(h - dt.date(1970, 1, 1)).days for h in HOLIDAYS], dtype=np.float64
-)
+_HOLIDAY_DAYS = np.array([(h - dt.date(1970, 1, 1)).days for h in HOLIDAYS], dtype=np.float64)
 
 
 def days_to_nearest_holiday(epoch_seconds: np.ndarray) -> np.ndarray:

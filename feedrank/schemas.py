@@ -246,8 +246,9 @@ def decode(topic: str, payload: bytes | None) -> Event | DeadLetter:
     text = payload.decode("utf-8", errors="replace") if payload is not None else ""
     model = TOPIC_EVENTS.get(topic)
     if model is None:
-        return DeadLetter(source=topic, reason=f"unknown topic {topic!r}", payload=text,
-                          failed_at=now)
+        return DeadLetter(
+            source=topic, reason=f"unknown topic {topic!r}", payload=text, failed_at=now
+        )
     if payload is None:
         return DeadLetter(source=topic, reason="empty message", payload="", failed_at=now)
     try:

@@ -16,7 +16,7 @@ def connector_jars(settings: Settings | None = None) -> list[Path]:
     return sorted(folder.glob("*.jar")) if folder.is_dir() else []
 
 
-def get_spark(app_name: str = "feedrank", settings: Settings | None = None):  # noqa: ANN201
+def get_spark(app_name: str = "feedrank", settings: Settings | None = None):
     """A SparkSession on the configured master: UTC, microsecond Parquet, loopback-bound.
 
     Python workers run this interpreter (Spark would otherwise start ``python3`` from PATH,

@@ -17,7 +17,7 @@ os.environ.setdefault(
     "FEEDRANK_PATHS__HOME", str(Path(__file__).resolve().parent.parent / "var" / "test")
 )
 
-from feedrank.config import Settings, get_settings  # noqa: E402
+from feedrank.config import Settings, get_settings
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +28,7 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def spark(settings: Settings):  # noqa: ANN201
+def spark(settings: Settings):
     """One SparkSession for the whole run (start-up costs ~7 s)."""
     from feedrank.spark import get_spark
 
