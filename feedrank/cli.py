@@ -1,6 +1,6 @@
 """The ``feedrank`` command: one entry point, a subcommand per capability.
 
-Each capability module exposes ``register(app)`` and is listed in ``COMMAND_MODULES``;
+Each capability module exposes ``register(app, bench_app)`` and is listed in ``COMMAND_MODULES``;
 heavy imports (Spark, Feast, XGBoost) stay inside the command bodies so ``--help`` is fast.
 Bad arguments and :class:`FeedrankError` end the process with one line on stderr and a
 non-zero exit.
@@ -29,7 +29,7 @@ bench_app = typer.Typer(help="Benchmarks; each prints a table and can write JSON
 app.add_typer(bench_app, name="bench")
 
 # Modules that add subcommands; each defines ``register(app: typer.Typer, bench: typer.Typer)``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("feedrank.simulator.cli",)
 
 
 @app.command("config")

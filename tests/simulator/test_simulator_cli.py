@@ -1,0 +1,68 @@
+"""``feedrank simulate`` through the real console entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FEEDRANK = [sys.executable, "-c", "from feedrank.cli import main; main()"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*FEEDRANK, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+        check=False,
+    )
+
+
+@pytest.mark.unit
+def test_simulate_writes_a_lake_and_prints_its_summary(tmp_path: Path) -> None:
+    done = _run(
+        "simulate",
+        "--days",
+        "1",
+        "--users",
+        "60",
+        "--candidates",
+        "20",
+        "--seed",
+        "5",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["seed"] == 5 and summary["rows"]["impressions"] > 0
+    assert (tmp_path / "_manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == sorted(
+        ["users", "tweets", "follows", "feed_requests", "impressions", "engagements", "oracle"]
+    )
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--days", "0"], 2, "--days"),
+        (["--rate", "5"], 1, "need --live"),
+        (["--live", "--days", "2"], 1, "apply to backfills"),
+        (["--start-date", "2026-02-30", "--users", "20"], 1, "is not YYYY-MM-DD"),
+    ],
+)
+def test_bad_arguments_exit_non_zero_with_one_line(
+    args: list[str], code: int, message: str
+) -> None:
+    done = _run("simulate", *args)
+    assert done.returncode == code
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
