@@ -29,7 +29,7 @@ bench_app = typer.Typer(help="Benchmarks; each prints a table and can write JSON
 app.add_typer(bench_app, name="bench")
 
 # Modules that add subcommands; each defines ``register(app: typer.Typer, bench: typer.Typer)``.
-COMMAND_MODULES: tuple[str, ...] = ("feedrank.simulator.cli",)
+COMMAND_MODULES: tuple[str, ...] = ("feedrank.simulator.cli", "feedrank.featurestore")
 
 
 @app.command("config")

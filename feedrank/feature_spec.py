@@ -72,24 +72,35 @@ ENTITIES: dict[str, Entity] = {
 }
 
 _user_features = (
-    *(_f(f"user_impressions_{w}d", "int64", f"Impressions seen in the last {w} days.")
-      for w in WINDOWS_DAYS),
-    *(_f(f"user_{h}_rate_{w}d", "float64", f"{h} engagements per impression, last {w} days.")
-      for w in WINDOWS_DAYS for h in HEADS),
+    *(
+        _f(f"user_impressions_{w}d", "int64", f"Impressions seen in the last {w} days.")
+        for w in WINDOWS_DAYS
+    ),
+    *(
+        _f(f"user_{h}_rate_{w}d", "float64", f"{h} engagements per impression, last {w} days.")
+        for w in WINDOWS_DAYS
+        for h in HEADS
+    ),
     _f("user_requests_7d", "int64", "Feed requests in the last 7 days."),
     _f("user_active_hour_peak", "int64", "UTC hour with most requests in 28 days (-1: none)."),
     _f("user_following_count", "int64", "Accounts followed."),
-    *(_f(f"user_te_{h}", "float64", f"Smoothed target encoding of user for {h}, all history.")
-      for h in HEADS),
+    *(
+        _f(f"user_te_{h}", "float64", f"Smoothed target encoding of user for {h}, all history.")
+        for h in HEADS
+    ),
 )
 _author_features = (
     _f("author_followers", "int64", "Followers."),
     _f("author_tweets_7d", "int64", "Tweets posted in the last 7 days."),
     _f("author_impressions_7d", "int64", "Impressions of the author's tweets, last 7 days."),
-    *(_f(f"author_{h}_rate_7d", "float64", f"{h} received per impression, last 7 days.")
-      for h in HEADS),
-    *(_f(f"author_te_{h}", "float64", f"Smoothed target encoding of author for {h}.")
-      for h in HEADS),
+    *(
+        _f(f"author_{h}_rate_7d", "float64", f"{h} received per impression, last 7 days.")
+        for h in HEADS
+    ),
+    *(
+        _f(f"author_te_{h}", "float64", f"Smoothed target encoding of author for {h}.")
+        for h in HEADS
+    ),
 )
 _tweet_attribute_features = (
     _f("tweet_created_ts", "float64", "Creation time, seconds since the epoch."),
@@ -100,14 +111,15 @@ _tweet_attribute_features = (
 )
 _tweet_stats_features = (
     _f("tweet_impressions_total", "int64", "Impressions so far (daily snapshot)."),
-    *(_f(f"tweet_{h}_total", "int64", f"{h} engagements so far (daily snapshot).")
-      for h in HEADS),
+    *(_f(f"tweet_{h}_total", "int64", f"{h} engagements so far (daily snapshot).") for h in HEADS),
 )
 _user_author_features = (
     _f("ua_follows", "int64", "1 if the user follows the author."),
     _f("ua_impressions_28d", "int64", "Author's tweets seen by the user, last 28 days."),
-    *(_f(f"ua_{h}_count_28d", "int64", f"{h} engagements with the author, last 28 days.")
-      for h in HEADS),
+    *(
+        _f(f"ua_{h}_count_28d", "int64", f"{h} engagements with the author, last 28 days.")
+        for h in HEADS
+    ),
     _f("ua_days_since_last_engagement", "float64", "Days since any engagement (NaN: never)."),
     _f("ua_te_like", "float64", "Smoothed target encoding of the pair for like."),
     _f("ua_te_click", "float64", "Smoothed target encoding of the pair for click."),
@@ -125,31 +137,88 @@ _tweet_realtime_features = (
 _user_realtime_features = (
     _f("user_engagements_1h", "int64", "The user's positive engagements in the last hour."),
 )
+_tweet_author_features = (
+    _f("tweet_author_id", "int64", "The tweet's author (a lookup key for serving, not an input)."),
+)
 
 VIEWS: dict[str, View] = {
     v.name: v
     for v in (
-        View("user_engagement_daily", "user", "daily", 2,
-             "Per-user activity and engagement rates by head over 1/7/28 days.",
-             _user_features),
-        View("author_stats_daily", "author", "daily", 2,
-             "Per-author audience and engagement received.", _author_features),
-        View("tweet_attributes", "tweet", "event", 60,
-             "Static tweet attributes, known from the moment it is posted.",
-             _tweet_attribute_features),
-        View("tweet_stats_daily", "tweet", "daily", 2,
-             "Engagement a tweet has collected so far.", _tweet_stats_features),
-        View("user_author_affinity_daily", "user_author", "daily", 2,
-             "Twitter's real graph: a reader's history with an author.",
-             _user_author_features),
-        View("user_topic_affinity_daily", "user_topic", "daily", 2,
-             "A reader's history with a topic.", _user_topic_features),
-        View("tweet_realtime", "tweet", "stream", 1,
-             "Intraday tweet counters pushed from the engagements stream.",
-             _tweet_realtime_features),
-        View("user_realtime", "user", "stream", 1,
-             "Intraday user counters pushed from the engagements stream.",
-             _user_realtime_features),
+        View(
+            "user_engagement_daily",
+            "user",
+            "daily",
+            2,
+            "Per-user activity and engagement rates by head over 1/7/28 days.",
+            _user_features,
+        ),
+        View(
+            "author_stats_daily",
+            "author",
+            "daily",
+            2,
+            "Per-author audience and engagement received.",
+            _author_features,
+        ),
+        View(
+            "tweet_attributes",
+            "tweet",
+            "event",
+            60,
+            "Static tweet attributes, known from the moment it is posted.",
+            _tweet_attribute_features,
+        ),
+        View(
+            "tweet_stats_daily",
+            "tweet",
+            "daily",
+            2,
+            "Engagement a tweet has collected so far.",
+            _tweet_stats_features,
+        ),
+        View(
+            "user_author_affinity_daily",
+            "user_author",
+            "daily",
+            2,
+            "Twitter's real graph: a reader's history with an author.",
+            _user_author_features,
+        ),
+        View(
+            "user_topic_affinity_daily",
+            "user_topic",
+            "daily",
+            2,
+            "A reader's history with a topic.",
+            _user_topic_features,
+        ),
+        View(
+            "tweet_realtime",
+            "tweet",
+            "stream",
+            1,
+            "Intraday tweet counters pushed from the engagements stream.",
+            _tweet_realtime_features,
+        ),
+        View(
+            "user_realtime",
+            "user",
+            "stream",
+            1,
+            "Intraday user counters pushed from the engagements stream.",
+            _user_realtime_features,
+        ),
+        # Not a model input: serving resolves each candidate's author (and so the author,
+        # user×author rows) from it. Same rows and timestamps as tweet_attributes.
+        View(
+            "tweet_authors",
+            "tweet",
+            "event",
+            60,
+            "Who posted each tweet, known from the moment it is posted.",
+            _tweet_author_features,
+            in_model=False,
+        ),
     )
 }
 
@@ -221,8 +290,14 @@ class Contract:
 # (effective per-head negative keep-rate for recalibration), negative_keep_rate,
 # attribution_window_s, train_dates, validation_dates, input_partitions, features,
 # feature_service, schema_sha256.
-ID_COLUMNS: tuple[str, ...] = ("request_id", "user_id", "tweet_id", "author_id", "served_at",
-                               "position")
+ID_COLUMNS: tuple[str, ...] = (
+    "request_id",
+    "user_id",
+    "tweet_id",
+    "author_id",
+    "served_at",
+    "position",
+)
 LABEL_COLUMNS: tuple[str, ...] = tuple(f"label_{h}" for h in HEADS)
 KEEP_PROB_COLUMN = "keep_prob"  # probability the row survived negative downsampling
 

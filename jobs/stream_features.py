@@ -1,0 +1,333 @@
+"""Streaming features: engagements topic -> windowed counters -> Feast push.
+
+The pure part is :class:`WindowCounters` (event-time sliding windows: a tweet's positive
+engagements in the last 30 minutes and hour, a user's in the last hour; positive heads are
+like, reply, retweet and click). :func:`run_stream_features` is the thin Kafka shell:
+
+* **At-least-once.** Offsets are committed only after the counters changed by a poll batch
+  have been pushed (``FeatureStore.push(..., to=PushMode.ONLINE)``).
+* **Restart-safe.** Each commit stores, as offset metadata, the oldest offset of the
+  partition whose event still lies in a window. A restarted consumer seeks back to it and
+  replays that hour, so its counters are complete again; re-pushing a counter for the same
+  stream time writes the same value (idempotent).
+* **Event time.** A counter's window ends at the stream time: the latest ``engaged_at`` seen.
+  Entities whose events slide out of the window are re-pushed with their lower counts.
+* **Bad records** go to ``engagements.dlq`` as a :class:`~feedrank.schemas.DeadLetter` with
+  the reason, and are committed past (never lost, never fatal).
+* **Lag** (end offset − position, summed over partitions) is logged after every batch and
+  reported in :class:`StreamStats`.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from feedrank import feature_spec as spec
+from feedrank.config import Settings, get_settings
+from feedrank.errors import FeedrankError
+from feedrank.schemas import DeadLetter, Engagement, decode
+
+log = logging.getLogger(__name__)
+
+TOPIC = "engagements"
+DLQ_TOPIC = f"{TOPIC}.dlq"
+GROUP_ID = "feedrank-stream-features"
+POSITIVE_HEADS = frozenset({"like", "reply", "retweet", "click"})
+TWEET_WINDOWS_S = {"tweet_engagements_30m": 1800.0, "tweet_engagements_1h": 3600.0}
+USER_WINDOWS_S = {"user_engagements_1h": 3600.0}
+_LONGEST_S = max(*TWEET_WINDOWS_S.values(), *USER_WINDOWS_S.values())
+assert set(TWEET_WINDOWS_S) == set(spec.VIEWS["tweet_realtime"].feature_names)
+assert set(USER_WINDOWS_S) == set(spec.VIEWS["user_realtime"].feature_names)
+
+
+@dataclass(frozen=True)
+class _Event:
+    ts: float
+    partition: int
+    offset: int
+
+
+class WindowCounters:
+    """Sliding event-time counts of positive engagements per tweet and per user."""
+
+    def __init__(self) -> None:
+        self.stream_ts: float | None = None
+        self._events: dict[str, dict[int, collections.deque[_Event]]] = {
+            "tweet": collections.defaultdict(collections.deque),
+            "user": collections.defaultdict(collections.deque),
+        }
+        self._pushed: dict[str, dict[int, tuple[int, ...]]] = {"tweet": {}, "user": {}}
+        self._dirty: dict[str, set[int]] = {"tweet": set(), "user": set()}
+
+    def add(self, engagement: Engagement, partition: int = 0, offset: int = 0) -> bool:
+        """Count one engagement (ignored unless its head is positive); True if counted."""
+        if engagement.head not in POSITIVE_HEADS:
+            return False
+        ts = engagement.engaged_at.timestamp()
+        event = _Event(ts, partition, offset)
+        for kind, key in (("tweet", engagement.tweet_id), ("user", engagement.user_id)):
+            bucket = self._events[kind][key]
+            bucket.append(event)
+            if len(bucket) > 1 and bucket[-2].ts > ts:  # late event: keep the deque sorted
+                self._events[kind][key] = collections.deque(sorted(bucket, key=lambda e: e.ts))
+            self._dirty[kind].add(key)
+        self.stream_ts = ts if self.stream_ts is None else max(self.stream_ts, ts)
+        return True
+
+    def _counts(self, bucket: Iterable[_Event], windows: dict[str, float]) -> tuple[int, ...]:
+        now = self.stream_ts or 0.0
+        return tuple(sum(1 for e in bucket if now - w < e.ts <= now) for w in windows.values())
+
+    def changed_rows(self) -> dict[str, pd.DataFrame]:
+        """Counters that changed since the last call, as push DataFrames per stream view.
+
+        Expired events are dropped first, so entities that went quiet are included with
+        their lower (possibly zero) counts.
+        """
+        if self.stream_ts is None:
+            return {}
+        now = self.stream_ts
+        out: dict[str, pd.DataFrame] = {}
+        for kind, view, key_name, windows in (
+            ("tweet", "tweet_realtime", "tweet_id", TWEET_WINDOWS_S),
+            ("user", "user_realtime", "user_id", USER_WINDOWS_S),
+        ):
+            events, pushed = self._events[kind], self._pushed[kind]
+            candidates = set(self._dirty[kind])
+            for key, bucket in list(events.items()):
+                if bucket and bucket[0].ts <= now - min(windows.values()):
+                    candidates.add(key)  # something may have left a window
+            rows = []
+            for key in sorted(candidates):
+                bucket = events.get(key, collections.deque())
+                while bucket and bucket[0].ts <= now - _LONGEST_S:
+                    bucket.popleft()
+                counts = self._counts(bucket, windows)
+                if not bucket:
+                    events.pop(key, None)
+                if pushed.get(key, (0,) * len(windows)) != counts or key in self._dirty[kind]:
+                    rows.append((key, *counts))
+                    pushed[key] = counts
+                    if not any(counts):
+                        pushed.pop(key)
+            self._dirty[kind].clear()
+            if rows:
+                frame = pd.DataFrame(rows, columns=[key_name, *windows]).astype("int64")
+                event_ts = pd.Timestamp(now, unit="s", tz="UTC")
+                frame["event_timestamp"] = event_ts
+                frame["created_timestamp"] = pd.Timestamp.now(tz="UTC")
+                out[view] = frame
+        return out
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        """Forget the events of partitions this consumer no longer owns."""
+        for kind, buckets in self._events.items():
+            for key, bucket in list(buckets.items()):
+                kept = [e for e in bucket if e.partition not in partitions]
+                if len(kept) != len(bucket):
+                    buckets[key] = collections.deque(kept)
+                    self._dirty[kind].add(key)
+
+    def replay_offsets(self) -> dict[int, int]:
+        """Per partition, the oldest offset whose event is still inside a window."""
+        oldest: dict[int, int] = {}
+        for buckets in self._events.values():
+            for bucket in buckets.values():
+                for event in bucket:
+                    if event.offset < oldest.get(event.partition, event.offset + 1):
+                        oldest[event.partition] = event.offset
+        return oldest
+
+
+@dataclass
+class StreamStats:
+    """What one run of the stream job did."""
+
+    consumed: int = 0
+    counted: int = 0
+    dead_lettered: int = 0
+    pushed_rows: int = 0
+    pushes: int = 0
+    commits: int = 0
+    lag: int = 0
+    push_latency_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"consumed {self.consumed}, counted {self.counted}, dead-lettered "
+            f"{self.dead_lettered}, pushed {self.pushed_rows} rows in {self.pushes} pushes, "
+            f"{self.commits} commits, lag {self.lag}"
+        )
+
+
+def _lag(consumer: Any) -> int:
+    partitions = list(consumer.assignment())
+    if not partitions:
+        return 0
+    ends = consumer.end_offsets(partitions)
+    return int(sum(max(0, ends[tp] - consumer.position(tp)) for tp in partitions))
+
+
+def run_stream_features(
+    settings: Settings | None = None,
+    *,
+    max_messages: int | None = None,
+    idle_timeout_s: float | None = None,
+    poll_timeout_ms: int = 100,
+    progress: bool = False,
+    store: Any = None,
+    group_id: str = GROUP_ID,
+    new_group_from_latest: bool = False,
+    stop: threading.Event | None = None,
+) -> StreamStats:
+    """Consume engagements, push windowed counters to Feast, commit; until told to stop.
+
+    Args:
+        settings: Kafka address and Feast profile (default: process settings).
+        max_messages: stop after consuming this many messages (None: never).
+        idle_timeout_s: stop after this long without a message (None: never).
+        poll_timeout_ms: longest wait of one poll; bounds the push delay.
+        progress: show a live counter on stderr.
+        store: an existing FeatureStore (default: built from ``settings``).
+        group_id: consumer group (its committed offsets are the restart point).
+        new_group_from_latest: a group without committed offsets starts at the end of the
+            topic instead of its beginning.
+        stop: set it to stop after the current batch.
+
+    Returns:
+        Counts of what was consumed, pushed and committed, and the final lag.
+    """
+    from feast.data_source import PushMode
+    from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+    from kafka.structs import OffsetAndMetadata
+
+    from feedrank.featurestore import feature_store, push_source_name
+
+    settings = settings or get_settings()
+    store = store or feature_store(settings)
+    counters = WindowCounters()
+    stats = StreamStats()
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="latest" if new_group_from_latest else "earliest",
+        max_poll_records=2000,
+    )
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+
+    replay_pending: set[Any] = set()
+
+    class _Replay(ConsumerRebalanceListener):
+        """Assigned partitions are rewound by the poll loop (no blocking calls in here)."""
+
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            counters.drop_partitions({tp.partition for tp in revoked})
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            replay_pending.update(assigned)
+
+    def rewind(batch: dict[Any, list[Any]]) -> None:
+        """Seek newly assigned partitions back to their oldest in-window offset."""
+        for tp in list(replay_pending):
+            records = batch.pop(tp, [])  # re-read after the seek, never counted twice
+            committed = consumer.committed(tp, metadata=True)
+            if committed is not None and committed.offset >= 0:
+                meta = committed.metadata or ""
+                replay_from = (
+                    min(int(meta), committed.offset) if meta.isdigit() else (committed.offset)
+                )
+                consumer.seek(tp, replay_from)
+                log.info(
+                    "%s: replaying from offset %d (committed %d)", tp, replay_from, committed.offset
+                )
+            elif records:
+                consumer.seek(tp, records[0].offset)
+            replay_pending.discard(tp)
+
+    # Know the topic's partitions before joining the group: a join without them gets an
+    # empty assignment that lasts until the next metadata refresh (minutes).
+    deadline = time.monotonic() + settings.kafka.ready_timeout_s
+    while not consumer.partitions_for_topic(TOPIC):
+        if time.monotonic() > deadline:
+            consumer.close()
+            producer.close()
+            raise FeedrankError(f"topic {TOPIC!r} not found on {settings.kafka.bootstrap_servers}")
+        time.sleep(0.2)
+    consumer.subscribe([TOPIC], listener=_Replay())
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="engagements", unit="msg", total=max_messages)
+    last_message = time.monotonic()
+    try:
+        while (max_messages is None or stats.consumed < max_messages) and not (
+            stop is not None and stop.is_set()
+        ):
+            batch = dict(consumer.poll(timeout_ms=poll_timeout_ms))
+            if replay_pending:
+                rewind(batch)
+            if not batch:
+                if idle_timeout_s is not None and time.monotonic() - last_message > idle_timeout_s:
+                    break
+                continue
+            last_message = time.monotonic()
+            next_offsets: dict[Any, int] = {}
+            for tp, records in batch.items():
+                for record in records:
+                    if max_messages is not None and stats.consumed >= max_messages:
+                        break
+                    stats.consumed += 1
+                    next_offsets[tp] = record.offset + 1
+                    event = decode(TOPIC, record.value)
+                    if isinstance(event, DeadLetter):
+                        producer.send(DLQ_TOPIC, event.model_dump_json().encode())
+                        stats.dead_lettered += 1
+                    elif counters.add(event, tp.partition, record.offset):
+                        stats.counted += 1
+            started = time.perf_counter()
+            for view, frame in counters.changed_rows().items():
+                store.push(push_source_name(view), frame, to=PushMode.ONLINE)
+                stats.pushes += 1
+                stats.pushed_rows += len(frame)
+            stats.push_latency_ms.append(1e3 * (time.perf_counter() - started))
+            producer.flush()
+            replay = counters.replay_offsets()
+            consumer.commit(
+                {
+                    tp: OffsetAndMetadata(
+                        offset, str(min(replay.get(tp.partition, offset), offset)), -1
+                    )
+                    for tp, offset in next_offsets.items()
+                }
+            )
+            stats.commits += 1
+            if max_messages is not None and stats.consumed >= max_messages:
+                # Don't carry the over-fetched tail of this batch into the next position.
+                for tp, offset in next_offsets.items():
+                    consumer.seek(tp, offset)
+            stats.lag = _lag(consumer)
+            log.info(
+                "batch: %s; stream time %s",
+                stats.summary(),
+                dt.datetime.fromtimestamp(counters.stream_ts or 0, dt.UTC).isoformat(),
+            )
+            if bar is not None:
+                bar.update(sum(len(r) for r in batch.values()))
+                bar.set_postfix(lag=stats.lag, pushed=stats.pushed_rows)
+    finally:
+        if bar is not None:
+            bar.close()
+        producer.close()
+        consumer.close()
+    return stats

@@ -1,0 +1,173 @@
+"""Online reads: offline/online parity, request context, and the fast path == Feast."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import AS_OF, SIZES
+
+from feedrank import feature_spec as spec
+from feedrank.config import Settings
+from feedrank.schemas import DEVICES
+
+pytestmark = pytest.mark.integration
+
+N_ROWS = 1000
+
+
+def _entity_rows(seed: int) -> pd.DataFrame:
+    """Random (user, tweet, author, topic, request) rows, unknown ids included."""
+    rng = np.random.default_rng(seed)
+    n = N_ROWS
+    frame = pd.DataFrame(
+        {
+            "row": np.arange(n),
+            "user_id": rng.integers(0, SIZES["users"] + 5, n),  # a few unknown users
+            "tweet_id": rng.integers(0, SIZES["tweets"] + 40, n),  # and unknown tweets
+            "author_id": rng.integers(-1, SIZES["authors"] + 2, n),
+            "topic": rng.integers(-1, SIZES["topics"] + 1, n),
+            "device_code": rng.integers(0, len(DEVICES), n),
+        }
+    )
+    frame["request_ts"] = AS_OF.timestamp() - rng.uniform(0, 3600, n).round(3)
+    frame["event_timestamp"] = AS_OF
+    return frame
+
+
+def _assert_equal_features(left: pd.DataFrame, right: pd.DataFrame) -> None:
+    """Integers exact, floats within 1e-6, missing (None/NaN) on both sides alike."""
+    for name in spec.model_features():
+        a = pd.to_numeric(left[name], errors="coerce").to_numpy(dtype=np.float64)
+        b = pd.to_numeric(right[name], errors="coerce").to_numpy(dtype=np.float64)
+        assert np.array_equal(np.isnan(a), np.isnan(b)), f"{name}: missing differs"
+        known = ~np.isnan(a)
+        if spec.feature_dtype(name) == "int64":
+            assert np.array_equal(a[known], b[known]), f"{name}: ints differ"
+        else:
+            assert np.allclose(a[known], b[known], rtol=0, atol=1e-6), f"{name}: floats differ"
+
+
+def test_offline_training_values_equal_online_values_after_materialization(
+    sqlite_store: Settings,
+) -> None:
+    """get_historical_features(ranker_v1) at AS_OF == get_online_features after materializing
+    AS_OF, request context included, for 1,000 rows."""
+    from feedrank.featurestore import feature_store
+
+    store = feature_store(sqlite_store)
+    service = store.get_feature_service(spec.FEATURE_SERVICE)
+    rows = _entity_rows(seed=5)
+    offline = (
+        store.get_historical_features(entity_df=rows, features=service)
+        .to_df()
+        .sort_values("row")
+        .reset_index(drop=True)
+    )
+    online = pd.DataFrame(
+        store.get_online_features(
+            features=service,
+            entity_rows=rows.drop(columns=["row", "event_timestamp"]).to_dict("records"),
+        ).to_dict()
+    )
+    assert len(offline) == len(online) == N_ROWS
+    known = offline[[f.name for f in spec.CONTEXT_FEATURES]].notna().all(axis=1)
+    assert known.mean() > 0.5  # most rows have every context input
+    assert offline["tweet_impressions_total"].notna().mean() > 0.5  # data, not all-missing
+    _assert_equal_features(offline, online)
+
+
+def test_request_context_is_the_same_function_offline_and_online(sqlite_store: Settings) -> None:
+    """The on-demand view's values equal feedrank.context.context_features on the inputs."""
+    from feedrank.context import context_features
+    from feedrank.featurestore import feature_store
+
+    store = feature_store(sqlite_store)
+    rows = _entity_rows(seed=6).head(200)
+    features = [f"{spec.CONTEXT_VIEW}:{f.name}" for f in spec.CONTEXT_FEATURES] + [
+        "tweet_attributes:tweet_created_ts",
+        "user_engagement_daily:user_active_hour_peak",
+    ]
+    online = pd.DataFrame(
+        store.get_online_features(
+            features=features,
+            entity_rows=rows[["user_id", "tweet_id", "request_ts", "device_code"]].to_dict(
+                "records"
+            ),
+        ).to_dict()
+    )
+    expected = context_features(
+        rows["request_ts"].to_numpy(),
+        rows["device_code"].to_numpy(),
+        pd.to_numeric(online["tweet_created_ts"]).to_numpy(dtype=float),
+        pd.to_numeric(online["user_active_hour_peak"]).to_numpy(dtype=float),
+    )
+    for feature in spec.CONTEXT_FEATURES:
+        got = pd.to_numeric(online[feature.name]).to_numpy(dtype=float)
+        assert np.allclose(got, expected[feature.name], equal_nan=True, rtol=0, atol=1e-12)
+
+
+def _random_requests(seed: int, count: int) -> list[tuple[int, list[int], float, str]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        tweets = rng.integers(0, SIZES["tweets"] + 50, int(rng.integers(1, 300))).tolist()
+        out.append(
+            (
+                int(rng.integers(0, SIZES["users"] + 3)),
+                tweets,
+                AS_OF.timestamp() + float(rng.uniform(-7200, 7200)),
+                DEVICES[int(rng.integers(0, len(DEVICES)))],
+            )
+        )
+    return out
+
+
+def _assert_fast_path_equals_feast(store_settings: Settings) -> None:
+    from serving.hydration import FeatureHydrator, online_author_ids, online_features_matrix
+
+    hydrator = FeatureHydrator(store_settings)
+    for user_id, tweets, request_ts, device in _random_requests(seed=9, count=6):
+        reference = online_features_matrix(hydrator.store, user_id, tweets, request_ts, device)
+        fast = hydrator.hydrate(user_id, tweets, request_ts, device)
+        assert fast.shape == (len(tweets), len(spec.model_features()))
+        assert np.isnan(fast).any() and not np.isnan(fast).all()
+        mismatch = ~np.isclose(fast, reference, rtol=0, atol=1e-12, equal_nan=True)
+        assert not mismatch.any(), [
+            spec.model_features()[j] for j in np.flatnonzero(mismatch.any(axis=0))
+        ]
+        authors, _ = online_author_ids(hydrator.store, tweets)
+        assert np.array_equal(hydrator.author_ids(tweets), authors)
+    unknown = hydrator.hydrate(10**9, [10**9, 10**9 + 1], AS_OF.timestamp(), "web")
+    context = [spec.model_features().index(f.name) for f in spec.CONTEXT_FEATURES[:5]]
+    assert np.isnan(np.delete(unknown, context, axis=1)).all()  # documented default: NaN
+    with pytest.raises(ValueError, match="unknown device"):
+        hydrator.hydrate(0, [1], AS_OF.timestamp(), "smartwatch")
+
+
+def test_fast_path_equals_get_online_features_on_sqlite(sqlite_store: Settings) -> None:
+    _assert_fast_path_equals_feast(sqlite_store)
+
+
+def test_fast_path_equals_get_online_features_on_redis(redis_store: Settings) -> None:
+    _assert_fast_path_equals_feast(redis_store)
+
+
+def test_fast_path_sees_a_new_materialization(sqlite_store: Settings) -> None:
+    """Re-materializing a later window is picked up by the cached views."""
+    from conftest import materialize_as_of
+
+    from serving.hydration import FeatureHydrator, online_features_matrix
+
+    hydrator = FeatureHydrator(sqlite_store, refresh_interval_s=0.0)
+    request = (3, list(range(0, 400, 3)), AS_OF.timestamp(), "mobile")
+    before = hydrator.hydrate(*request)
+    later = AS_OF + dt.timedelta(days=1)
+    # Leaves the store at ``later``: this stays the last test that reads sqlite_store.
+    materialize_as_of(sqlite_store, later)
+    after = hydrator.hydrate(*request)
+    reference = online_features_matrix(hydrator.store, *request)
+    assert np.allclose(after, reference, rtol=0, atol=1e-12, equal_nan=True)
+    assert not np.allclose(before, after, rtol=0, atol=1e-12, equal_nan=True)
