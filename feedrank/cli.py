@@ -24,12 +24,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-bench_app = typer.Typer(help="Benchmarks; each prints a table and can write JSON.",
-                        no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks; each prints a table and can write JSON.", no_args_is_help=True
+)
 app.add_typer(bench_app, name="bench")
 
 # Modules that add subcommands; each defines ``register(app: typer.Typer, bench: typer.Typer)``.
-COMMAND_MODULES: tuple[str, ...] = ("feedrank.simulator.cli", "feedrank.featurestore")
+COMMAND_MODULES: tuple[str, ...] = (
+    "feedrank.simulator.cli",
+    "feedrank.featurestore",
+    "feedrank.experiment",
+)
 
 
 @app.command("config")
@@ -42,10 +47,16 @@ for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app, bench_app)
 
 
-def main() -> None:
-    """Console entry point: one-line errors, exit 2 for usage, 1 for refused work."""
+def main(typer_app: typer.Typer | None = None, prog_name: str | None = None) -> None:
+    """Console entry point: one-line errors, exit 2 for usage, 1 for refused work.
+
+    Args:
+        typer_app: the app to run; ``feedrank`` by default (``python -m feedrank.services``
+            passes its own so both entry points fail the same way).
+        prog_name: name shown in usage and error hints.
+    """
     try:
-        app(standalone_mode=False)
+        (typer_app or app)(standalone_mode=False, prog_name=prog_name)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -58,3 +69,7 @@ def main() -> None:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"feedrank: error: {message}", file=sys.stderr)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

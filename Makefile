@@ -1,0 +1,67 @@
+# feedrank: one-command setup, local services, tests, demo, benchmarks.
+# `make help` lists the targets. Every tool is called from .venv/bin explicitly.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PY := .venv/bin/python
+# uv: the one on PATH, else a private copy bootstrapped with pip into .cache/uv-venv.
+UV_VERSION := 0.13.8
+UV_ON_PATH := $(shell command -v uv 2>/dev/null)
+UV := $(if $(UV_ON_PATH),$(UV_ON_PATH),.cache/uv-venv/bin/uv)
+UV_DEP := $(if $(UV_ON_PATH),,.cache/uv-venv/bin/uv)
+# Only the registries are reachable: never let uv download a Python build.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := python3.11
+
+.PHONY: help setup up down status test test-unit lint demo bench airflow
+
+help: ## List the targets
+	@echo "feedrank — make targets (FEEDRANK_PROFILE=local|redis|cluster picks the services):"
+	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
+	  | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+.cache/uv-venv/bin/uv:
+	@echo "[setup] uv not on PATH: installing uv==$(UV_VERSION) into .cache/uv-venv"
+	python3.11 -m venv .cache/uv-venv
+	.cache/uv-venv/bin/pip install --disable-pip-version-check -q uv==$(UV_VERSION)
+
+# The stamp is newer than the lock file once `uv sync` has installed exactly that lock.
+.venv/.feedrank-synced: uv.lock pyproject.toml | $(UV_DEP)
+	@echo "[setup] installing the locked dependencies into .venv (uv sync --frozen)"
+	$(UV) sync --frozen
+	@touch $@
+
+setup: .venv/.feedrank-synced ## venv + locked deps, Kafka/Spark jars, Airflow DB (cached)
+	@$(PY) -m feedrank.services setup
+
+up: setup ## Start Kafka (+ Redis for redis/cluster, + Spark cluster for cluster)
+	@$(PY) -m feedrank.services up
+
+down: ## Stop every service started from the run folder (var/ unless FEEDRANK_PATHS__HOME)
+	@if [ -x $(PY) ]; then $(PY) -m feedrank.services airflow-down; fi
+	@if [ -x $(PY) ]; then $(PY) -m feedrank.services down; fi
+
+status: ## Show which services run and answer
+	@$(PY) -m feedrank.services status
+
+test: setup ## Run the whole test suite (tests start real services themselves)
+	$(PY) -m pytest
+
+test-unit: setup ## Run only the tests marked unit (no services)
+	$(PY) -m pytest -m unit
+
+lint: setup ## ruff check + ruff format --check + Airflow rules on dags/
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/ruff check --select AIR dags/
+
+demo: setup ## Run the platform end to end on the embedded defaults
+	bash infra/demo.sh
+
+bench: setup ## Run every `feedrank bench` benchmark and print its table
+	bash infra/bench.sh
+
+airflow: setup ## Start Airflow standalone (dags/, 127.0.0.1:airflow.port); `make down` stops it
+	@$(PY) -m feedrank.services airflow-up

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# `make bench`: run every benchmark registered under `feedrank bench` and print its table.
+# Benchmarks are added by capability modules (feedrank/cli.py COMMAND_MODULES); this loop
+# picks up whatever exists, so it never needs editing when one is added.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+py=.venv/bin/python
+
+mapfile -t benches < <("$py" - <<'PY'
+import typer.main
+
+from feedrank.cli import bench_app
+
+if bench_app.registered_commands or bench_app.registered_groups:
+    for name in sorted(typer.main.get_command(bench_app).commands):
+        print(name)
+PY
+)
+if [ "${#benches[@]}" -eq 0 ]; then
+  echo "[bench] no benchmarks registered yet (feedrank bench has no subcommands)"
+  exit 0
+fi
+# Benchmarks of the streaming path need the profile's services.
+"$py" -m feedrank.services up
+for i in "${!benches[@]}"; do
+  name="${benches[$i]}"
+  echo "[bench $((i + 1))/${#benches[@]}] feedrank bench $name"
+  .venv/bin/feedrank bench "$name"
+done

@@ -1,0 +1,64 @@
+"""The SparkSession factory: microsecond timestamps round-trip Parquet; Kafka connector jars."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from kafka import KafkaAdminClient, KafkaProducer
+
+from feedrank.config import Settings
+
+UTC = dt.UTC
+
+
+@pytest.mark.integration
+def test_parquet_timestamps_round_trip_to_the_microsecond(spark, tmp_path: Path) -> None:
+    rows = [
+        (1, dt.datetime(2026, 11, 1, 0, 0, 0, 1, tzinfo=UTC)),
+        (2, dt.datetime(2026, 11, 1, 23, 59, 59, 999_999, tzinfo=UTC)),
+        (3, dt.datetime(1999, 12, 31, 12, 30, 15, 123_456, tzinfo=UTC)),
+    ]
+    path = tmp_path / "events"
+    spark.createDataFrame(rows, "id long, ts timestamp").write.parquet(str(path))
+
+    back = sorted(spark.read.parquet(str(path)).collect())
+    assert [(r.id, r.ts.replace(tzinfo=UTC) if r.ts.tzinfo is None else r.ts) for r in back] == [
+        (i, ts) for i, ts in rows
+    ]
+    # Written as microseconds (Spark rejects nanosecond Parquet), readable by pyarrow too.
+    schema = pq.read_schema(next(path.glob("*.parquet")))
+    assert schema.field("ts").type.unit == "us"
+    assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
+
+
+@pytest.mark.integration
+def test_spark_reads_a_kafka_topic_through_the_connector(spark, kafka: Settings) -> None:
+    topic = f"foundation-spark-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka.kafka.bootstrap_servers)
+    admin.create_topics(
+        {topic: {"num_partitions": 2, "replication_factor": 1}}, wait_for_metadata=True
+    )
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=kafka.kafka.bootstrap_servers, acks="all")
+    expected = {(f"k{i}", f"v{i}") for i in range(50)}
+    for key, value in expected:
+        producer.send(topic, key=key.encode(), value=value.encode())
+    producer.flush()
+    producer.close()
+
+    frame = (
+        spark.read.format("kafka")
+        .option("kafka.bootstrap.servers", kafka.kafka.bootstrap_servers)
+        .option("subscribe", topic)
+        .option("startingOffsets", "earliest")
+        .option("endingOffsets", "latest")
+        .load()
+        .selectExpr("CAST(key AS STRING) AS k", "CAST(value AS STRING) AS v", "partition")
+    )
+    rows = frame.collect()
+    assert {(r.k, r.v) for r in rows} == expected
+    assert {r.partition for r in rows} == {0, 1}
