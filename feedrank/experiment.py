@@ -10,14 +10,18 @@ uses the delta method.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import typer
 from scipy import stats
 
-from feedrank.config import HEADS
+from feedrank.config import HEADS, get_settings
+from feedrank.errors import FeedrankError
 
 _SCALE = float(2**64)
 
@@ -155,3 +159,77 @@ def experiment_report(
             }
         report["arms"][str(arm)] = entry
     return report
+
+
+def report_from_lake(
+    lake: Path, dates: list[str], weights: Mapping[str, float], control: str = "control"
+) -> dict:
+    """The experiment report over the landed impressions and engagements of some days."""
+    from feedrank.simulator.backfill import read_lake_table
+
+    columns = ["request_id", "arm"]
+    impressions = read_lake_table(lake, "impressions", dates).select(columns).to_pandas()
+    if impressions.empty:
+        raise FeedrankError(f"no landed impressions under {lake} for {', '.join(dates)}")
+    engagements = read_lake_table(lake, "engagements", dates)
+    engagements = engagements.select(["request_id", "head"]).to_pandas()
+    report = experiment_report(session_outcomes(impressions, engagements, weights), control)
+    report["dates"] = dates
+    return report
+
+
+def print_report(report: dict) -> None:
+    """A rich table: one row per arm, weighted engagements and negatives with intervals."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(interval: dict, pct: bool = False) -> str:
+        scale, unit = (100.0, "%") if pct else (1.0, "")
+        e, lo, hi = (interval[k] * scale for k in ("estimate", "low", "high"))
+        return f"{e:+.2f}{unit} [{lo:+.2f}, {hi:+.2f}]" if pct else f"{e:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    table = Table(title=f"online experiment ({int(report['confidence'] * 100)}% intervals)")
+    for col in ("arm", "sessions", "weighted eng./session", "lift vs control", "neg./session"):
+        table.add_column(col)
+    for arm, entry in report["arms"].items():
+        if "weighted_engagements" not in entry:
+            table.add_row(arm, str(entry["sessions"]), "too few sessions", "", "")
+            continue
+        weighted = entry["weighted_engagements"]
+        table.add_row(
+            arm,
+            str(entry["sessions"]),
+            fmt(weighted["mean"]),
+            "" if arm == report["control"] else fmt(weighted["lift_vs_control"], pct=True),
+            fmt(entry["negative_actions"]["mean"]),
+        )
+    Console().print(table)
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    """Add ``feedrank experiment report``."""
+    experiment_app = typer.Typer(
+        help="Online experiment: arms, lift, intervals.", no_args_is_help=True
+    )
+    app.add_typer(experiment_app, name="experiment")
+
+    @experiment_app.command("report")
+    def report_command(
+        start: str = typer.Option(..., help="First day (YYYY-MM-DD) of landed traffic."),
+        end: str = typer.Option(None, help="Last day, inclusive (default: start)."),
+        json_path: Path = typer.Option(None, "--json", help="Also write the report here."),
+    ) -> None:
+        """Per-arm weighted engagements and negative actions per session, lift vs control."""
+        from jobs.lake import check_interval, days_between, parse_date
+
+        settings = get_settings()
+        first = parse_date(start, "--start")
+        last = parse_date(end, "--end") if end else first
+        check_interval(first, last)
+        dates = [d.isoformat() for d in days_between(first, last)]
+        report = report_from_lake(settings.paths.lake, dates, settings.ranking.weights)
+        out = json_path or settings.paths.reports / "experiment" / f"{dates[0]}_{dates[-1]}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+        print_report(report)
+        typer.echo(f"report: {out}")

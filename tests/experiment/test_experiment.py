@@ -79,3 +79,71 @@ def test_report_without_control_sessions_is_refused() -> None:
     sessions = pd.DataFrame({"arm": ["treatment"], "weighted_engagements": [1.0]})
     with pytest.raises(ValueError, match="control"):
         experiment_report(sessions)
+
+
+def _lake_with_two_arms(lake) -> None:
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from feedrank.schemas import Engagement, Impression, table_schema
+    from feedrank.simulator.backfill import write_partitioned
+
+    t0 = dt.datetime(2026, 11, 5, 12, tzinfo=dt.UTC)
+    impressions, engagements = [], []
+    for r in range(40):
+        arm = "control" if r % 2 == 0 else "treatment"
+        impressions.append(
+            Impression(
+                request_id=f"r{r}",
+                user_id=r,
+                tweet_id=1000 + r,
+                author_id=5,
+                position=0,
+                served_at=t0,
+                model_version="v1",
+                arm=arm,
+            ).model_dump()
+        )
+        likes = 1 + (r % 3) + (2 if arm == "treatment" else 0)
+        engagements += [
+            Engagement(
+                request_id=f"r{r}",
+                user_id=r,
+                tweet_id=1000 + r,
+                author_id=5,
+                head="like",
+                engaged_at=t0 + dt.timedelta(seconds=5 + k),
+            ).model_dump()
+            for k in range(likes)
+        ]
+    for name, rows in (("impressions", impressions), ("engagements", engagements)):
+        write_partitioned(name, pa.Table.from_pylist(rows, schema=table_schema(name)), lake)
+
+
+def test_report_from_the_lake_through_the_cli(tmp_path, monkeypatch) -> None:
+    import json
+    import subprocess
+    import sys
+
+    _lake_with_two_arms(tmp_path / "lake")
+    env = {**__import__("os").environ, "FEEDRANK_PATHS__HOME": str(tmp_path)}
+    out = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "feedrank.cli", "experiment", "report", "--start", "2026-11-05"]
+    done = subprocess.run([*cmd, "--json", str(out)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    treatment = report["arms"]["treatment"]["weighted_engagements"]
+    # control sessions like 1,2,3,... (mean 2.0 over r%3); treatment gets 2 more likes (w=0.5).
+    assert report["arms"]["control"]["sessions"] == 20
+    assert treatment["diff_vs_control"]["estimate"] == pytest.approx(
+        0.5
+        * (
+            np.mean([1 + (r % 3) + 2 for r in range(1, 40, 2)])
+            - np.mean([1 + (r % 3) for r in range(0, 40, 2)])
+        )
+    )
+    assert treatment["diff_vs_control"]["low"] > 0
+    bad = subprocess.run([*cmd[:-1], "2026-13-01"], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0
+    assert len(bad.stderr.strip().splitlines()) == 1
