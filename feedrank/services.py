@@ -1090,8 +1090,8 @@ def _cli_airflow_down() -> None:
 
 
 if __name__ == "__main__":
-    from feedrank.cli import main
+    from feedrank.errors import run_cli
     from feedrank.logs import setup_logging
 
     setup_logging("services")
-    main(app, prog_name="python -m feedrank.services")
+    run_cli(app, prog_name="python -m feedrank.services")
