@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "feedrank.simulator.cli",
     "feedrank.featurestore",
     "feedrank.experiment",
+    "jobs.cli",
 )
 
 

@@ -1,0 +1,590 @@
+"""Feature jobs: lake DataFrames -> the feature tables of :data:`feedrank.feature_spec.VIEWS`.
+
+Every function here is pure (DataFrames in, DataFrame out); :func:`run_features` is the thin
+shell that reads the lake for an explicit date interval and writes date partitions.
+
+Time semantics (the point-in-time contract Feast relies on):
+
+- daily views: the snapshot of day D counts events strictly before D+1 00:00 UTC and carries
+  ``event_timestamp`` = D+1 00:00 UTC (partition ``date=D``);
+- ``tweet_attributes``: one row per tweet, ``event_timestamp`` = the tweet's ``created_at``;
+- stream views: a row at every :data:`STREAM_STEP_S` step T while a counter is (or just
+  stopped being) non-zero; the value at T counts positive engagements in [T - window, T),
+  i.e. strictly before T, and ``event_timestamp`` = T (partition ``date(T)``).
+
+``created_timestamp`` equals ``event_timestamp``: it must be a function of the data (not of
+the wall clock) for reruns to reproduce the same bytes.
+
+Target encodings (``*_te_*``) are smoothed toward the global rate with
+:data:`feedrank.feature_spec.TARGET_ENCODING_SMOOTHING` and use all history before the
+snapshot's cutoff, so they are out-of-fold for every impression that can join them (served
+at or after the cutoff).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from feedrank.config import HEADS, Settings
+from feedrank.feature_spec import ENTITIES, TARGET_ENCODING_SMOOTHING, VIEWS, View
+from jobs import lake
+
+log = logging.getLogger("feedrank.features")
+
+POSITIVE_HEADS: tuple[str, ...] = tuple(h for h in HEADS if h != "negative")
+STREAM_STEP_S = 300
+# How far back each job reads the lake: the longest window (28 d) plus the stream lookback.
+LOOKBACK_DAYS = 28
+SPARK_TYPES = {"int64": "bigint", "float64": "double"}
+
+
+def _snapshots(spark: SparkSession, days: list[dt.date]) -> DataFrame:
+    return spark.createDataFrame([(d,) for d in days], "snap date")
+
+
+def _cutoff(snap: str = "snap") -> Column:
+    """D+1 00:00 UTC as a timestamp (the session runs in UTC)."""
+    return F.date_add(F.col(snap), 1).cast("timestamp")
+
+
+def _daily(df: DataFrame, keys: list[str], ts: str, values: Mapping[str, Column]) -> DataFrame:
+    """Per key and UTC day: sum of each value expression (one row per event in)."""
+    return df.select(
+        *keys,
+        F.to_date(F.col(ts)).alias("day"),
+        *[expr.alias(name) for name, expr in values.items()],
+    )
+
+
+def _windowed(
+    daily: DataFrame,
+    snaps: DataFrame,
+    keys: list[str],
+    sums: Mapping[str, tuple[str, int | None]],
+    maxes: Mapping[str, tuple[str, int | None]] | None = None,
+) -> DataFrame:
+    """For every snapshot day D and key: aggregates over days in (D - w, D] (None: all).
+
+    ``daily`` rows carry a ``day``; only days <= D are seen, i.e. events before D+1 00:00.
+    """
+    joined = daily.join(F.broadcast(snaps), F.col("day") <= F.col("snap"))
+
+    def in_window(window: int | None) -> Column:
+        return F.lit(True) if window is None else F.col("day") > F.date_sub("snap", window)
+
+    aggs = [
+        F.sum(F.when(in_window(w), F.col(c)).otherwise(0)).cast("bigint").alias(name)
+        for name, (c, w) in sums.items()
+    ]
+    aggs += [
+        F.max(F.when(in_window(w), F.col(c))).alias(name) for name, (c, w) in (maxes or {}).items()
+    ]
+    return joined.groupBy(*keys, "snap").agg(*aggs)
+
+
+def _rate(num: str, den: str) -> Column:
+    """num / den, null when there is no denominator (unknown, not zero)."""
+    return F.when(F.col(den) > 0, F.col(num) / F.col(den)).cast("double")
+
+
+def _target_encoding(pos: str, n: str, prior: str) -> Column:
+    m = TARGET_ENCODING_SMOOTHING
+    return ((F.col(pos) + F.lit(m) * F.col(prior)) / (F.col(n) + F.lit(m))).cast("double")
+
+
+def _finish(df: DataFrame, view: View, event_ts: Column) -> DataFrame:
+    """Exactly the contract's columns, types and order, plus the ``date`` partition column."""
+    keys = list(ENTITIES[view.entity].join_keys)
+    return df.select(
+        *[F.col(k).cast("bigint").alias(k) for k in keys],
+        event_ts.alias("event_timestamp"),
+        event_ts.alias("created_timestamp"),
+        *[F.col(f.name).cast(SPARK_TYPES[f.dtype]).alias(f.name) for f in view.features],
+        F.col("date"),
+    )
+
+
+def _finish_daily(df: DataFrame, view: View) -> DataFrame:
+    return _finish(df.withColumn("date", F.col("snap")), view, _cutoff())
+
+
+def global_rates(impressions: DataFrame, engagements: DataFrame, snaps: DataFrame) -> DataFrame:
+    """Per snapshot: the all-history rate of each head (engagements per impression)."""
+    daily = _daily(impressions.select("served_at"), [], "served_at", {"imps": F.lit(1)})
+    daily = daily.unionByName(
+        _daily(
+            engagements,
+            [],
+            "engaged_at",
+            {f"e_{h}": (F.col("head") == h).cast("int") for h in HEADS},
+        ),
+        allowMissingColumns=True,
+    ).fillna(0)
+    sums = {"g_imps": ("imps", None), **{f"g_e_{h}": (f"e_{h}", None) for h in HEADS}}
+    totals = _windowed(daily, snaps, [], sums)
+    return totals.select("snap", *[_rate(f"g_e_{h}", "g_imps").alias(f"prior_{h}") for h in HEADS])
+
+
+def user_engagement_daily(
+    users: DataFrame,
+    follows: DataFrame,
+    feed_requests: DataFrame,
+    impressions: DataFrame,
+    engagements: DataFrame,
+    snaps: DataFrame,
+    prior: DataFrame | None = None,
+) -> DataFrame:
+    """The ``user_engagement_daily`` view for every snapshot day in ``snaps``."""
+    view = VIEWS["user_engagement_daily"]
+    heads = {f"e_{h}": (F.col("head") == h).cast("int") for h in HEADS}
+    daily = (
+        _daily(users, ["user_id"], "created_at", {"known": F.lit(1)})
+        .unionByName(
+            _daily(impressions, ["user_id"], "served_at", {"imps": F.lit(1)}),
+            allowMissingColumns=True,
+        )
+        .unionByName(
+            _daily(engagements, ["user_id"], "engaged_at", heads), allowMissingColumns=True
+        )
+        .unionByName(
+            _daily(feed_requests, ["user_id"], "requested_at", {"reqs": F.lit(1)}),
+            allowMissingColumns=True,
+        )
+        .unionByName(
+            _daily(
+                follows.withColumnRenamed("follower_id", "user_id"),
+                ["user_id"],
+                "created_at",
+                {"follows": F.lit(1)},
+            ),
+            allowMissingColumns=True,
+        )
+        .fillna(0)
+    )
+    sums: dict[str, tuple[str, int | None]] = {
+        "user_requests_7d": ("reqs", 7),
+        "user_following_count": ("follows", None),
+        "imps_all": ("imps", None),
+        **{f"e_{h}_all": (f"e_{h}", None) for h in HEADS},
+    }
+    for w in (1, 7, 28):
+        sums[f"user_impressions_{w}d"] = ("imps", w)
+        sums.update({f"e_{h}_{w}d": (f"e_{h}", w) for h in HEADS})
+    stats = _windowed(daily, snaps, ["user_id"], sums)
+
+    hourly = feed_requests.select(
+        "user_id",
+        F.to_date("requested_at").alias("day"),
+        F.hour("requested_at").alias("hour"),
+        F.lit(1).alias("n"),
+    )
+    by_hour = _windowed(hourly, snaps, ["user_id", "hour"], {"n": ("n", 28)})
+    # Most requests wins; ties go to the earliest hour.
+    peak = (
+        by_hour.where("n > 0")
+        .groupBy("user_id", "snap")
+        .agg(F.max(F.struct("n", (-F.col("hour")).alias("neg_hour"))).alias("best"))
+        .select("user_id", "snap", (-F.col("best.neg_hour")).alias("user_active_hour_peak"))
+    )
+    if prior is None:
+        prior = global_rates(impressions, engagements, snaps)
+    out = (
+        stats.join(peak, ["user_id", "snap"], "left")
+        .join(F.broadcast(prior), "snap", "left")
+        .fillna({"user_active_hour_peak": -1})
+    )
+    for w in (1, 7, 28):
+        for h in HEADS:
+            out = out.withColumn(
+                f"user_{h}_rate_{w}d", _rate(f"e_{h}_{w}d", f"user_impressions_{w}d")
+            )
+    for h in HEADS:
+        out = out.withColumn(
+            f"user_te_{h}", _target_encoding(f"e_{h}_all", "imps_all", f"prior_{h}")
+        )
+    return _finish_daily(out, view)
+
+
+def author_stats_daily(
+    tweets: DataFrame,
+    follows: DataFrame,
+    impressions: DataFrame,
+    engagements: DataFrame,
+    snaps: DataFrame,
+    prior: DataFrame | None = None,
+) -> DataFrame:
+    """The ``author_stats_daily`` view: authors who posted or were shown before the cutoff."""
+    view = VIEWS["author_stats_daily"]
+    heads = {f"e_{h}": (F.col("head") == h).cast("int") for h in HEADS}
+    daily = (
+        _daily(tweets, ["author_id"], "created_at", {"tweets": F.lit(1)})
+        .unionByName(
+            _daily(impressions, ["author_id"], "served_at", {"imps": F.lit(1)}),
+            allowMissingColumns=True,
+        )
+        .unionByName(
+            _daily(engagements, ["author_id"], "engaged_at", heads), allowMissingColumns=True
+        )
+        .unionByName(
+            _daily(
+                follows.withColumnRenamed("followee_id", "author_id"),
+                ["author_id"],
+                "created_at",
+                {"followers": F.lit(1)},
+            ),
+            allowMissingColumns=True,
+        )
+        .fillna(0)
+    )
+    sums: dict[str, tuple[str, int | None]] = {
+        "author_followers": ("followers", None),
+        "author_tweets_7d": ("tweets", 7),
+        "author_impressions_7d": ("imps", 7),
+        "tweets_all": ("tweets", None),
+        "imps_all": ("imps", None),
+        **{f"e_{h}_7d": (f"e_{h}", 7) for h in HEADS},
+        **{f"e_{h}_all": (f"e_{h}", None) for h in HEADS},
+    }
+    out = (
+        _windowed(daily, snaps, ["author_id"], sums)
+        .where((F.col("tweets_all") > 0) | (F.col("imps_all") > 0))
+        .join(
+            F.broadcast(
+                prior if prior is not None else global_rates(impressions, engagements, snaps)
+            ),
+            "snap",
+            "left",
+        )
+    )
+    for h in HEADS:
+        out = out.withColumn(f"author_{h}_rate_7d", _rate(f"e_{h}_7d", "author_impressions_7d"))
+        out = out.withColumn(
+            f"author_te_{h}", _target_encoding(f"e_{h}_all", "imps_all", f"prior_{h}")
+        )
+    return _finish_daily(out, view)
+
+
+def tweet_attributes(tweets: DataFrame) -> DataFrame:
+    """The ``tweet_attributes`` view: one row per tweet, knowable from its ``created_at``."""
+    view = VIEWS["tweet_attributes"]
+    out = tweets.select(
+        "tweet_id",
+        "created_at",
+        (F.unix_micros("created_at") / 1e6).alias("tweet_created_ts"),
+        F.col("topic").alias("tweet_topic"),
+        F.col("has_media").cast("int").alias("tweet_has_media"),
+        F.col("has_link").cast("int").alias("tweet_has_link"),
+        F.col("length").alias("tweet_length"),
+        F.to_date("created_at").alias("date"),
+    ).dropDuplicates(["tweet_id"])
+    return _finish(out, view, F.col("created_at"))
+
+
+def tweet_authors(tweets: DataFrame) -> DataFrame:
+    """The ``tweet_authors`` view (serving's tweet -> author lookup; same rows as attributes)."""
+    out = tweets.select(
+        "tweet_id",
+        "created_at",
+        F.col("author_id").alias("tweet_author_id"),
+        F.to_date("created_at").alias("date"),
+    ).dropDuplicates(["tweet_id"])
+    return _finish(out, VIEWS["tweet_authors"], F.col("created_at"))
+
+
+def tweet_stats_daily(
+    tweets: DataFrame, impressions: DataFrame, engagements: DataFrame, snaps: DataFrame
+) -> DataFrame:
+    """The ``tweet_stats_daily`` view: cumulative counts of tweets posted in the last 28 days."""
+    view = VIEWS["tweet_stats_daily"]
+    heads = {f"e_{h}": (F.col("head") == h).cast("int") for h in HEADS}
+    daily = (
+        _daily(tweets, ["tweet_id"], "created_at", {"posted": F.lit(1)})
+        .unionByName(
+            _daily(impressions, ["tweet_id"], "served_at", {"imps": F.lit(1)}),
+            allowMissingColumns=True,
+        )
+        .unionByName(
+            _daily(engagements, ["tweet_id"], "engaged_at", heads), allowMissingColumns=True
+        )
+        .fillna(0)
+    )
+    sums = {
+        "posted_28d": ("posted", LOOKBACK_DAYS),
+        "tweet_impressions_total": ("imps", None),
+        **{f"tweet_{h}_total": (f"e_{h}", None) for h in HEADS},
+    }
+    out = _windowed(daily, snaps, ["tweet_id"], sums).where("posted_28d > 0")
+    return _finish_daily(out, view)
+
+
+def user_author_affinity_daily(
+    follows: DataFrame,
+    impressions: DataFrame,
+    engagements: DataFrame,
+    snaps: DataFrame,
+    prior: DataFrame | None = None,
+) -> DataFrame:
+    """The real graph: pairs with a follow edge or any impression/engagement in 28 days."""
+    view = VIEWS["user_author_affinity_daily"]
+    keys = ["user_id", "author_id"]
+    heads = {f"e_{h}": (F.col("head") == h).cast("int") for h in HEADS}
+    daily = (
+        _daily(impressions, keys, "served_at", {"imps": F.lit(1)})
+        .unionByName(
+            _daily(
+                engagements, keys, "engaged_at", {**heads, "last_engaged_at": F.col("engaged_at")}
+            ),
+            allowMissingColumns=True,
+        )
+        .unionByName(
+            _daily(
+                follows.select(
+                    F.col("follower_id").alias("user_id"),
+                    F.col("followee_id").alias("author_id"),
+                    "created_at",
+                ),
+                keys,
+                "created_at",
+                {"follows": F.lit(1)},
+            ),
+            allowMissingColumns=True,
+        )
+        .fillna(0, subset=["imps", "follows", *heads])
+    )
+    sums: dict[str, tuple[str, int | None]] = {
+        "follows_all": ("follows", None),
+        "ua_impressions_28d": ("imps", 28),
+        "imps_all": ("imps", None),
+        **{f"ua_{h}_count_28d": (f"e_{h}", 28) for h in HEADS},
+        **{f"e_{h}_all": (f"e_{h}", None) for h in ("like", "click")},
+    }
+    out = _windowed(daily, snaps, keys, sums, {"last_engaged_at": ("last_engaged_at", None)})
+    active = F.col("ua_impressions_28d") + sum(F.col(f"ua_{h}_count_28d") for h in HEADS)
+    out = (
+        out.where((F.col("follows_all") > 0) | (active > 0))
+        .join(
+            F.broadcast(
+                prior if prior is not None else global_rates(impressions, engagements, snaps)
+            ),
+            "snap",
+            "left",
+        )
+        .withColumn("ua_follows", (F.col("follows_all") > 0).cast("bigint"))
+        .withColumn(
+            "ua_days_since_last_engagement",
+            (F.unix_micros(_cutoff()) - F.unix_micros("last_engaged_at")) / (86400 * 1e6),
+        )
+        .withColumn("ua_te_like", _target_encoding("e_like_all", "imps_all", "prior_like"))
+        .withColumn("ua_te_click", _target_encoding("e_click_all", "imps_all", "prior_click"))
+    )
+    return _finish_daily(out, view)
+
+
+def user_topic_affinity_daily(
+    tweets: DataFrame, impressions: DataFrame, engagements: DataFrame, snaps: DataFrame
+) -> DataFrame:
+    """A reader's 28-day history with each topic (topic taken from the tweets table)."""
+    view = VIEWS["user_topic_affinity_daily"]
+    keys = ["user_id", "topic"]
+    topic_of = tweets.select("tweet_id", "topic").dropDuplicates(["tweet_id"])
+    pos = F.col("head").isin(*POSITIVE_HEADS).cast("int")
+    daily = (
+        _daily(impressions.join(topic_of, "tweet_id"), keys, "served_at", {"imps": F.lit(1)})
+        .unionByName(
+            _daily(
+                engagements.join(topic_of, "tweet_id"),
+                keys,
+                "engaged_at",
+                {
+                    "pos": pos,
+                    "likes": (F.col("head") == "like").cast("int"),
+                    "clicks": (F.col("head") == "click").cast("int"),
+                },
+            ),
+            allowMissingColumns=True,
+        )
+        .fillna(0)
+    )
+    sums = {
+        "ut_impressions_28d": ("imps", 28),
+        "pos_28d": ("pos", 28),
+        "likes_28d": ("likes", 28),
+        "clicks_28d": ("clicks", 28),
+    }
+    out = (
+        _windowed(daily, snaps, keys, sums)
+        .where("ut_impressions_28d > 0")
+        .withColumn("ut_engagement_rate_28d", _rate("pos_28d", "ut_impressions_28d"))
+        .withColumn("ut_like_rate_28d", _rate("likes_28d", "ut_impressions_28d"))
+        .withColumn("ut_click_rate_28d", _rate("clicks_28d", "ut_impressions_28d"))
+    )
+    return _finish_daily(out, view)
+
+
+def stream_counters(
+    engagements: DataFrame,
+    key: str,
+    windows_s: Mapping[str, int],
+    start: dt.date,
+    end: dt.date,
+    step_s: int = STREAM_STEP_S,
+) -> DataFrame:
+    """Intraday counters of positive engagements per ``key`` at every ``step_s`` step.
+
+    A counter at step T counts engagements in [T - window, T). Rows are emitted at every
+    step an engagement can influence, plus the first step after it has aged out (value 0),
+    so an as-of lookup never carries a stale non-zero value. Only steps T within
+    [start 00:00, end+1 00:00) are returned.
+
+    Returns:
+        Columns ``key``, ``step_ts`` and one bigint per window name.
+    """
+    longest = max(windows_s.values())
+    lo, hi = lake.midnight(start), lake.midnight(end + dt.timedelta(days=1))
+    micros = F.unix_micros("engaged_at")
+    step_us = step_s * 1_000_000
+    # First step strictly after the engagement, last step one past its longest window.
+    first = ((F.floor(micros / step_us) + 1) * step_us).cast("bigint")
+    last = (first + (longest // step_s) * step_us).cast("bigint")
+    # Events up to one step older than the longest window still emit the zero row at ``lo``.
+    reach = F.expr(f"INTERVAL {longest + step_s} SECONDS")
+    events = (
+        engagements.where(F.col("head").isin(*POSITIVE_HEADS))
+        .where((F.col("engaged_at") >= F.lit(lo) - reach) & (F.col("engaged_at") < F.lit(hi)))
+        .select(
+            key,
+            micros.alias("e_us"),
+            F.explode(F.sequence(first, last, F.lit(step_us).cast("bigint"))).alias("t_us"),
+        )
+    )
+    aggs = [
+        F.sum(
+            (
+                (F.col("e_us") >= F.col("t_us") - w * 1_000_000) & (F.col("e_us") < F.col("t_us"))
+            ).cast("int")
+        )
+        .cast("bigint")
+        .alias(name)
+        for name, w in windows_s.items()
+    ]
+    out = events.groupBy(key, "t_us").agg(*aggs)
+    out = out.select(key, F.timestamp_micros("t_us").alias("step_ts"), *windows_s)
+    return out.where((F.col("step_ts") >= F.lit(lo)) & (F.col("step_ts") < F.lit(hi)))
+
+
+def tweet_realtime(engagements: DataFrame, start: dt.date, end: dt.date) -> DataFrame:
+    """The ``tweet_realtime`` view's offline history (what the stream job pushes online)."""
+    counters = stream_counters(
+        engagements,
+        "tweet_id",
+        {"tweet_engagements_30m": 1800, "tweet_engagements_1h": 3600},
+        start,
+        end,
+    )
+    counters = counters.withColumn("date", F.to_date("step_ts"))
+    return _finish(counters, VIEWS["tweet_realtime"], F.col("step_ts"))
+
+
+def user_realtime(engagements: DataFrame, start: dt.date, end: dt.date) -> DataFrame:
+    """The ``user_realtime`` view's offline history."""
+    counters = stream_counters(engagements, "user_id", {"user_engagements_1h": 3600}, start, end)
+    counters = counters.withColumn("date", F.to_date("step_ts"))
+    return _finish(counters, VIEWS["user_realtime"], F.col("step_ts"))
+
+
+def build_features(
+    spark: SparkSession, tables: Mapping[str, DataFrame], start: dt.date, end: dt.date
+) -> dict[str, DataFrame]:
+    """Every feature view for snapshot days [start, end] from the lake tables.
+
+    Args:
+        spark: the session (only used to build the snapshot-day frame).
+        tables: lake DataFrames by name (users, tweets, follows, feed_requests,
+            impressions, engagements), covering at least the lookback before ``start``.
+        start: first snapshot day.
+        end: last snapshot day.
+
+    Returns:
+        View name -> DataFrame with the contract's columns plus ``date`` (the partition).
+    """
+    snaps = _snapshots(spark, lake.days_between(start, end))
+    t = tables
+    # Computed once (tiny: one row per snapshot) and shared by the three encodings.
+    prior = global_rates(t["impressions"], t["engagements"], snaps).cache()
+    tweets_in = t["tweets"].where(
+        (F.to_date("created_at") >= F.lit(start)) & (F.to_date("created_at") <= F.lit(end))
+    )
+    return {
+        "user_engagement_daily": user_engagement_daily(
+            t["users"],
+            t["follows"],
+            t["feed_requests"],
+            t["impressions"],
+            t["engagements"],
+            snaps,
+            prior,
+        ),
+        "author_stats_daily": author_stats_daily(
+            t["tweets"], t["follows"], t["impressions"], t["engagements"], snaps, prior
+        ),
+        "tweet_attributes": tweet_attributes(tweets_in),
+        "tweet_authors": tweet_authors(tweets_in),
+        "tweet_stats_daily": tweet_stats_daily(
+            t["tweets"], t["impressions"], t["engagements"], snaps
+        ),
+        "user_author_affinity_daily": user_author_affinity_daily(
+            t["follows"], t["impressions"], t["engagements"], snaps, prior
+        ),
+        "user_topic_affinity_daily": user_topic_affinity_daily(
+            t["tweets"], t["impressions"], t["engagements"], snaps
+        ),
+        "tweet_realtime": tweet_realtime(t["engagements"], start, end),
+        "user_realtime": user_realtime(t["engagements"], start, end),
+    }
+
+
+FEATURE_INPUTS = ("users", "tweets", "follows", "feed_requests", "impressions", "engagements")
+
+
+def run_features(
+    spark: SparkSession,
+    settings: Settings,
+    start: dt.date,
+    end: dt.date,
+    views: list[str] | None = None,
+) -> dict[str, list[Path]]:
+    """Read the lake up to ``end`` and (re)write each view's partitions for [start, end].
+
+    Target encodings and follow counts use all history, so every partition up to ``end`` is
+    read; nothing after ``end`` is read, so a rerun after new data lands gives the same
+    output.
+
+    Returns:
+        View name -> partition folders written.
+    """
+    lake.check_interval(start, end)
+    # Read once, reused by every view (the lake slice is small next to executor memory).
+    tables = {
+        name: lake.read_lake(spark, settings.paths.lake, name, None, end).cache()
+        for name in FEATURE_INPUTS
+    }
+    if not lake.existing_partitions(settings.paths.lake, "impressions", None, end):
+        raise FileNotFoundError(f"no impressions partitions up to {end} in {settings.paths.lake}")
+    frames = build_features(spark, tables, start, end)
+    written = {}
+    for name in views or list(frames):
+        if name not in frames:
+            raise ValueError(f"unknown feature view {name!r}")
+        log.info("writing %s for %s..%s", name, start, end)
+        written[name] = lake.write_date_partitions(
+            frames[name], settings.paths.features, name, lake.days_between(start, end)
+        )
+    for frame in tables.values():
+        frame.unpersist()
+    return written

@@ -1,0 +1,208 @@
+"""Landing: Kafka topics -> lake partitions, exactly once per record, via Structured Streaming.
+
+``spark.readStream.format("kafka")`` (the spark-sql-kafka connector from ``.cache/spark-jars``)
+with a checkpoint in the run folder and ``trigger(availableNow=True)``: each run lands
+everything published since the previous run and stops. Every micro-batch is validated with
+:func:`feedrank.schemas.decode` inside ``mapInPandas``; good records are re-serialized by
+their pydantic model and parsed with the table's Spark schema, bad ones go to
+``<lake>/_quarantine/<topic>/date=<landing day>/`` with the reason.
+
+No duplicates, no gaps: Structured Streaming replays a failed micro-batch with the same id
+and the same offset range, and each batch writes files named after its id
+(``part-b<batch>-<n>.parquet``) after deleting any file of that id, so a replay overwrites
+instead of appending. Offsets are committed to the checkpoint only after the batch's files
+are in place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from feedrank.config import Settings
+from feedrank.errors import FeedrankError
+from feedrank.schemas import EVENT_TIME, DeadLetter, decode, table_schema
+from jobs import lake
+
+log = logging.getLogger("feedrank.land")
+
+# Topics with a lake table of the same name (ranked_feeds is serving output, not lake input).
+LAKE_TOPICS: tuple[str, ...] = ("tweets", "follows", "feed_requests", "impressions", "engagements")
+QUARANTINE = "_quarantine"
+_DECODED = T.StructType(
+    [
+        T.StructField("topic", T.StringType()),
+        T.StructField("partition", T.IntegerType()),
+        T.StructField("offset", T.LongType()),
+        T.StructField("ok", T.BooleanType()),
+        T.StructField("json", T.StringType()),
+        T.StructField("reason", T.StringType()),
+        T.StructField("payload", T.StringType()),
+    ]
+)
+
+
+def decode_batch(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """``mapInPandas`` body: validate each Kafka value with the contract's ``decode``."""
+    for batch in batches:
+        out = {name: [] for name in _DECODED.names}
+        for topic, partition, offset, value in zip(
+            batch["topic"], batch["partition"], batch["offset"], batch["value"], strict=True
+        ):
+            payload = bytes(value) if value is not None else None
+            result = decode(topic, payload)
+            out["topic"].append(topic)
+            out["partition"].append(int(partition))
+            out["offset"].append(int(offset))
+            if isinstance(result, DeadLetter):
+                out["ok"].append(False)
+                out["json"].append(None)
+                out["reason"].append(result.reason)
+                out["payload"].append(result.payload)
+            else:
+                out["ok"].append(True)
+                out["json"].append(result.model_dump_json())
+                out["reason"].append(None)
+                out["payload"].append(None)
+        yield pd.DataFrame(out)
+
+
+def decode_records(records: DataFrame) -> DataFrame:
+    """Kafka rows (topic, partition, offset, value) -> decoded rows (see :data:`_DECODED`)."""
+    return records.select("topic", "partition", "offset", "value").mapInPandas(
+        decode_batch, _DECODED
+    )
+
+
+def table_rows(decoded: DataFrame, topic: str) -> DataFrame:
+    """Good records of ``topic`` as the lake table's columns plus the ``date`` partition."""
+    schema = lake.spark_schema(table_schema(topic))
+    parsed = decoded.where((F.col("topic") == topic) & F.col("ok")).select(
+        F.from_json("json", schema).alias("r")
+    )
+    return parsed.select("r.*").withColumn(lake.DATE_COLUMN, F.to_date(F.col(EVENT_TIME[topic])))
+
+
+def quarantine_rows(decoded: DataFrame, landed_on: dt.date) -> DataFrame:
+    """Bad records with their reason and where they came from."""
+    return decoded.where(~F.col("ok")).select(
+        "topic",
+        "partition",
+        "offset",
+        "reason",
+        "payload",
+        F.lit(landed_on).alias(lake.DATE_COLUMN),
+    )
+
+
+def _publish(tmp: Path, root: Path, batch_id: int) -> int:
+    """Move a batch's files into ``root``'s partitions as ``part-b<batch>-<n>.parquet``."""
+    prefix = f"part-b{batch_id:08d}-"
+    for stale in root.glob(f"*/{prefix}*.parquet"):
+        stale.unlink()  # a replayed batch replaces its own earlier files
+    moved = 0
+    for part_dir in sorted(tmp.glob(f"{lake.DATE_COLUMN}=*")):
+        target = root / part_dir.name
+        target.mkdir(parents=True, exist_ok=True)
+        for n, file in enumerate(sorted(part_dir.glob("part-*.parquet"))):
+            file.rename(target / f"{prefix}{n:05d}.parquet")
+            moved += 1
+    return moved
+
+
+def write_batch(
+    decoded: DataFrame, batch_id: int, settings: Settings, topics: Iterable[str], landed_on: dt.date
+) -> dict[str, int]:
+    """Write one micro-batch: each topic's table partitions and the quarantine."""
+    decoded = decoded.cache()
+    counts = {}
+    try:
+        outputs = {t: (table_rows(decoded, t), settings.paths.lake / t) for t in topics}
+        for topic in topics:
+            outputs[f"{QUARANTINE}/{topic}"] = (
+                quarantine_rows(decoded.where(F.col("topic") == topic), landed_on),
+                settings.paths.lake / QUARANTINE / topic,
+            )
+        for name, (frame, root) in outputs.items():
+            tmp = lake.temp_dir_for(root)
+            try:
+                lake.write_spark_parquet(frame, tmp, partition_by=lake.DATE_COLUMN)
+                counts[name] = _publish(tmp, root, batch_id)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        decoded.unpersist()
+    return counts
+
+
+def land(
+    spark: SparkSession,
+    settings: Settings,
+    topics: Iterable[str] | None = None,
+    checkpoint: Path | None = None,
+) -> dict[str, dict[str, int]]:
+    """Land everything new on ``topics`` and stop (``availableNow``).
+
+    Returns:
+        Per topic: rows now in the lake table and records in its quarantine.
+    """
+    topics = list(topics or LAKE_TOPICS)
+    unknown = [t for t in topics if t not in LAKE_TOPICS]
+    if unknown:
+        raise FeedrankError(
+            f"cannot land topic {unknown[0]!r} (lake topics: {', '.join(LAKE_TOPICS)})"
+        )
+    checkpoint = checkpoint or settings.paths.home / "checkpoints" / "land"
+    landed_on = dt.datetime.now(dt.UTC).date()
+    source = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", settings.kafka.bootstrap_servers)
+        .option("subscribe", ",".join(topics))
+        .option("startingOffsets", "earliest")
+        .option("maxOffsetsPerTrigger", 200_000)
+        .load()
+    )
+    totals = {t: {"rows": 0, "quarantined": 0} for t in topics}
+
+    def each_batch(batch: DataFrame, batch_id: int) -> None:
+        counts = write_batch(decode_records(batch), batch_id, settings, topics, landed_on)
+        log.info("landing batch %d: %s", batch_id, counts)
+
+    run_id = uuid.uuid4().hex[:8]
+    query = (
+        source.writeStream.foreachBatch(each_batch)
+        .option("checkpointLocation", str(checkpoint))
+        .queryName(f"feedrank_land_{run_id}")
+        .trigger(availableNow=True)
+        .start()
+    )
+    query.awaitTermination()
+    if query.exception() is not None:
+        raise FeedrankError(f"landing failed: {query.exception()}")
+    for progress in query.recentProgress:
+        log.info(
+            "landing progress: %s rows in batch %s",
+            progress.get("numInputRows"),
+            progress.get("batchId"),
+        )
+    for topic in topics:
+        totals[topic]["rows"] = _count(settings.paths.lake / topic)
+        totals[topic]["quarantined"] = _count(settings.paths.lake / QUARANTINE / topic)
+    return totals
+
+
+def _count(root: Path) -> int:
+    import pyarrow.dataset as pads
+
+    if not root.is_dir() or not any(root.glob("*/*.parquet")):
+        return 0
+    return pads.dataset(str(root), format="parquet", partitioning="hive").count_rows()

@@ -1,0 +1,527 @@
+"""Training examples: labelled impressions with every feature joined as of the impression.
+
+Pure steps (DataFrames in, DataFrame out), composed by :func:`build_training_examples`:
+
+1. :func:`attribute_labels` — ``label_<head>`` = 1 when the same user engaged with the same
+   tweet of the same request with that head within ``attribution_window_s`` after
+   ``served_at`` (inclusive on both ends).
+2. :func:`downsample_negatives` — rows with no positive label are kept when a deterministic
+   hash of ``request_id|tweet_id`` falls below the keep-rate (reruns keep the same rows);
+   ``keep_prob`` records the survival probability.
+3. :func:`asof_join` per view — Feast's point-in-time semantics: the row with the greatest
+   ``event_timestamp`` <= ``served_at`` (ties: greatest ``created_timestamp``) and
+   ``event_timestamp`` >= ``served_at`` - ttl; otherwise null. Done as a sort-based window
+   (union of impressions and feature rows, last non-null feature row per key), which scales
+   out instead of exploding a range join.
+4. :func:`add_context` — :func:`feedrank.context.context_features` through a pandas UDF.
+
+:func:`run_training_data` is the shell: reads an explicit interval, writes
+``<paths.training>/<run_id>/{train,validation,audit}/`` and ``manifest.json`` atomically.
+The audit folder keeps each row's per-view source ``event_timestamp`` for the leak check
+(:mod:`jobs.leaks`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from feedrank.config import HEADS, Settings
+from feedrank.context import context_features
+from feedrank.errors import FeedrankError
+from feedrank.feature_spec import (
+    CONTEXT_FEATURES,
+    ENTITIES,
+    FEATURE_SERVICE,
+    ID_COLUMNS,
+    KEEP_PROB_COLUMN,
+    LABEL_COLUMNS,
+    VIEWS,
+    View,
+    model_features,
+    training_columns,
+)
+from feedrank.schemas import DEVICES
+from jobs import lake
+
+log = logging.getLogger("feedrank.training_data")
+
+SPLITS = ("train", "validation")
+ID_KEYS: tuple[str, ...] = ("request_id", "tweet_id")  # one impression
+AUDIT_DIR = "audit"
+# The user_topic view is keyed by the candidate's topic, which comes from tweet_attributes.
+VIEW_KEY_COLUMNS: dict[str, dict[str, str]] = {
+    "user_topic_affinity_daily": {"topic": "tweet_topic"},
+}
+# tweet_attributes first: it provides tweet_topic (and tweet_created_ts for the context).
+# Only views that feed the model are joined (tweet_authors is a serving lookup).
+MODEL_VIEWS: tuple[str, ...] = tuple(name for name, v in VIEWS.items() if v.in_model)
+JOIN_ORDER: tuple[str, ...] = (
+    "tweet_attributes",
+    *[v for v in MODEL_VIEWS if v != "tweet_attributes"],
+)
+_HASH_DIGITS = 15  # 60 bits of SHA-256: exact in a double after scaling by 2**-60.
+
+
+def source_ts_column(view_name: str) -> str:
+    """Audit column holding the ``event_timestamp`` of the feature row a training row used."""
+    return f"_src_ts_{view_name}"
+
+
+def attribute_labels(
+    impressions: DataFrame, engagements: DataFrame, attribution_window_s: int
+) -> DataFrame:
+    """Impressions plus one ``label_<head>`` (0/1 bigint) per head.
+
+    Args:
+        impressions: lake impressions.
+        engagements: lake engagements (one row per engagement, ``head`` column).
+        attribution_window_s: an engagement counts when
+            ``served_at <= engaged_at <= served_at + attribution_window_s``.
+    """
+    keys = ["request_id", "user_id", "tweet_id"]
+    imp_keys = impressions.select(*keys, "served_at").dropDuplicates(keys)
+    window = F.expr(f"INTERVAL {int(attribution_window_s)} SECONDS")
+    hits = (
+        engagements.select(*keys, "head", "engaged_at")
+        .join(imp_keys, keys)
+        .where(
+            (F.col("engaged_at") >= F.col("served_at"))
+            & (F.col("engaged_at") <= F.col("served_at") + window)
+        )
+        .groupBy(*keys)
+        .agg(*[F.max((F.col("head") == h).cast("bigint")).alias(f"label_{h}") for h in HEADS])
+    )
+    return impressions.join(hits, keys, "left").fillna(0, subset=list(LABEL_COLUMNS))
+
+
+def keep_hash(request_id: Column, tweet_id: Column) -> Column:
+    """Uniform [0, 1) from SHA-256 of ``request_id|tweet_id`` (see :func:`keep_hash_py`)."""
+    digest = F.sha2(F.concat_ws("|", request_id, tweet_id.cast("string")), 256)
+    value = F.conv(F.substring(digest, 1, _HASH_DIGITS), 16, 10).cast("double")
+    return value / float(16**_HASH_DIGITS)
+
+
+def keep_hash_py(request_id: str, tweet_id: int) -> float:
+    """The plain-Python twin of :func:`keep_hash` (same bits, same double)."""
+    digest = hashlib.sha256(f"{request_id}|{tweet_id}".encode()).hexdigest()
+    return int(digest[:_HASH_DIGITS], 16) / 16**_HASH_DIGITS
+
+
+def any_positive(df: DataFrame) -> Column:
+    """True when any head's label is 1."""
+    return F.greatest(*[F.col(c) for c in LABEL_COLUMNS]) > 0
+
+
+def downsample_negatives(labelled: DataFrame, keep_rate: float) -> DataFrame:
+    """Keep every row with a positive label and a deterministic ``keep_rate`` share of the rest.
+
+    Adds ``keep_prob`` (1.0 for positives, ``keep_rate`` for all-negative rows).
+    """
+    positive = any_positive(labelled)
+    return labelled.withColumn(
+        KEEP_PROB_COLUMN, F.when(positive, F.lit(1.0)).otherwise(F.lit(float(keep_rate)))
+    ).where(
+        positive | (keep_hash(F.col("request_id"), F.col("tweet_id")) < F.lit(float(keep_rate)))
+    )
+
+
+def asof_lookup(
+    points: DataFrame,
+    features: DataFrame,
+    view: View,
+    key_columns: Mapping[str, str] | None = None,
+    ts_column: str = "served_at",
+    id_columns: tuple[str, ...] = ID_KEYS,
+) -> DataFrame:
+    """For each point: ``view``'s features as of ``points[ts_column]`` (Feast semantics).
+
+    Works on a narrow frame (ids, keys, time) so the sort carries little data; callers join
+    the result back on ``id_columns``.
+
+    Args:
+        points: rows to look up; ``id_columns`` must identify a row.
+        features: the view's feature table (keys, event_timestamp, created_timestamp, ...).
+        view: the view's declaration (entity keys, ttl, feature names).
+        key_columns: entity join key -> the column of ``points`` holding it (default: same).
+        ts_column: the point in time of each row.
+        id_columns: the columns identifying a point.
+
+    Returns:
+        ``id_columns``, the view's features (null when no row is within the TTL) and
+        :func:`source_ts_column` of the feature row used.
+    """
+    keys = list(ENTITIES[view.entity].join_keys)
+    mapping = dict(key_columns or {})
+    src = source_ts_column(view.name)
+    feat_struct = F.struct(
+        *[F.col(n) for n in view.feature_names], F.col("event_timestamp").alias(src)
+    )
+    feat_type = features.select(feat_struct.alias("s")).schema["s"].dataType
+    id_types = {f.name: f.dataType for f in points.select(*id_columns).schema.fields}
+    key_alias = [f"_k{i}" for i in range(len(keys))]
+    lhs = points.select(
+        *id_columns,
+        *[
+            F.col(mapping.get(k, k)).cast("bigint").alias(a)
+            for k, a in zip(keys, key_alias, strict=True)
+        ],
+        F.col(ts_column).alias("_ts"),
+        F.lit(1).alias("_side"),
+        F.lit(None).cast("timestamp").alias("_cts"),
+        F.lit(None).cast(feat_type).alias("_feat"),
+    )
+    rhs = features.select(
+        *[F.lit(None).cast(id_types[c]).alias(c) for c in id_columns],
+        *[F.col(k).cast("bigint").alias(a) for k, a in zip(keys, key_alias, strict=True)],
+        F.col("event_timestamp").alias("_ts"),
+        F.lit(0).alias("_side"),
+        F.col("created_timestamp").alias("_cts"),
+        feat_struct.alias("_feat"),
+    )
+    # Feature rows sort before points at the same instant: event_timestamp <= served_at;
+    # among equal event times the greatest created_timestamp comes last and wins.
+    order = (
+        Window.partitionBy(*key_alias)
+        .orderBy("_ts", "_side", "_cts")
+        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    )
+    joined = (
+        lhs.unionByName(rhs)
+        .withColumn("_feat", F.last("_feat", ignorenulls=True).over(order))
+        .where(F.col("_side") == 1)
+    )
+    fresh = F.col(f"_feat.{src}") >= F.col("_ts") - F.expr(f"INTERVAL {view.ttl_days} DAYS")
+    return joined.select(
+        *id_columns,
+        *[F.when(fresh, F.col(f"_feat.{n}")).alias(n) for n in view.feature_names],
+        F.when(fresh, F.col(f"_feat.{src}")).alias(src),
+    )
+
+
+def asof_join(
+    left: DataFrame,
+    features: DataFrame,
+    view: View,
+    key_columns: Mapping[str, str] | None = None,
+    ts_column: str = "served_at",
+    id_columns: tuple[str, ...] = ID_KEYS,
+) -> DataFrame:
+    """``left`` plus ``view``'s features as of ``ts_column`` (see :func:`asof_lookup`)."""
+    found = asof_lookup(left, features, view, key_columns, ts_column, id_columns)
+    return left.join(found, list(id_columns), "left")
+
+
+def join_features(examples: DataFrame, views: Mapping[str, DataFrame]) -> DataFrame:
+    """Every model view joined as of ``served_at`` (``examples`` keyed by :data:`ID_KEYS`).
+
+    Each view is looked up on a narrow frame from ``examples`` and joined back by id, so the
+    wide rows are shuffled once instead of once per view. ``examples`` is read once per view:
+    cache it.
+    """
+    missing = [name for name in JOIN_ORDER if name not in views]
+    if missing:
+        raise FeedrankError(f"feature table {missing[0]} is missing (run feedrank features)")
+    ids = list(ID_KEYS)
+    first = JOIN_ORDER[0]
+    tweet = asof_lookup(examples, views[first], VIEWS[first])
+    out = examples.join(tweet, ids, "left")
+    with_topic = examples.select(*ids, "user_id", "served_at").join(
+        tweet.select(*ids, "tweet_topic"), ids, "left"
+    )
+    for name in JOIN_ORDER[1:]:
+        keys = VIEW_KEY_COLUMNS.get(name)
+        points = with_topic if keys else examples
+        out = out.join(asof_lookup(points, views[name], VIEWS[name], keys), ids, "left")
+    return out
+
+
+def device_codes(feed_requests: DataFrame) -> DataFrame:
+    """``request_id`` -> ``device_code`` (index in :data:`feedrank.schemas.DEVICES`)."""
+    codes = F.create_map(*[x for i, d in enumerate(DEVICES) for x in (F.lit(d), F.lit(i))])
+    return feed_requests.select(
+        "request_id", codes[F.col("device")].cast("bigint").alias("device_code")
+    ).dropDuplicates(["request_id"])
+
+
+def add_context(df: DataFrame) -> DataFrame:
+    """Add :data:`feedrank.feature_spec.CONTEXT_FEATURES` via the shared vectorized function.
+
+    Needs ``served_at``, ``device_code``, ``tweet_created_ts`` and ``user_active_hour_peak``.
+    One ``mapInPandas`` pass, so the Python function runs exactly once per row.
+    """
+    names = [f.name for f in CONTEXT_FEATURES]
+    staged = df.withColumn("_request_ts", request_ts(F.col("served_at")))
+    schema = T.StructType(
+        [*staged.schema.fields, *[T.StructField(n, T.DoubleType()) for n in names]]
+    )
+
+    def with_context(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            values = context_features(
+                batch["_request_ts"],
+                batch["device_code"],
+                batch["tweet_created_ts"],
+                batch["user_active_hour_peak"],
+            )
+            for n in names:
+                batch[n] = values[n]
+            yield batch
+
+    return staged.mapInPandas(with_context, schema).drop("_request_ts")
+
+
+def request_ts(served_at: Column) -> Column:
+    """Epoch seconds of a timestamp (microseconds / 1e6, as the reference computes it)."""
+    return F.unix_micros(served_at) / 1e6
+
+
+def _output_types() -> dict[str, str]:
+    types = {
+        "request_id": "string",
+        "user_id": "bigint",
+        "tweet_id": "bigint",
+        "author_id": "bigint",
+        "served_at": "timestamp",
+        "position": "int",
+        KEEP_PROB_COLUMN: "double",
+        **dict.fromkeys(LABEL_COLUMNS, "bigint"),
+    }
+    for view in VIEWS.values():
+        for feat in view.features:
+            types[feat.name] = "bigint" if feat.dtype == "int64" else "double"
+    types.update({f.name: "double" for f in CONTEXT_FEATURES})
+    return types
+
+
+def build_training_examples(
+    impressions: DataFrame,
+    engagements: DataFrame,
+    feed_requests: DataFrame,
+    views: Mapping[str, DataFrame],
+    attribution_window_s: int,
+    negative_keep_rate: float,
+    validation_start: dt.date,
+) -> DataFrame:
+    """Labelled, downsampled, point-in-time-joined examples.
+
+    Returns:
+        :func:`feedrank.feature_spec.training_columns` in order, then ``split``
+        (``train`` before ``validation_start``, else ``validation``) and one
+        :func:`source_ts_column` per view (for the audit; drop before training).
+    """
+    labelled = attribute_labels(impressions, engagements, attribution_window_s)
+    return examples_from_labels(
+        labelled, feed_requests, views, negative_keep_rate, validation_start
+    )
+
+
+def examples_from_labels(
+    labelled: DataFrame,
+    feed_requests: DataFrame,
+    views: Mapping[str, DataFrame],
+    negative_keep_rate: float,
+    validation_start: dt.date,
+) -> DataFrame:
+    """The part of :func:`build_training_examples` after :func:`attribute_labels`."""
+    # Impressions are unique per (request, tweet); the ids below rely on it.
+    kept = downsample_negatives(labelled.dropDuplicates(list(ID_KEYS)), negative_keep_rate).join(
+        device_codes(feed_requests), "request_id", "left"
+    )
+    # Every view reads the kept rows: compute them once.
+    kept = kept.cache()
+    joined = add_context(join_features(kept, views))
+    types = _output_types()
+    split = F.when(F.to_date("served_at") >= F.lit(validation_start), "validation").otherwise(
+        "train"
+    )
+    return joined.select(
+        *[F.col(c).cast(types[c]).alias(c) for c in training_columns()],
+        split.alias("split"),
+        *[source_ts_column(v) for v in JOIN_ORDER],
+    )
+
+
+def negative_keep_rates(labelled: DataFrame, negative_keep_rate: float) -> dict[str, float]:
+    """Per head: kept negatives / all negatives (the ``w`` of ``q = p / (p + (1 - p) / w)``).
+
+    A head's negatives include rows positive for another head, which are always kept, so the
+    effective rate is above the configured one.
+    """
+    kept = any_positive(labelled) | (
+        keep_hash(F.col("request_id"), F.col("tweet_id")) < F.lit(float(negative_keep_rate))
+    )
+    row = labelled.agg(
+        *[F.sum((F.col(f"label_{h}") == 0).cast("bigint")).alias(f"n_{h}") for h in HEADS],
+        *[F.sum(((F.col(f"label_{h}") == 0) & kept).cast("bigint")).alias(f"k_{h}") for h in HEADS],
+    ).collect()[0]
+    return {
+        h: (row[f"k_{h}"] / row[f"n_{h}"]) if row[f"n_{h}"] else float(negative_keep_rate)
+        for h in HEADS
+    }
+
+
+def schema_sha256() -> str:
+    """Hash of the training-examples column names and types, in order."""
+    types = _output_types()
+    text = "\n".join(f"{c}:{types[c]}" for c in training_columns())
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _arrow_training_schema() -> pa.Schema:
+    arrow = {
+        "string": pa.string(),
+        "bigint": pa.int64(),
+        "int": pa.int32(),
+        "double": pa.float64(),
+        "timestamp": pa.timestamp("us", tz="UTC"),
+    }
+    types = _output_types()
+    return pa.schema([pa.field(c, arrow[types[c]]) for c in training_columns()])
+
+
+def _input_partitions(
+    settings: Settings, start: dt.date, end: dt.date, window_days: int
+) -> dict[str, list[Path]]:
+    lake_root, feat_root = settings.paths.lake, settings.paths.features
+    found = {
+        "impressions": lake.existing_partitions(lake_root, "impressions", start, end),
+        "engagements": lake.existing_partitions(
+            lake_root, "engagements", start, end + dt.timedelta(days=window_days)
+        ),
+        # A request just before midnight may be served just after it.
+        "feed_requests": lake.existing_partitions(
+            lake_root, "feed_requests", start - dt.timedelta(days=1), end
+        ),
+    }
+    for name in MODEL_VIEWS:
+        view = VIEWS[name]
+        # Daily snapshot of D has event_timestamp D+1: reach back ttl + 1 partitions.
+        found[name] = lake.existing_partitions(
+            feat_root, name, start - dt.timedelta(days=view.ttl_days + 1), end
+        )
+    return found
+
+
+def run_training_data(
+    spark: SparkSession, settings: Settings, start: dt.date, end: dt.date, run_id: str | None = None
+) -> Path:
+    """Build the examples of impressions served in [start, end] into ``<training>/<run_id>``.
+
+    The last ``settings.training_data.validation_days`` days are the validation split. The run
+    folder is written to a temp folder and swapped in, so a rerun replaces it whole and a
+    failure leaves the previous run untouched.
+
+    Returns:
+        The run folder.
+    """
+    lake.check_interval(start, end)
+    td = settings.training_data
+    days = lake.days_between(start, end)
+    if len(days) <= td.validation_days:
+        raise FeedrankError(
+            f"interval {start}..{end} has {len(days)} day(s); need more than "
+            f"validation_days={td.validation_days} for a time split"
+        )
+    validation_start = days[-td.validation_days]
+    window_days = -(-td.attribution_window_s // 86400)
+    parts = _input_partitions(settings, start, end, window_days)
+    if not parts["impressions"]:
+        raise FileNotFoundError(
+            f"no impressions partitions in {start}..{end} under {settings.paths.lake}"
+        )
+    missing = [v for v in MODEL_VIEWS if not parts[v]]
+    if missing:
+        raise FeedrankError(
+            f"no feature partitions for {', '.join(missing)} near "
+            f"{start}..{end}; run feedrank features first"
+        )
+    impressions = lake.read_partitions(
+        spark, parts["impressions"], lake.table_schema("impressions")
+    )
+    engagements = lake.read_partitions(
+        spark, parts["engagements"], lake.table_schema("engagements")
+    )
+    feed_requests = lake.read_partitions(
+        spark, parts["feed_requests"], lake.table_schema("feed_requests")
+    )
+    views = {v: lake.read_partitions(spark, parts[v], lake.view_schema(v)) for v in MODEL_VIEWS}
+
+    labelled = attribute_labels(impressions, engagements, td.attribution_window_s).cache()
+    keep_rates = negative_keep_rates(labelled, td.negative_keep_rate)
+    examples = examples_from_labels(
+        labelled, feed_requests, views, td.negative_keep_rate, validation_start
+    ).cache()
+    counts = (
+        examples.groupBy("split")
+        .agg(F.count("*").alias("rows"), *[F.sum(c).alias(c) for c in LABEL_COLUMNS])
+        .collect()
+    )
+    by_split = {r["split"]: r for r in counts}
+    run_id = run_id or f"{start.isoformat()}_{end.isoformat()}"
+    target = settings.paths.training / run_id
+    home = settings.paths.home
+
+    def build(tmp: Path) -> None:
+        lake.write_spark_parquet(
+            examples.select(*training_columns(), "split"), tmp / "_splits", partition_by="split"
+        )
+        for split in SPLITS:
+            fresh, final = tmp / "_splits" / f"split={split}", tmp / split
+            if fresh.is_dir():
+                lake._rename_parts(fresh)
+                fresh.rename(final)
+            else:  # an empty split still gets a readable, typed file
+                final.mkdir(parents=True)
+                pq.write_table(_arrow_training_schema().empty_table(), final / "part-00000.parquet")
+        shutil.rmtree(tmp / "_splits")
+        audit = examples.select(
+            "request_id", "tweet_id", "served_at", *[source_ts_column(v) for v in JOIN_ORDER]
+        )
+        lake.write_spark_parquet(audit, tmp / AUDIT_DIR)
+        lake._rename_parts(tmp / AUDIT_DIR)
+        manifest = {
+            "run_id": run_id,
+            "rows": {s: int(by_split[s]["rows"]) if s in by_split else 0 for s in SPLITS},
+            "positives": {
+                s: {h: int(by_split[s][f"label_{h}"] or 0) if s in by_split else 0 for h in HEADS}
+                for s in SPLITS
+            },
+            "keep_rates": keep_rates,
+            "negative_keep_rate": td.negative_keep_rate,
+            "attribution_window_s": td.attribution_window_s,
+            "train_dates": [d.isoformat() for d in days if d < validation_start],
+            "validation_dates": [d.isoformat() for d in days if d >= validation_start],
+            "input_partitions": {
+                name: [
+                    str(p.relative_to(home)) if p.is_relative_to(home) else str(p) for p in paths
+                ]
+                for name, paths in parts.items()
+            },
+            "features": model_features(),
+            "feature_service": FEATURE_SERVICE,
+            "columns": training_columns(),
+            "id_columns": list(ID_COLUMNS),
+            "schema_sha256": schema_sha256(),
+            "content_sha256": {s: lake.content_hash(tmp / s) for s in SPLITS},
+        }
+        lake.write_json(tmp / "manifest.json", manifest)
+
+    try:
+        lake.write_dir_atomic(target, build)
+    finally:
+        examples.unpersist()
+        labelled.unpersist()
+    log.info("training examples %s..%s -> %s", start, end, target)
+    return target

@@ -1,0 +1,365 @@
+"""Validation gate: per-partition checks of the lake and feature tables before anything trains.
+
+For each dataset partition of one date it checks the schema against the contract, row
+counts, null rates, value ranges, new categories, label rates and drift against the previous
+date's partition (PSI per numeric column, share shift per category), writes a JSON report
+under ``<paths.reports>/validate/`` and fails with a one-line reason when a threshold from
+``settings.monitoring`` breaks. A partition is small next to a day of the pipeline, so the
+gate reads it with pyarrow/pandas on the driver (no Spark start-up on the critical path).
+
+Drift of feature tables is reported but does not fail the gate: windows that are still
+filling (the first 28 days of a world) move every feature, which is expected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import typing
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import annotated_types as at
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from feedrank.config import HEADS, MonitoringConfig, Settings
+from feedrank.errors import FeedrankError
+from feedrank.feature_spec import VIEWS
+from feedrank.schemas import LAKE_TABLES, table_schema
+from jobs import lake
+
+PSI_BINS = 10
+PSI_MIN_ROWS = 200  # below this, PSI is mostly sampling noise
+LABEL_MIN_EXPECTED = 20  # label collapse needs this many expected positives to be judged
+CATEGORY_MAX_DISTINCT = 50
+LAKE_DATASETS = (
+    "users",
+    "tweets",
+    "follows",
+    "feed_requests",
+    "impressions",
+    "engagements",
+    "oracle",
+)
+
+
+@dataclass
+class Finding:
+    """One failed check."""
+
+    dataset: str
+    check: str
+    column: str | None
+    detail: str
+
+    def line(self) -> str:
+        where = f"{self.dataset}.{self.column}" if self.column else self.dataset
+        return f"{self.check} in {where}: {self.detail}"
+
+
+@dataclass
+class DatasetReport:
+    dataset: str
+    rows: int
+    previous_rows: int | None
+    null_rates: dict[str, float] = field(default_factory=dict)
+    psi: dict[str, float] = field(default_factory=dict)
+    category_shift: dict[str, float] = field(default_factory=dict)
+    label_rates: dict[str, float] = field(default_factory=dict)
+    drift_enforced: bool = True
+    findings: list[Finding] = field(default_factory=list)
+
+
+def lake_ranges(table: str) -> dict[str, tuple[float | None, float | None]]:
+    """Inclusive numeric bounds of a lake table's columns, from its pydantic constraints."""
+    model = LAKE_TABLES[table]
+    bounds: dict[str, tuple[float | None, float | None]] = {}
+    for name, info in model.model_fields.items():
+        metadata = list(info.metadata)
+        annotation = info.annotation
+        if typing.get_origin(annotation) is typing.Annotated:
+            metadata += list(typing.get_args(annotation)[1:])
+        lo = hi = None
+        for meta in metadata:
+            for item in getattr(meta, "metadata", [meta]):
+                # Several constraints may stack (Int32 and the field's own): keep the tightest.
+                if isinstance(item, at.Ge | at.Gt):
+                    bound = getattr(item, "ge", getattr(item, "gt", None))
+                    lo = bound if lo is None else max(lo, bound)
+                if isinstance(item, at.Le | at.Lt):
+                    bound = getattr(item, "le", getattr(item, "lt", None))
+                    hi = bound if hi is None else min(hi, bound)
+        if lo is not None or hi is not None:
+            bounds[name] = (lo, hi)
+    return bounds
+
+
+def view_ranges(view_name: str) -> dict[str, tuple[float | None, float | None]]:
+    """Feature bounds: counts, rates and encodings are non-negative; the peak hour is -1..23."""
+    bounds: dict[str, tuple[float | None, float | None]] = {}
+    for feat in VIEWS[view_name].features:
+        if feat.name == "user_active_hour_peak":
+            bounds[feat.name] = (-1, 23)
+        elif feat.name.startswith("ctx_") or feat.name.endswith("_ts"):
+            continue
+        else:
+            bounds[feat.name] = (0, None)
+    return bounds
+
+
+def required_columns(dataset: str, schema: pa.Schema) -> list[str]:
+    """Columns that must not be null: non-nullable contract fields; counts and encodings."""
+    if dataset in VIEWS:
+        view = VIEWS[dataset]
+        return [f.name for f in view.features if f.dtype == "int64" or "_te_" in f.name]
+    return [f.name for f in schema if not f.nullable]
+
+
+def psi(current: np.ndarray, previous: np.ndarray, bins: int = PSI_BINS) -> float:
+    """Population stability index of ``current`` against ``previous`` (quantile bins)."""
+    edges = np.unique(np.quantile(previous, np.linspace(0, 1, bins + 1)))
+    if len(edges) < 2:
+        edges = np.array([previous.min() - 0.5, previous.min() + 0.5])
+    inner = edges[1:-1]
+    prev_share = np.bincount(
+        np.searchsorted(inner, previous, side="right"), minlength=len(inner) + 1
+    ) / len(previous)
+    cur_share = np.bincount(
+        np.searchsorted(inner, current, side="right"), minlength=len(inner) + 1
+    ) / len(current)
+    eps = 1e-4
+    prev_share, cur_share = np.clip(prev_share, eps, None), np.clip(cur_share, eps, None)
+    return float(np.sum((cur_share - prev_share) * np.log(cur_share / prev_share)))
+
+
+def _is_category(name: str, series: pd.Series) -> bool:
+    return (
+        (series.dtype == object or pd.api.types.is_bool_dtype(series))
+        and not name.endswith("_id")
+        and series.map(lambda v: isinstance(v, str | bool)).all()
+    )
+
+
+def _is_drift_numeric(name: str, series: pd.Series) -> bool:
+    # Ids and timestamps move by construction every day; they are not distributions.
+    return (
+        pd.api.types.is_numeric_dtype(series)
+        and not pd.api.types.is_bool_dtype(series)
+        and not name.endswith("_id")
+        and name not in ("schema_version",)
+    )
+
+
+def check_partition(
+    dataset: str,
+    current: pa.Table | None,
+    previous: pa.Table | None,
+    expected: pa.Schema,
+    thresholds: MonitoringConfig,
+    ranges: dict[str, tuple[float | None, float | None]],
+    enforce_drift: bool = True,
+) -> DatasetReport:
+    """Every check of one partition against its contract and the previous partition."""
+    if current is None:
+        report = DatasetReport(dataset, 0, previous.num_rows if previous is not None else None)
+        if previous is not None and previous.num_rows:
+            report.findings.append(
+                Finding(
+                    dataset, "missing partition", None, "previous date had data, this date has none"
+                )
+            )
+        return report
+    report = DatasetReport(
+        dataset,
+        current.num_rows,
+        previous.num_rows if previous is not None else None,
+        drift_enforced=enforce_drift,
+    )
+    have = {f.name: f.type for f in current.schema}
+    for f in expected:
+        if f.name not in have:
+            report.findings.append(Finding(dataset, "schema", f.name, "column missing"))
+        elif have[f.name] != f.type:
+            report.findings.append(
+                Finding(dataset, "schema", f.name, f"type {have[f.name]} != contract {f.type}")
+            )
+    extra = sorted(set(have) - set(expected.names) - {lake.DATE_COLUMN})
+    if extra:
+        report.findings.append(Finding(dataset, "schema", extra[0], "column not in contract"))
+    if current.num_rows == 0:
+        if previous is not None and previous.num_rows:
+            report.findings.append(Finding(dataset, "row count", None, "partition is empty"))
+        return report
+    cur = current.to_pandas()
+    prev = previous.to_pandas() if previous is not None and previous.num_rows else None
+    required = set(required_columns(dataset, expected))
+    for name in cur.columns:
+        rate = float(cur[name].isna().mean())
+        report.null_rates[name] = rate
+        before = float(prev[name].isna().mean()) if prev is not None and name in prev else 0.0
+        limit = thresholds.null_rate_max if name in required else before + thresholds.null_rate_max
+        if rate > limit:
+            report.findings.append(
+                Finding(dataset, "null rate", name, f"{rate:.1%} null (limit {limit:.1%})")
+            )
+    for name, (lo, hi) in ranges.items():
+        if name not in cur:
+            continue
+        values = pd.to_numeric(cur[name], errors="coerce").dropna()
+        bad = ((values < lo) if lo is not None else False) | (
+            (values > hi) if hi is not None else False
+        )
+        if np.any(bad):
+            report.findings.append(
+                Finding(
+                    dataset,
+                    "out of range",
+                    name,
+                    f"{int(np.sum(bad))} value(s) outside [{lo}, {hi}], e.g. {values[bad].iloc[0]}",
+                )
+            )
+    if prev is None:
+        return report
+    for name in cur.columns:
+        if name not in prev:
+            continue
+        c, p = cur[name].dropna(), prev[name].dropna()
+        if _is_category(name, c) and c.nunique() <= CATEGORY_MAX_DISTINCT:
+            c_share, p_share = c.value_counts(normalize=True), p.value_counts(normalize=True)
+            new = float(c_share[~c_share.index.isin(p_share.index)].sum())
+            shift = float(0.5 * c_share.sub(p_share, fill_value=0).abs().sum())
+            report.category_shift[name] = shift
+            if new > thresholds.new_category_share_max:
+                unseen = [str(v) for v in c_share.index if v not in p_share.index]
+                report.findings.append(
+                    Finding(
+                        dataset,
+                        "new category",
+                        name,
+                        f"{new:.1%} of rows have unseen value(s) {', '.join(unseen[:3])}",
+                    )
+                )
+        elif _is_drift_numeric(name, c) and len(c) >= PSI_MIN_ROWS and len(p) >= PSI_MIN_ROWS:
+            value = psi(c.to_numpy(np.float64), p.to_numpy(np.float64))
+            report.psi[name] = value
+            if enforce_drift and value > thresholds.psi_alert:
+                report.findings.append(
+                    Finding(dataset, "drift", name, f"PSI {value:.3f} > {thresholds.psi_alert}")
+                )
+    return report
+
+
+def check_label_rates(
+    impressions: pa.Table | None,
+    engagements: pa.Table | None,
+    prev_impressions: pa.Table | None,
+    prev_engagements: pa.Table | None,
+    thresholds: MonitoringConfig,
+) -> DatasetReport:
+    """Engagements per impression by head, against the previous date."""
+
+    def rates(imps: pa.Table | None, engs: pa.Table | None) -> tuple[int, dict[str, float]]:
+        n = imps.num_rows if imps is not None else 0
+        heads = engs.column("head").to_pylist() if engs is not None else []
+        return n, {h: (heads.count(h) / n if n else math.nan) for h in HEADS}
+
+    n, cur = rates(impressions, engagements)
+    n_prev, prev = rates(prev_impressions, prev_engagements)
+    report = DatasetReport("labels", n, n_prev, label_rates=cur)
+    for h in HEADS:
+        if not n or not n_prev or math.isnan(prev[h]):
+            continue
+        floor = (1 - thresholds.label_rate_drop_max) * prev[h]
+        if prev[h] * n >= LABEL_MIN_EXPECTED and cur[h] < floor:
+            report.findings.append(
+                Finding(
+                    "labels",
+                    "label rate",
+                    h,
+                    f"{cur[h]:.4f} < {floor:.4f} (previous {prev[h]:.4f})",
+                )
+            )
+    return report
+
+
+def _read(path: Path) -> pa.Table | None:
+    if not path.is_dir():
+        return None
+    return pads.dataset(str(path), format="parquet").to_table()
+
+
+def validate_date(
+    settings: Settings, day: dt.date, datasets: Iterable[str] | None = None
+) -> tuple[list[DatasetReport], Path]:
+    """Run the gate for ``day``; write the JSON report. Returns (reports, report path)."""
+    prev_day = day - dt.timedelta(days=1)
+    reports = []
+    lake_root, feat_root = settings.paths.lake, settings.paths.features
+    wanted = set(datasets) if datasets else None
+    tables = {}
+    for table in LAKE_DATASETS:
+        if wanted and table not in wanted:
+            continue
+        cur = _read(lake.partition_dir(lake_root, table, day))
+        prev = _read(lake.partition_dir(lake_root, table, prev_day))
+        tables[table] = (cur, prev)
+        if cur is None and prev is None:
+            continue
+        reports.append(
+            check_partition(
+                table, cur, prev, table_schema(table), settings.monitoring, lake_ranges(table)
+            )
+        )
+    if "impressions" in tables and "engagements" in tables:
+        (imp, prev_imp), (eng, prev_eng) = tables["impressions"], tables["engagements"]
+        reports.append(check_label_rates(imp, eng, prev_imp, prev_eng, settings.monitoring))
+    for view in VIEWS:
+        if wanted and view not in wanted:
+            continue
+        cur = _read(lake.partition_dir(feat_root, view, day))
+        prev = _read(lake.partition_dir(feat_root, view, prev_day))
+        if cur is None and prev is None:
+            continue
+        reports.append(
+            check_partition(
+                view,
+                cur,
+                prev,
+                lake.view_schema(view),
+                settings.monitoring,
+                view_ranges(view),
+                enforce_drift=False,
+            )
+        )
+    if not reports:
+        raise FileNotFoundError(
+            f"no lake or feature partitions for {day} under {settings.paths.home}"
+        )
+    path = settings.paths.reports / "validate" / f"{day.isoformat()}.json"
+    findings = [f for r in reports for f in r.findings]
+    lake.write_json(
+        path,
+        {
+            "date": day.isoformat(),
+            "ok": not findings,
+            "findings": [f.line() for f in findings],
+            "datasets": [asdict(r) for r in reports],
+        },
+    )
+    return reports, path
+
+
+def gate(settings: Settings, day: dt.date, datasets: Iterable[str] | None = None) -> Path:
+    """:func:`validate_date`, raising a one-line :class:`FeedrankError` on the first finding."""
+    reports, path = validate_date(settings, day, datasets)
+    findings = [f for r in reports for f in r.findings]
+    if findings:
+        more = f" (+{len(findings) - 1} more)" if len(findings) > 1 else ""
+        raise FeedrankError(
+            f"validation failed for {day}: {findings[0].line()}{more}; report {path}"
+        )
+    return path

@@ -1,0 +1,30 @@
+"""Fixtures of the batch-pipeline tests: one tiny world, its features and training run.
+
+Built once per session on the shared ``spark`` fixture (Spark stages dominate the runtime on
+2 cores, so every test reads the same outputs instead of rebuilding them).
+"""
+
+from __future__ import annotations
+
+import pytest
+from pipeline_helpers import END, FEATURE_START, START, PipelineRun, add_edge_cases, settings_at
+
+from feedrank.config import Settings
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(
+    spark, settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> PipelineRun:
+    """A 3-day world written to a fresh lake, its feature tables and its training run."""
+    from jobs import features, synthetic, training_data
+
+    cfg = settings_at(settings, tmp_path_factory.mktemp("pipeline"))
+    world = synthetic.generate_world(
+        START, (END - START).days + 1, users=14, seed=3, requests_per_user_day=2.0, candidates=5
+    )
+    add_edge_cases(world)
+    synthetic.write_world(cfg.paths.lake, world)
+    features.run_features(spark, cfg, FEATURE_START, END)
+    run_dir = training_data.run_training_data(spark, cfg, START, END)
+    return PipelineRun(cfg, world, run_dir)

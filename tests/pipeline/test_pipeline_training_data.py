@@ -1,0 +1,185 @@
+"""Training data: Spark equals the plain-Python reference, no leaks, labels and manifest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from pipeline_helpers import EDGE_SERVED_AT, END, START
+
+from feedrank.config import HEADS
+from feedrank.errors import FeedrankError
+from feedrank.feature_spec import KEEP_PROB_COLUMN, VIEWS, training_columns
+from jobs import lake
+from jobs.leaks import check_no_leaks, find_leaks
+from jobs.reference import reference_training_examples
+from jobs.training_data import JOIN_ORDER, asof_join, source_ts_column
+
+# Spark on a shared 2-core machine: the session-wide pipeline build needs headroom.
+pytestmark = pytest.mark.timeout(900)
+
+
+def _rows(path) -> list[dict]:
+    return pads.dataset(str(path), format="parquet", partitioning="hive").to_table().to_pylist()
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b and type(a) is type(b)
+
+
+@pytest.fixture(scope="module")
+def reference(pipeline_run) -> dict[tuple, dict]:
+    cfg = pipeline_run.settings
+    td = cfg.training_data
+    # The reference reads the same files the Spark job read, as plain dicts.
+    views = {name: _rows(cfg.paths.features / name) for name in JOIN_ORDER}
+    rows = reference_training_examples(
+        _rows(cfg.paths.lake / "impressions"),
+        _rows(cfg.paths.lake / "engagements"),
+        _rows(cfg.paths.lake / "feed_requests"),
+        views,
+        td.attribution_window_s,
+        td.negative_keep_rate,
+        END - dt.timedelta(days=td.validation_days - 1),
+    )
+    return {(r["request_id"], r["tweet_id"]): r for r in rows}
+
+
+@pytest.mark.integration
+def test_spark_training_examples_equal_the_python_reference_exactly(pipeline_run, reference):
+    spark_rows = {}
+    for split in ("train", "validation"):
+        for row in _rows(pipeline_run.run_dir / split):
+            row["split"] = split
+            spark_rows[(row["request_id"], row["tweet_id"])] = row
+    assert len(reference) > 50
+    assert spark_rows.keys() == reference.keys()
+    mismatches = [
+        (key, col, spark_rows[key][col], ref[col])
+        for key, ref in reference.items()
+        for col in [*training_columns(), "split"]
+        if not _same(spark_rows[key][col], ref[col])
+    ]
+    assert mismatches == []
+    # The audit carries the same source timestamps as the reference join used.
+    audit = {(r["request_id"], r["tweet_id"]): r for r in _rows(pipeline_run.run_dir / "audit")}
+    assert all(
+        audit[k][source_ts_column(v)] == ref[source_ts_column(v)]
+        for k, ref in reference.items()
+        for v in JOIN_ORDER
+    )
+    # The data exercises every view (not a comparison of all-null columns).
+    for view in JOIN_ORDER:
+        assert any(ref[source_ts_column(view)] is not None for ref in reference.values()), view
+
+
+@pytest.mark.integration
+def test_output_layout_columns_and_manifest(pipeline_run):
+    run = pipeline_run.run_dir
+    for split in ("train", "validation"):
+        assert pq.read_schema(next((run / split).glob("*.parquet"))).names == training_columns()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["train_dates"] == ["2026-11-01", "2026-11-02"]
+    assert manifest["validation_dates"] == ["2026-11-03"]
+    rows = {s: len(_rows(run / s)) for s in ("train", "validation")}
+    assert manifest["rows"] == rows
+    train = _rows(run / "train")
+    assert manifest["positives"]["train"] == {h: sum(r[f"label_{h}"] for r in train) for h in HEADS}
+    assert all(r["served_at"].date() < dt.date(2026, 11, 3) for r in train)
+    # Effective keep-rate per head: between the configured rate and 1, for recalibration.
+    w = pipeline_run.settings.training_data.negative_keep_rate
+    assert manifest["negative_keep_rate"] == w
+    assert all(w <= manifest["keep_rates"][h] < 1 for h in HEADS)
+    assert {r[KEEP_PROB_COLUMN] for r in train} == {1.0, w}
+    assert all(r[KEEP_PROB_COLUMN] == 1.0 for r in train if any(r[f"label_{h}"] for h in HEADS))
+
+
+@pytest.mark.integration
+def test_attribution_window_and_snapshot_boundaries(pipeline_run, reference):
+    edge = [r for r in reference.values() if r["request_id"] == "edge-midnight"]
+    engaged = next(r for r in edge if r["label_like"] == 1)
+    # The like exactly one window after served_at counts; the reply 1 µs later does not.
+    assert engaged["label_reply"] == 0
+    # Served exactly at 2026-11-02 00:00: the 11-01 snapshot (event_timestamp == served_at)
+    # is the one joined.
+    for view in ("user_engagement_daily", "tweet_stats_daily"):
+        assert engaged[source_ts_column(view)] == EDGE_SERVED_AT
+
+
+@pytest.mark.integration
+def test_no_training_row_sees_data_from_its_future(spark, pipeline_run):
+    audit = spark.read.parquet(str(pipeline_run.run_dir / "audit"))
+    check_no_leaks(audit)
+    assert find_leaks(audit).count() == 0
+
+
+@pytest.mark.integration
+def test_leak_check_catches_a_same_day_snapshot_join(spark, pipeline_run):
+    """The classic bug: joining the snapshot of the impression's own day (it saw that day)."""
+    from pyspark.sql import functions as F
+
+    cfg = pipeline_run.settings
+    audit = spark.read.parquet(str(pipeline_run.run_dir / "audit"))
+    imps = lake.read_lake(spark, cfg.paths.lake, "impressions", START, END).select(
+        "request_id", "tweet_id", "user_id"
+    )
+    daily = spark.read.parquet(str(cfg.paths.features / "user_engagement_daily"))
+    src = source_ts_column("user_engagement_daily")
+    same_day = daily.select(
+        F.col("user_id").alias("snap_user"),
+        F.col("date").alias("snap_day"),
+        F.col("event_timestamp").alias(src),
+    )
+    leaky = (
+        audit.drop(src)
+        .join(imps, ["request_id", "tweet_id"])
+        .join(
+            same_day,
+            (F.col("user_id") == F.col("snap_user"))
+            & (F.col("snap_day") == F.to_date("served_at")),
+        )
+    )
+    assert leaky.count() > 0
+    leaks = find_leaks(leaky)
+    assert leaks.count() == leaky.count()
+    assert {r["view"] for r in leaks.select("view").distinct().collect()} == {
+        "user_engagement_daily"
+    }
+    with pytest.raises(FeedrankError, match="feature leak"):
+        check_no_leaks(leaky)
+
+
+@pytest.mark.integration
+def test_asof_join_ttl_ties_and_missing_keys(spark):
+    """Feast's rule on hand-made rows: latest event <= t, ties by created, within the TTL."""
+    view = VIEWS["user_realtime"]  # ttl 1 day
+    t = dt.datetime(2026, 11, 5, 12, tzinfo=dt.UTC)
+    h = dt.timedelta(hours=1)
+    feats = spark.createDataFrame(
+        [
+            (1, t - 2 * h, t - 2 * h, 10),
+            (1, t - h, t - h, 11),
+            (1, t - h, t - h / 2, 12),
+            (1, t + h, t + h, 99),  # future row: never used at t
+            (2, t - 25 * h, t - 25 * h, 20),  # older than the TTL
+            (3, t, t, 30),
+        ],  # exactly at t: used
+        "user_id long, event_timestamp timestamp, created_timestamp timestamp, "
+        "user_engagements_1h long",
+    )
+    left = spark.createDataFrame(
+        [(1, t), (2, t), (3, t), (4, t), (1, t - 3 * h)], "user_id long, served_at timestamp"
+    )
+    # Collected timestamps are naive (driver-local time; the machines run in UTC).
+    t = t.replace(tzinfo=None)
+    got = {
+        (r["user_id"], r["served_at"]): r["user_engagements_1h"]
+        for r in asof_join(left, feats, view, id_columns=("user_id", "served_at")).collect()
+    }
+    assert got == {(1, t): 12, (2, t): None, (3, t): 30, (4, t): None, (1, t - 3 * h): None}

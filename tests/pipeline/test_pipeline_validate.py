@@ -1,0 +1,163 @@
+"""Validation gate: five injected faults are caught; clean data across seeds raises nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pipeline_helpers import settings_at
+
+from feedrank.errors import FeedrankError
+from jobs import lake, synthetic
+from jobs.validate import gate, psi, validate_date
+
+DAY0 = dt.date(2026, 11, 1)
+CHECKED = DAY0 + dt.timedelta(days=2)
+
+
+def _world(seed: int) -> dict[str, list[dict]]:
+    return synthetic.generate_world(DAY0, 3, users=80, seed=seed, candidates=6)
+
+
+def _on_day(rows: list[dict], column: str, day: dt.date) -> list[dict]:
+    return [r for r in rows if r[column].date() == day]
+
+
+def _null_burst(world):  # position is a required column; written as the broken writer would
+    for row in _on_day(world["impressions"], "served_at", CHECKED)[::8]:
+        row["position"] = None
+
+
+def _out_of_range(world):
+    for row in _on_day(world["impressions"], "served_at", CHECKED)[:3]:
+        row["position"] = -4
+
+
+def _new_category(world):
+    requests = _on_day(world["feed_requests"], "requested_at", CHECKED)
+    for row in requests[: max(1, len(requests) // 20)]:
+        row["device"] = "smartwatch"
+
+
+def _label_collapse(world):
+    likes = [e for e in _on_day(world["engagements"], "engaged_at", CHECKED) if e["head"] == "like"]
+    dropped = {id(e) for e in likes[: int(len(likes) * 0.8)]}
+    world["engagements"] = [e for e in world["engagements"] if id(e) not in dropped]
+
+
+FAULTS = {
+    "null_burst": (_null_burst, "null rate in impressions.position"),
+    "out_of_range": (_out_of_range, "out of range in impressions.position"),
+    "new_category": (_new_category, "new category in feed_requests.device"),
+    "label_collapse": (_label_collapse, "label rate in labels.like"),
+}
+
+
+def _write(settings, world, drop_column: tuple[str, str] | None = None) -> None:
+    broken = [r for r in world["impressions"] if r["position"] is None]
+    if broken:  # the contract writer refuses nulls in a required column: bypass it
+        world = {**world, "impressions": [r for r in world["impressions"] if r not in broken]}
+    synthetic.write_world(settings.paths.lake, world)
+    if broken:
+        path = lake.partition_dir(settings.paths.lake, "impressions", CHECKED) / (
+            "part-00000.parquet"
+        )
+        good = pq.read_table(path)
+        schema = pa.schema([f.with_nullable(True) for f in good.schema])
+        pq.write_table(
+            pa.concat_tables([good.cast(schema), pa.Table.from_pylist(broken, schema=schema)]), path
+        )
+    if drop_column:
+        table, column = drop_column
+        path = lake.partition_dir(settings.paths.lake, table, CHECKED) / "part-00000.parquet"
+        pq.write_table(pq.read_table(path).drop_columns([column]), path)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_gate_catches_injected_fault(settings, tmp_path, fault):
+    cfg = settings_at(settings, tmp_path)
+    world = _world(seed=11)
+    inject, expected = FAULTS[fault]
+    inject(world)
+    _write(cfg, world)
+    with pytest.raises(FeedrankError, match=expected.replace(".", r"\.")):
+        gate(cfg, CHECKED)
+    report = json.loads((cfg.paths.reports / "validate" / f"{CHECKED}.json").read_text())
+    assert report["ok"] is False
+    assert any(expected in line for line in report["findings"])
+
+
+@pytest.mark.unit
+def test_gate_catches_dropped_column(settings, tmp_path):
+    cfg = settings_at(settings, tmp_path)
+    _write(cfg, _world(seed=12), drop_column=("feed_requests", "device"))
+    with pytest.raises(FeedrankError, match=r"schema in feed_requests\.device: column missing"):
+        gate(cfg, CHECKED)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_gate_is_quiet_on_clean_data(settings, tmp_path, seed):
+    cfg = settings_at(settings, tmp_path)
+    _write(cfg, _world(seed))
+    for day in (DAY0 + dt.timedelta(days=1), CHECKED):
+        reports, path = validate_date(cfg, day)
+        assert [f.line() for r in reports for f in r.findings] == []
+        # Drift was actually measured (not skipped for lack of rows).
+        assert any(r.psi for r in reports)
+        assert json.loads(path.read_text())["ok"] is True
+
+
+@pytest.mark.unit
+def test_psi_is_zero_for_same_and_large_for_shifted_data():
+    base = pa.array(range(1000)).to_numpy().astype(float)
+    assert psi(base, base) == pytest.approx(0.0, abs=1e-12)
+    assert psi(base + 600, base) > 1.0
+
+
+@pytest.mark.unit
+def test_cli_validate_fails_with_one_line(settings, tmp_path):
+    cfg = settings_at(settings, tmp_path)
+    world = _world(seed=13)
+    _new_category(world)
+    _write(cfg, world)
+    feedrank = str(Path(sys.executable).parent / "feedrank")
+    env = {**os.environ, "FEEDRANK_PATHS__HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [feedrank, "validate", "--date", CHECKED.isoformat()],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1
+    assert "new category in feed_requests.device" in proc.stderr
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["validate", "--date", "2026-13-01"],
+        ["features", "--start", "2026-11-03", "--end", "2026-11-01"],
+        ["training-data", "--start", "yesterday", "--end", "2026-11-01"],
+    ],
+)
+def test_cli_bad_dates_exit_nonzero_with_one_line(monkeypatch, capsys, args):
+    from feedrank import cli
+
+    monkeypatch.setattr(sys, "argv", ["feedrank", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("feedrank: error:")
