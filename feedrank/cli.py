@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "feedrank.featurestore",
     "feedrank.experiment",
     "jobs.cli",
+    "jobs.training_cli",
 )
 
 

@@ -168,6 +168,12 @@ class TrainingConfig(Section):
     search_budget_s: float = Field(default=60.0, ge=0, description="Hyperparameter search time.")
     nthread: int = Field(default=2, ge=1, description="XGBoost threads.")
     num_workers: int = Field(default=2, ge=1, description="xgboost.spark workers (cluster).")
+    promote_min_auc: float = Field(
+        default=0.55, ge=0, le=1, description="Promotion gate: every head's AUC must exceed this."
+    )
+    promote_calibration_tolerance: float = Field(
+        default=0.25, gt=0, description="Promotion gate: |mean pred / mean label − 1| bound."
+    )
 
 
 class RankingConfig(Section):

@@ -1,0 +1,132 @@
+"""``feedrank promote``: the gate in front of the champion pointer.
+
+A challenger becomes champion only if
+
+1. it passes the sanity checks on the held-out rows — every head's AUC above
+   ``training.promote_min_auc``, calibration within ``training.promote_calibration_tolerance``
+   of 1, no NaN metric — which is what rejects a model trained on shuffled labels; and
+2. it beats or ties the current champion on the *same* rows: the champion is re-scored on
+   the challenger's held-out data now (metrics from another day are not comparable), and the
+   challenger's mean RCE over heads must be ≥ the champion's. Mean RCE is the comparison
+   because it rewards both ranking and calibration and is far less noisy than NDCG on
+   realised engagements.
+
+The decision, with both models' numbers, is written to
+``<paths.reports>/<version>/promotion.json`` whether or not the pointer moves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from feedrank import registry
+from feedrank.config import HEADS, Settings
+from feedrank.errors import FeedrankError
+from jobs.evaluate import prepare_rows, score_model
+from jobs.train import load_training_data, resolve_run
+
+log = logging.getLogger("feedrank.promote")
+
+
+def sanity_failures(metrics: dict[str, Any], settings: Settings) -> list[str]:
+    """Reasons a model fails the sanity checks (empty when it passes)."""
+    failures: list[str] = []
+    tol = settings.training.promote_calibration_tolerance
+    for head in HEADS:
+        m = metrics["heads"][head]
+        for key in ("auc", "pr_auc", "logloss", "rce", "calibration"):
+            value = m.get(key)
+            if value is None or not math.isfinite(value):
+                failures.append(f"{head} {key} is not a number")
+        auc, cal = m.get("auc"), m.get("calibration")
+        if auc is not None and auc <= settings.training.promote_min_auc:
+            failures.append(f"{head} AUC {auc:.3f} <= {settings.training.promote_min_auc}")
+        if cal is not None and abs(cal - 1.0) > tol:
+            failures.append(f"{head} calibration {cal:.3f} outside 1±{tol}")
+    return failures
+
+
+def promote(
+    settings: Settings,
+    version: str,
+    data: str | Path | None = None,
+    lake_root: Path | None = None,
+) -> dict[str, Any]:
+    """Run the gate and move the champion pointer if the challenger passes.
+
+    Args:
+        settings: Resolved settings.
+        version: The challenger's version.
+        data: Held-out data (training-data run); default: the challenger's own run.
+        lake_root: Lake with the ``oracle`` table (only reported, not gated on).
+
+    Returns:
+        The decision record (also written to ``promotion.json``).
+
+    Raises:
+        FeedrankError: The challenger is refused (one line with the first reason); the
+            champion pointer is unchanged.
+    """
+    challenger = registry.load_model(version, settings)
+    if data is None:
+        data = (challenger.metadata.get("training_data") or {}).get("run")
+        if data is None or not Path(data).is_dir():
+            raise FeedrankError(f"model {version}: its training-data run is gone; pass --data")
+    rows = prepare_rows(settings, load_training_data(resolve_run(settings, data)), lake_root)
+    challenger_metrics, _ = score_model(challenger, rows, settings)
+    decision: dict[str, Any] = {
+        "challenger": version,
+        "data_run": str(rows.data.run_dir),
+        "rows": len(rows.frame),
+        "challenger_summary": challenger_metrics["summary"],
+        "challenger_heads": {
+            h: {k: challenger_metrics["heads"][h][k] for k in ("auc", "rce", "calibration")}
+            for h in HEADS
+        },
+        "champion": None,
+        "champion_summary": None,
+        "failures": sanity_failures(challenger_metrics, settings),
+    }
+    current = registry.champion_version(settings)
+    if current is not None and current != version:
+        try:
+            champion = registry.load_model(current, settings)
+        except FeedrankError as exc:
+            # A champion that no longer loads cannot be defended; a sane challenger replaces it.
+            log.warning(
+                "champion %s does not load (%s); judging the challenger alone", current, exc
+            )
+            decision["champion_error"] = str(exc)
+        else:
+            champion_metrics, _ = score_model(champion, rows, settings)
+            decision["champion"] = current
+            decision["champion_summary"] = champion_metrics["summary"]
+            mine = challenger_metrics["summary"]["mean_rce"]
+            theirs = champion_metrics["summary"]["mean_rce"]
+            if mine is None or (theirs is not None and mine < theirs):
+                decision["failures"].append(
+                    f"mean RCE {mine if mine is None else round(mine, 3)} < champion {current}'s "
+                    f"{round(theirs, 3)} on the same rows"
+                )
+    decision["promoted"] = not decision["failures"]
+    out = settings.paths.reports / version
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "promotion.json").write_text(json.dumps(decision, indent=2))
+    if decision["failures"]:
+        raise FeedrankError(
+            f"promotion of {version} refused: {decision['failures'][0]}"
+            + (f" (+{len(decision['failures']) - 1} more)" if len(decision["failures"]) > 1 else "")
+            + f"; see {out / 'promotion.json'}"
+        )
+    registry.set_champion(
+        settings,
+        version,
+        previous_metrics=decision["champion_summary"],
+        metrics=decision["challenger_summary"],
+    )
+    log.info("promoted %s (previous champion %s)", version, current)
+    return decision

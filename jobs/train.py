@@ -1,0 +1,608 @@
+"""``feedrank train``: one XGBoost model per engagement head plus the light ranker.
+
+Input is a run of ``feedrank training-data`` (``<paths.training>/<run_id>/{train,validation}``
++ ``manifest.json``, layout in :mod:`feedrank.feature_spec`). Output is a registry version
+(:func:`feedrank.registry.save_model`).
+
+* Features are exactly ``feature_spec.model_features()``, in that order; a run whose columns
+  or manifest disagree with the contract is refused.
+* Each head: ``hist`` trees, ``binary:logistic``, early stopping on the validation day, and a
+  small hyperparameter search (depth / learning rate / min_child_weight) chosen on validation
+  log loss within ``training.search_budget_s``. The saved booster is sliced to its best
+  iteration, so every consumer predicts with exactly the trees that were selected.
+* Recalibration for negative downsampling. The training-data job keeps every impression with
+  *any* positive and a share ``r`` (``negative_keep_rate``) of the all-negative ones, so a
+  row negative for head h survives with probability 1 when another head is positive and ``r``
+  otherwise — a rate that varies with the features (rows likely to be liked are likely to be
+  retweeted too). One constant ``w`` per head (the manifest's effective ``keep_rates``) then
+  cannot undo it: measured on held-out data, retweet came out at 0.81× the true rate. So each
+  head's negatives are weighted ``r / keep_prob`` (positives 1): the head then sees its
+  negatives sampled uniformly at ``r``, and ``q = p / (p + (1 − p)/r)`` (applied by the
+  registry) is exact. The manifest's per-head rates are kept in the metadata for provenance.
+* ``cluster`` profile (or ``distributed=True``): the same heads are trained with
+  ``xgboost.spark.SparkXGBClassifier`` on the configured Spark master, ``num_workers`` tasks,
+  and the booster is taken out of the Spark model into the same UBJ artifact. The search is
+  single-node only: the distributed path trains the configured base parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from feedrank import feature_spec, registry
+from feedrank.config import HEADS, Settings
+from feedrank.errors import FeedrankError
+
+log = logging.getLogger("feedrank.train")
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "validation")
+# Heads whose engagement is positive; the light ranker predicts "any of these".
+POSITIVE_HEADS: tuple[str, ...] = ("like", "reply", "retweet", "click")
+LIGHT_TARGET = "any_positive"
+SEED = 7
+
+
+@dataclass
+class TrainingData:
+    """A loaded training-examples run."""
+
+    run_dir: Path
+    manifest: dict[str, Any]
+    manifest_sha256: str
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    keep_rates: dict[str, float]  # the manifest's effective per-head rates (provenance)
+    negative_keep_rate: float  # r: the rate every head's weighted negatives are sampled at
+
+    def recalibration_rates(self) -> dict[str, float]:
+        """The keep-rate ``w`` per head for ``q = p / (p + (1 − p)/w)`` (see module doc)."""
+        return {h: self.negative_keep_rate for h in HEADS}
+
+    def head_weights(self, split: str, head: str) -> np.ndarray:
+        """Sample weights that make ``head``'s negatives uniformly sampled at ``r``."""
+        frame = getattr(self, split)
+        return negative_weights(
+            frame[f"label_{head}"].to_numpy(),
+            frame[feature_spec.KEEP_PROB_COLUMN].to_numpy(),
+            self.negative_keep_rate,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """What the model metadata records about its training data."""
+        return {
+            "run": str(self.run_dir),
+            "run_id": self.run_dir.name,
+            "manifest_sha256": self.manifest_sha256,
+            "rows": {"train": len(self.train), "validation": len(self.validation)},
+            "train_dates": self.manifest.get("train_dates"),
+            "validation_dates": self.manifest.get("validation_dates"),
+        }
+
+
+@dataclass
+class HeadResult:
+    """One trained head."""
+
+    booster: Any
+    params: dict[str, Any]
+    best_iteration: int
+    validation_logloss: float
+    seconds: float
+    tried: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _validation_end(run_dir: Path) -> str:
+    try:
+        manifest = json.loads((run_dir / MANIFEST).read_text())
+        return max(manifest.get("validation_dates") or [""])
+    except (OSError, ValueError):
+        return ""
+
+
+def resolve_run(settings: Settings, data: str | Path | None) -> Path:
+    """The training-examples run to use.
+
+    Args:
+        settings: Resolved settings (``paths.training``).
+        data: A run directory, a run id under ``paths.training``, or ``None``/``"latest"``
+            for the run with the latest validation date (newest directory on ties).
+
+    Raises:
+        FeedrankError: No such run, or no run at all.
+    """
+    root = settings.paths.training
+    if data is None or str(data) == "latest":
+        runs = [p for p in root.glob("*") if (p / MANIFEST).is_file()] if root.is_dir() else []
+        if not runs:
+            raise FeedrankError(f"no training-data run under {root}; run 'feedrank training-data'")
+        return max(runs, key=lambda p: (_validation_end(p), p.stat().st_mtime))
+    path = Path(data)
+    if not path.is_absolute() and not path.exists():
+        path = root / str(data)
+    if not (path / MANIFEST).is_file():
+        raise FeedrankError(f"{path} is not a training-data run (no {MANIFEST})")
+    return path
+
+
+def _read_split(run_dir: Path, split: str) -> pd.DataFrame:
+    folder = run_dir / split
+    if not folder.is_dir() or not any(folder.glob("*.parquet")):
+        raise FeedrankError(f"training-data run {run_dir.name} has no {split} parquet files")
+    df = pd.read_parquet(folder)
+    missing = [c for c in feature_spec.training_columns() if c not in df.columns]
+    if missing:
+        raise FeedrankError(
+            f"{folder} lacks {len(missing)} column(s) of {feature_spec.FEATURE_SERVICE}: "
+            f"{', '.join(missing[:5])}"
+        )
+    for col in feature_spec.LABEL_COLUMNS:
+        if not df[col].isin((0, 1)).all():
+            raise FeedrankError(f"{folder}: {col} must be 0/1")
+    keep = df[feature_spec.KEEP_PROB_COLUMN]
+    if not ((keep > 0) & (keep <= 1)).all():
+        raise FeedrankError(f"{folder}: {feature_spec.KEEP_PROB_COLUMN} must be in (0, 1]")
+    return df
+
+
+def negative_weights(labels: np.ndarray, keep_prob: np.ndarray, rate: float) -> np.ndarray:
+    """``rate / keep_prob`` for negatives, 1 for positives (see the module docstring)."""
+    keep_prob = np.asarray(keep_prob, dtype=np.float64)
+    return np.where(np.asarray(labels) > 0, 1.0, rate / keep_prob)
+
+
+def effective_keep_rate(labels: np.ndarray, keep_prob: np.ndarray) -> float:
+    """Negative keep-rate of one target: kept negatives / their Horvitz-Thompson count."""
+    neg = np.asarray(labels) == 0
+    if not neg.any():
+        return 1.0
+    return float(neg.sum() / (1.0 / np.asarray(keep_prob, dtype=np.float64)[neg]).sum())
+
+
+def load_training_data(run_dir: Path) -> TrainingData:
+    """Read and verify a training-examples run against the feature contract.
+
+    Raises:
+        FeedrankError: Missing split, missing columns, a manifest for another contract,
+            labels that are not 0/1, or keep-rates outside (0, 1].
+    """
+    manifest_path = run_dir / MANIFEST
+    raw = manifest_path.read_bytes()
+    try:
+        manifest = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise FeedrankError(f"corrupted {manifest_path} ({exc})") from exc
+    features = manifest.get("features")
+    if features is not None and list(features) != feature_spec.model_features():
+        raise FeedrankError(
+            f"training-data run {run_dir.name} was built for another feature contract "
+            f"({len(features)} features; {feature_spec.FEATURE_SERVICE} has "
+            f"{len(feature_spec.model_features())})"
+        )
+    service = manifest.get("feature_service")
+    if service is not None and service != feature_spec.FEATURE_SERVICE:
+        raise FeedrankError(f"training-data run {run_dir.name} is for FeatureService {service}")
+    train, validation = (_read_split(run_dir, split) for split in SPLITS)
+    if validation.empty or train.empty:
+        raise FeedrankError(f"training-data run {run_dir.name} has an empty split")
+    keep_rates = manifest.get("keep_rates") or {}
+    if set(keep_rates) != set(HEADS):
+        # Older manifests: the same estimate the training-data job records.
+        keep_rates = {
+            h: effective_keep_rate(
+                train[f"label_{h}"].to_numpy(), train[feature_spec.KEEP_PROB_COLUMN].to_numpy()
+            )
+            for h in HEADS
+        }
+        log.warning("manifest has no keep_rates; estimated from keep_prob: %s", keep_rates)
+    keep_rates = {h: float(keep_rates[h]) for h in HEADS}
+    if not all(0 < w <= 1 for w in keep_rates.values()):
+        raise FeedrankError(f"manifest keep_rates must be in (0, 1]: {keep_rates}")
+    rate = manifest.get("negative_keep_rate")
+    if rate is None:
+        # Older manifests: all-negative rows carry the configured rate as their keep_prob.
+        rate = float(train[feature_spec.KEEP_PROB_COLUMN].min())
+    if not 0 < float(rate) <= 1:
+        raise FeedrankError(f"manifest negative_keep_rate must be in (0, 1]: {rate}")
+    for head in HEADS:
+        if train[f"label_{head}"].sum() == 0:
+            raise FeedrankError(f"training-data run {run_dir.name}: no positive {head} in train")
+    return TrainingData(
+        run_dir=run_dir,
+        manifest=manifest,
+        manifest_sha256=hashlib.sha256(raw).hexdigest(),
+        train=train,
+        validation=validation,
+        keep_rates=keep_rates,
+        negative_keep_rate=float(rate),
+    )
+
+
+def feature_matrix(df: pd.DataFrame) -> np.ndarray:
+    """The model input: ``model_features()`` columns as a C-contiguous float32 matrix."""
+    return np.ascontiguousarray(df[feature_spec.model_features()].to_numpy(dtype=np.float32))
+
+
+# --------------------------------------------------------------------------- heads
+
+
+def base_params(settings: Settings) -> dict[str, Any]:
+    """Booster parameters shared by every head and every search candidate."""
+    return {
+        "objective": "binary:logistic",
+        "eval_metric": "logloss",
+        "tree_method": "hist",
+        "max_depth": settings.training.max_depth,
+        "learning_rate": settings.training.learning_rate,
+        "min_child_weight": 1.0,
+        "nthread": settings.training.nthread,
+        "seed": SEED,
+        "verbosity": 0,
+    }
+
+
+def search_space(settings: Settings) -> list[dict[str, Any]]:
+    """Candidate configurations, the configured one first (always trained).
+
+    A few deliberate alternatives rather than a random grid: shallower and deeper trees,
+    and a slower learning rate with more regularisation — the directions that matter for
+    tabular engagement data at this size.
+    """
+    depth, lr = settings.training.max_depth, settings.training.learning_rate
+    candidates = [
+        {"max_depth": depth, "learning_rate": lr, "min_child_weight": 1.0},
+        {"max_depth": max(2, depth - 2), "learning_rate": lr, "min_child_weight": 1.0},
+        {"max_depth": depth + 2, "learning_rate": lr, "min_child_weight": 5.0},
+        {"max_depth": depth, "learning_rate": lr / 2, "min_child_weight": 10.0},
+    ]
+    unique: list[dict[str, Any]] = []
+    for c in candidates:
+        if c not in unique:
+            unique.append(c)
+    return unique
+
+
+def _train_one(
+    params: dict[str, Any], dtrain: Any, dvalid: Any, settings: Settings
+) -> tuple[Any, int, float]:
+    import xgboost as xgb
+
+    booster = xgb.train(
+        params,
+        dtrain,
+        num_boost_round=settings.training.n_estimators,
+        evals=[(dvalid, "validation")],
+        early_stopping_rounds=settings.training.early_stopping_rounds,
+        verbose_eval=False,
+    )
+    best = int(booster.best_iteration)
+    return booster, best, float(booster.best_score)
+
+
+def train_heads_single_node(
+    data: TrainingData, settings: Settings, progress: Any | None = None
+) -> dict[str, HeadResult]:
+    """Train every head on this machine, searching hyperparameters within the budget.
+
+    The budget ``training.search_budget_s`` is shared equally by the heads; each head always
+    trains the configured parameters, then further candidates while its share lasts.
+    """
+    import xgboost as xgb
+
+    features = feature_spec.model_features()
+    X_tr, X_va = feature_matrix(data.train), feature_matrix(data.validation)
+    # One quantised training matrix for all heads: bin edges do not depend on the label.
+    dtrain = xgb.QuantileDMatrix(
+        X_tr,
+        label=data.train["label_like"].to_numpy(np.float32),
+        feature_names=features,
+        nthread=settings.training.nthread,
+    )
+    dvalid = xgb.DMatrix(
+        X_va,
+        label=data.validation["label_like"].to_numpy(np.float32),
+        feature_names=features,
+        nthread=settings.training.nthread,
+    )
+    per_head_budget = settings.training.search_budget_s / len(HEADS)
+    space = search_space(settings)
+    task = progress.add_task("training heads", total=len(HEADS)) if progress else None
+    results: dict[str, HeadResult] = {}
+    for head in HEADS:
+        dtrain.set_label(data.train[f"label_{head}"].to_numpy(np.float32))
+        dtrain.set_weight(data.head_weights("train", head).astype(np.float32))
+        dvalid.set_label(data.validation[f"label_{head}"].to_numpy(np.float32))
+        dvalid.set_weight(data.head_weights("validation", head).astype(np.float32))
+        start = time.perf_counter()
+        best: HeadResult | None = None
+        tried: list[dict[str, Any]] = []
+        for i, candidate in enumerate(space):
+            if i > 0 and time.perf_counter() - start >= per_head_budget:
+                break
+            params = {**base_params(settings), **candidate}
+            t0 = time.perf_counter()
+            booster, best_it, loss = _train_one(params, dtrain, dvalid, settings)
+            tried.append(
+                {
+                    **candidate,
+                    "best_iteration": best_it,
+                    "validation_logloss": loss,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
+            )
+            log.info(
+                "head %s candidate %s: logloss %.5f at %d trees", head, candidate, loss, best_it + 1
+            )
+            if best is None or loss < best.validation_logloss:
+                best = HeadResult(booster, params, best_it, loss, 0.0)
+        assert best is not None
+        best.booster = best.booster[: best.best_iteration + 1]
+        best.seconds = time.perf_counter() - start
+        best.tried = tried
+        results[head] = best
+        if progress is not None:
+            progress.advance(task)
+    return results
+
+
+def train_heads_distributed(
+    data_run: Path, settings: Settings, negative_keep_rate: float, progress: Any | None = None
+) -> dict[str, HeadResult]:
+    """Train every head with ``xgboost.spark.SparkXGBClassifier`` on the configured master.
+
+    Reads the run with Spark (the data never has to fit on the driver), marks the validation
+    day with an indicator column for early stopping, and keeps the booster of each fitted
+    Spark model, sliced to its best iteration.
+    """
+    import xgboost as xgb
+    from pyspark.sql import functions as F
+    from xgboost.spark import SparkXGBClassifier
+
+    from feedrank.spark import get_spark
+
+    features = feature_spec.model_features()
+    spark = get_spark("feedrank-train", settings)
+    train = spark.read.parquet(str(data_run / "train")).withColumn("is_validation", F.lit(False))
+    valid = spark.read.parquet(str(data_run / "validation")).withColumn(
+        "is_validation", F.lit(True)
+    )
+    keep = feature_spec.KEEP_PROB_COLUMN
+    columns = [*features, *feature_spec.LABEL_COLUMNS, keep, "is_validation"]
+    frame = train.select(*columns).unionByName(valid.select(*columns))
+    frame = (
+        frame.select(
+            # One array column, not a list of columns: xgboost 3.2's multi-column path fails
+            # on an Arrow batch that holds no validation row (KeyError 'values' in
+            # xgboost/spark/data.py). Missing values must be NaN inside an array, not null.
+            F.array(
+                *[F.coalesce(F.col(c).cast("float"), F.lit(float("nan"))) for c in features]
+            ).alias("features"),
+            *[F.col(c).cast("int").alias(c) for c in feature_spec.LABEL_COLUMNS],
+            # The same per-head negative weights as the single-node path (negative_weights).
+            *[
+                F.when(F.col(f"label_{h}") > 0, F.lit(1.0))
+                .otherwise(F.lit(float(negative_keep_rate)) / F.col(keep))
+                .alias(f"weight_{h}")
+                for h in HEADS
+            ],
+            "is_validation",
+        )
+        .repartition(settings.training.num_workers)
+        .cache()
+    )
+    frame.count()
+    task = (
+        progress.add_task("training heads (xgboost.spark)", total=len(HEADS)) if progress else None
+    )
+    base = base_params(settings)
+    results: dict[str, HeadResult] = {}
+    try:
+        for head in HEADS:
+            start = time.perf_counter()
+            estimator = SparkXGBClassifier(
+                features_col="features",
+                label_col=f"label_{head}",
+                weight_col=f"weight_{head}",
+                validation_indicator_col="is_validation",
+                num_workers=settings.training.num_workers,
+                n_estimators=settings.training.n_estimators,
+                early_stopping_rounds=settings.training.early_stopping_rounds,
+                max_depth=base["max_depth"],
+                learning_rate=base["learning_rate"],
+                min_child_weight=base["min_child_weight"],
+                tree_method="hist",
+                eval_metric="logloss",
+                missing=float("nan"),
+                random_state=SEED,
+            )
+            model = estimator.fit(frame)
+            raw = model.get_booster()
+            # Round-trip through bytes: a standalone booster independent of the Spark model.
+            booster = xgb.Booster(model_file=bytearray(raw.save_raw("ubj")))
+            best_it = (
+                int(raw.best_iteration)
+                if raw.attr("best_iteration") is not None
+                else booster.num_boosted_rounds() - 1
+            )
+            best_score = float(raw.attr("best_score") or "nan")
+            booster = booster[: best_it + 1]
+            booster.feature_names = features
+            results[head] = HeadResult(
+                booster=booster,
+                params={**base, "num_workers": settings.training.num_workers},
+                best_iteration=best_it,
+                validation_logloss=best_score,
+                seconds=time.perf_counter() - start,
+            )
+            log.info(
+                "head %s (xgboost.spark): %d trees in %.1f s",
+                head,
+                best_it + 1,
+                results[head].seconds,
+            )
+            if progress is not None:
+                progress.advance(task)
+    finally:
+        frame.unpersist()
+    return results
+
+
+# --------------------------------------------------------------------------- light ranker
+
+
+def light_target(df: pd.DataFrame) -> np.ndarray:
+    """The light ranker's label: any positive engagement (like, reply, retweet or click)."""
+    return df[[f"label_{h}" for h in POSITIVE_HEADS]].to_numpy().any(axis=1).astype(np.int64)
+
+
+def train_light_ranker(data: TrainingData) -> registry.LightRanker:
+    """Logistic regression on ``LIGHT_RANKER_FEATURES`` predicting any positive engagement.
+
+    NaN (unknown entity) is filled with the training median of the column — the value the
+    model treats as "typical", so an unknown author neither wins nor loses by default; the
+    fill values travel in the artifact so serving fills identically. Inputs are standardised
+    so the stored coefficients are comparable.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    names = feature_spec.LIGHT_RANKER_FEATURES
+    X = data.train[list(names)].to_numpy(dtype=np.float64)
+    fill = np.nanmedian(X, axis=0)
+    fill = np.where(np.isnan(fill), 0.0, fill)
+    X = np.where(np.isnan(X), fill, X)
+    mean, scale = X.mean(axis=0), X.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    y = light_target(data.train)
+    weights = negative_weights(
+        y, data.train[feature_spec.KEEP_PROB_COLUMN].to_numpy(), data.negative_keep_rate
+    )
+    model = LogisticRegression(C=1.0, max_iter=500)
+    model.fit((X - mean) / scale, y, sample_weight=weights)
+    keep_rate = data.negative_keep_rate
+    return registry.LightRanker(
+        features=tuple(names),
+        coef=tuple(float(c) for c in model.coef_[0]),
+        intercept=float(model.intercept_[0]),
+        mean=tuple(float(v) for v in mean),
+        scale=tuple(float(v) for v in scale),
+        fill_values=tuple(float(v) for v in fill),
+        keep_rate=keep_rate,
+        target=LIGHT_TARGET,
+    )
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+@dataclass
+class TrainResult:
+    """What ``feedrank train`` produced."""
+
+    version: str
+    path: Path
+    trainer: str
+    seconds: float
+    heads: dict[str, HeadResult]
+
+
+def _validation_auc(boosters: dict[str, Any], data: TrainingData) -> dict[str, dict[str, float]]:
+    from sklearn.metrics import roc_auc_score
+
+    X = feature_matrix(data.validation)
+    out = {}
+    for head, booster in boosters.items():
+        y = data.validation[f"label_{head}"].to_numpy()
+        p = booster.inplace_predict(X)
+        out[head] = {
+            "validation_auc": float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+        }
+    return out
+
+
+def train(
+    settings: Settings,
+    data: str | Path | None = None,
+    version: str | None = None,
+    distributed: bool | None = None,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train every head and the light ranker, then save a registry version.
+
+    Args:
+        settings: Resolved settings.
+        data: Training-data run (directory, run id, or ``None`` for the latest).
+        version: Registry version name (default: a timestamp).
+        distributed: Use ``xgboost.spark``; default: ``settings.profile == "cluster"``.
+        show_progress: Show a progress bar on stderr.
+
+    Returns:
+        The saved version, its directory, the trainer used and the wall time.
+    """
+    from rich.progress import Progress
+
+    if version is not None:
+        registry.validate_version(version)
+        if registry.version_dir(settings, version).exists():
+            raise FeedrankError(f"model version {version} already exists")
+    distributed = settings.profile == "cluster" if distributed is None else distributed
+    run_dir = resolve_run(settings, data)
+    log.info("training from %s (distributed=%s)", run_dir, distributed)
+    start = time.perf_counter()
+    training_data = load_training_data(run_dir)
+    with Progress(transient=True, disable=not show_progress) as progress:
+        if distributed:
+            heads = train_heads_distributed(
+                run_dir, settings, training_data.negative_keep_rate, progress
+            )
+        else:
+            heads = train_heads_single_node(training_data, settings, progress)
+    light = train_light_ranker(training_data)
+    boosters = {h: r.booster for h, r in heads.items()}
+    seconds = time.perf_counter() - start
+    trainer = "xgboost.spark" if distributed else "single-node"
+    aucs = _validation_auc(boosters, training_data)
+    path = registry.save_model(
+        settings,
+        boosters=boosters,
+        light_ranker=light,
+        keep_rates=training_data.recalibration_rates(),
+        training_data={
+            **training_data.summary(),
+            "manifest_keep_rates": training_data.keep_rates,
+            "negative_keep_rate": training_data.negative_keep_rate,
+        },
+        training={
+            "trainer": trainer,
+            "seconds": round(seconds, 3),
+            "spark_master": settings.spark.master if distributed else None,
+            "heads": {
+                h: {
+                    "params": r.params,
+                    "best_iteration": r.best_iteration,
+                    "trees": r.best_iteration + 1,
+                    "seconds": round(r.seconds, 3),
+                    "search": r.tried,
+                }
+                for h, r in heads.items()
+            },
+        },
+        metrics={
+            h: {"validation_logloss_downsampled": r.validation_logloss, **aucs[h]}
+            for h, r in heads.items()
+        },
+        version=version,
+    )
+    log.info("saved model %s in %.1f s (%s)", path.name, seconds, trainer)
+    return TrainResult(path.name, path, trainer, seconds, heads)

@@ -1,0 +1,107 @@
+"""Evaluation against baselines and the oracle, and the promotion gate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from feedrank import registry
+from feedrank.config import HEADS, Settings
+from feedrank.errors import FeedrankError
+from jobs.evaluate import evaluate
+from jobs.evaluate_gate import promote
+from jobs.train import train
+
+pytestmark = pytest.mark.unit
+FEEDRANK = str(Path(sys.executable).parent / "feedrank")
+
+
+@pytest.fixture(scope="module")
+def evaluation(train_settings: Settings, trained):
+    return evaluate(train_settings, trained.version)
+
+
+def test_metrics_json_has_every_head_metric_and_ranker(evaluation) -> None:
+    metrics, report = evaluation
+    on_disk = json.loads((report.parent / "metrics.json").read_text())
+    assert on_disk == metrics
+    for head in HEADS:
+        for key in ("auc", "pr_auc", "logloss", "rce", "calibration", "oracle_auc", "oracle_rce"):
+            assert isinstance(metrics["heads"][head][key], float), (head, key)
+    for ranker in ("model", "oracle", "chronological", "popularity", "light"):
+        assert 0 < metrics["ndcg10"][ranker] <= 1, ranker
+    for plot in ("roc.png", "calibration.png", "rce_vs_oracle.png", "feature_importance.png"):
+        assert (report.parent / plot).stat().st_size > 1000, plot
+    assert "| like |" in report.read_text()
+
+
+def test_model_beats_the_old_orders_and_trails_the_oracle(evaluation) -> None:
+    metrics, _ = evaluation
+    ndcg = metrics["ndcg10"]
+    assert ndcg["model"] > ndcg["chronological"] + 0.02
+    assert ndcg["model"] > ndcg["popularity"] + 0.02
+    assert ndcg["light"] > ndcg["chronological"]
+    for head in ("like", "click"):
+        m = metrics["heads"][head]
+        assert 0 < m["rce"] <= m["oracle_rce"] + 1.0
+        assert m["auc"] <= m["oracle_auc"] + 0.01
+
+
+def test_oracle_is_calibrated_on_the_reweighted_rows(evaluation) -> None:
+    # The oracle's probabilities are the truth: if re-weighting by 1/keep_prob were wrong,
+    # its calibration would be off by the downsampling factor (~2x here).
+    metrics, _ = evaluation
+    for head in ("like", "click"):
+        assert metrics["heads"][head]["oracle_calibration"] == pytest.approx(1.0, abs=0.1)
+
+
+def test_gate_promotes_a_sane_model_and_refuses_a_shuffled_one(
+    train_settings: Settings, trained, shuffled_run: Path, synthetic_run: Path
+) -> None:
+    decision = promote(train_settings, trained.version)
+    assert decision["promoted"] and registry.champion_version(train_settings) == "good"
+    shuffled = train(train_settings, data=shuffled_run, version="shuffled", show_progress=False)
+    with pytest.raises(FeedrankError, match=r"promotion of shuffled refused: .*AUC"):
+        promote(train_settings, shuffled.version, data=synthetic_run)
+    assert registry.champion_version(train_settings) == "good"
+    record = json.loads((train_settings.paths.reports / "shuffled" / "promotion.json").read_text())
+    assert record["promoted"] is False and record["champion"] == "good"
+
+
+def test_gate_refuses_a_challenger_worse_than_the_champion(
+    train_settings: Settings, trained, synthetic_run: Path
+) -> None:
+    registry.set_champion(train_settings, trained.version)
+    weak_settings = train_settings.model_copy(
+        update={
+            "training": train_settings.training.model_copy(
+                update={"n_estimators": 3, "max_depth": 2}
+            )
+        }
+    )
+    weak = train(weak_settings, data=synthetic_run, version="weak", show_progress=False)
+    with pytest.raises(FeedrankError, match=r"mean RCE .* < champion good"):
+        promote(train_settings, weak.version)
+    assert registry.champion_version(train_settings) == "good"
+    # Ties pass: the champion re-promoted against itself on the same rows.
+    assert promote(train_settings, trained.version)["promoted"]
+
+
+@pytest.mark.integration
+def test_cli_refusal_is_one_line_and_non_zero(train_settings: Settings) -> None:
+    env = {**os.environ, "FEEDRANK_PATHS__HOME": str(train_settings.paths.home)}
+    done = subprocess.run(
+        [FEEDRANK, "promote", "--version", "no-such-version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("feedrank: error: no model at")

@@ -1,0 +1,146 @@
+"""Model tests: behaviour (direction), calibration after downsampling, data contract."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from synthetic_examples import write_training_run
+
+from feedrank import registry
+from feedrank.config import Settings
+from feedrank.errors import FeedrankError
+from feedrank.feature_spec import KEEP_PROB_COLUMN, model_features
+from jobs.train import (
+    feature_matrix,
+    load_training_data,
+    resolve_run,
+    search_space,
+    train,
+    train_heads_single_node,
+)
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def model(train_settings: Settings, trained) -> registry.LoadedModel:
+    return registry.load_model(trained.version, train_settings)
+
+
+@pytest.fixture(scope="module")
+def validation(synthetic_run: Path) -> pd.DataFrame:
+    return pd.read_parquet(synthetic_run / "validation")
+
+
+def _mean_like(model: registry.LoadedModel, frame: pd.DataFrame, **overrides: float) -> float:
+    X = feature_matrix(frame.assign(**overrides))
+    return float(model.predict_heads(X)["like"].mean())
+
+
+def test_more_past_likes_of_the_author_raise_p_like(model, validation) -> None:
+    # All else equal: the same rows, only the user's history with the author changes.
+    means = [_mean_like(model, validation, ua_like_count_28d=float(n)) for n in (0, 2, 8)]
+    assert means[0] < means[1] < means[2]
+    assert means[2] > 1.5 * means[0]
+
+
+def test_older_tweets_get_a_lower_p_like(model, validation) -> None:
+    means = [_mean_like(model, validation, ctx_tweet_age_hours=h) for h in (1.0, 12.0, 48.0)]
+    assert means[0] > means[1] > means[2]
+
+
+def test_calibrated_after_downsampling_within_10pct_of_the_label_rate(model, validation) -> None:
+    # Held-out day, negatives re-weighted by 1/keep_prob: the rate the live feed would see.
+    w = 1.0 / validation[KEEP_PROB_COLUMN].to_numpy()
+    preds = model.predict_heads(feature_matrix(validation))
+    raw = model.predict_heads(feature_matrix(validation), calibrated=False)
+    for head in ("like", "click", "retweet", "reply"):
+        rate = np.average(validation[f"label_{head}"], weights=w)
+        assert np.average(preds[head], weights=w) == pytest.approx(rate, rel=0.10), head
+        # Without recalibration the downsampled model over-predicts clearly.
+        assert np.average(raw[head], weights=w) > 1.3 * rate, head
+
+
+def test_trained_model_records_contract_rates_and_provenance(model, synthetic_run) -> None:
+    meta = model.metadata
+    manifest = json.loads((synthetic_run / "manifest.json").read_text())
+    # Negatives are re-weighted to a uniform rate r, so every head recalibrates with r.
+    assert meta["keep_rates"] == {h: manifest["negative_keep_rate"] for h in manifest["keep_rates"]}
+    assert meta["training_data"]["manifest_keep_rates"] == pytest.approx(manifest["keep_rates"])
+    assert meta["training_data"]["run"] == str(synthetic_run)
+    assert meta["training"]["trainer"] == "single-node"
+    assert all(0.6 < meta["metrics"][h]["validation_auc"] <= 1 for h in ("like", "click"))
+
+
+def test_search_budget_zero_trains_only_the_configured_params(trained) -> None:
+    for head in trained.heads.values():
+        assert len(head.tried) == 1
+        assert head.booster.num_boosted_rounds() == head.best_iteration + 1
+
+
+def test_search_space_starts_with_the_configured_params(train_settings: Settings) -> None:
+    space = search_space(train_settings)
+    assert space[0]["max_depth"] == train_settings.training.max_depth
+    assert len(space) == len({json.dumps(c, sort_keys=True) for c in space}) >= 3
+
+
+def test_training_data_without_a_contract_column_is_refused(
+    train_settings: Settings, synthetic_run: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(synthetic_run, broken)
+    part = next((broken / "train").glob("*.parquet"))
+    pd.read_parquet(part).drop(columns=["ua_follows"]).to_parquet(part)
+    with pytest.raises(FeedrankError, match=r"lacks 1 column.*ua_follows"):
+        train(train_settings, data=broken, show_progress=False)
+
+
+def test_manifest_for_another_contract_is_refused(synthetic_run: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "other"
+    shutil.copytree(synthetic_run, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["features"] = model_features()[:-1]
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FeedrankError, match="another feature contract"):
+        load_training_data(broken)
+
+
+def test_latest_run_is_the_one_with_the_latest_validation_day(
+    train_settings: Settings, synthetic_run: Path
+) -> None:
+    later = train_settings.paths.training / "later"
+    later.mkdir()
+    manifest = json.loads((synthetic_run / "manifest.json").read_text())
+    manifest["validation_dates"] = ["2030-01-01"]
+    (later / "manifest.json").write_text(json.dumps(manifest))
+    try:
+        assert resolve_run(train_settings, None) == later
+        with pytest.raises(FeedrankError, match="not a training-data run"):
+            resolve_run(train_settings, "no-such-run")
+    finally:
+        shutil.rmtree(later)
+
+
+def test_search_keeps_the_candidate_with_the_lowest_validation_logloss(
+    train_settings: Settings, tmp_path: Path
+) -> None:
+    run = write_training_run(tmp_path / "training", tmp_path / "lake", requests_per_day=300)
+    settings = train_settings.model_copy(
+        update={
+            "training": train_settings.training.model_copy(
+                update={"search_budget_s": 3600.0, "n_estimators": 40}
+            )
+        }
+    )
+    heads = train_heads_single_node(load_training_data(run), settings)
+    for result in heads.values():
+        assert len(result.tried) == len(search_space(settings))
+        best = min(result.tried, key=lambda t: t["validation_logloss"])
+        assert result.params["max_depth"] == best["max_depth"]
+        assert result.params["min_child_weight"] == best["min_child_weight"]
+        assert result.validation_logloss == best["validation_logloss"]
