@@ -34,6 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "feedrank.experiment",
     "jobs.cli",
     "jobs.training_cli",
+    "serving.cli",
 )
 
 

@@ -87,7 +87,8 @@ class Impression(Event):
     """A tweet shown at a position of a served feed (topic ``impressions``, keyed by user).
 
     ``features`` is the exact feature vector the scorer used (ordered as the model's
-    contract), present for sampled impressions of a model-ranked feed only.
+    contract), present for sampled impressions of a model-ranked feed only. A missing value
+    (NaN for the model) is ``null`` in JSON, so it is ``None`` here.
     """
 
     request_id: str = Field(min_length=1, max_length=64)
@@ -99,7 +100,7 @@ class Impression(Event):
     model_version: str = Field(min_length=1, max_length=64)
     arm: str = Field(default="control", min_length=1, max_length=32)
     score: float | None = None
-    features: list[float] | None = None
+    features: list[float | None] | None = None
 
 
 class Engagement(Event):
@@ -148,6 +149,8 @@ class RankedFeed(Event):
     served_at: AwareDatetime
     deadline_at: AwareDatetime
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    # Answered after deadline_at (a miss is counted, never hidden).
+    deadline_missed: bool = False
 
 
 class DeadLetter(BaseModel):

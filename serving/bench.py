@@ -1,0 +1,446 @@
+"""``feedrank bench serving``: end-to-end serving latency on the real broker.
+
+One run measures, on the same requests:
+
+* **end to end** — a ``feedrank serve`` process (its own consumer group, started at the end
+  of ``feed_requests``) answers requests produced at a fixed rate; latency is request
+  produced (``requested_at``) → ranked feed consumed by the bench: p50/p99, sustained
+  throughput, deadline misses and the degraded share;
+* **naive path** — Feast ``get_online_features(ranker_v1)`` + a DMatrix ``predict`` per head,
+  what a first implementation would do;
+* **model floor** — ``inplace_predict`` of every head on a ready matrix: the cost no
+  serving design can remove.
+
+The world: the run folder's champion model and Feast store when both exist (after
+``make demo``); otherwise a synthetic one is built under ``<paths.home>/bench/serving``
+(feature tables generated from the contract, applied and materialized into this profile's
+online store, and a model of realistic size — 300 trees of depth 6 per head — saved through
+the registry).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from feedrank.config import HEADS, PathsConfig, Settings
+from feedrank.errors import FeedrankError
+from feedrank.schemas import DEVICES, FeedRequest, encode
+
+SYNTHETIC_USERS, SYNTHETIC_TWEETS = 2_000, 20_000
+SYNTHETIC_START = dt.date(2026, 11, 1)
+READY_TIMEOUT_S = 300.0
+DRAIN_TIMEOUT_S = 60.0
+
+
+def _log(message: str) -> None:
+    print(f"[bench serving] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ the world
+
+
+def _world_ids(settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """User and tweet ids present in the run folder's feature tables."""
+    import pyarrow.dataset as ds
+
+    from feedrank.featurestore import feature_table_path
+
+    def ids(view: str, column: str) -> np.ndarray:
+        path = feature_table_path(view, settings)
+        if not path.exists():
+            return np.empty(0, dtype=np.int64)
+        table = ds.dataset(path, format="parquet").to_table(columns=[column])
+        return np.unique(table.column(column).to_numpy())
+
+    return ids("user_engagement_daily", "user_id"), ids("tweet_attributes", "tweet_id")
+
+
+def _train_bench_model(settings: Settings) -> str:
+    """A model of production size on synthetic rows (5 heads × 300 trees, depth 6)."""
+    import xgboost as xgb
+
+    from feedrank.feature_spec import LIGHT_RANKER_FEATURES, model_features
+    from feedrank.registry import LightRanker, save_model, set_champion
+
+    rng = np.random.default_rng(11)
+    n, f = 20_000, len(model_features())
+    X = rng.normal(size=(n, f)).astype(np.float32)
+    boosters = {}
+    for k, head in enumerate(HEADS):
+        logit = X[:, k] + 0.5 * X[:, k + 5] - X[:, k + 10] - 2.0
+        y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+        boosters[head] = xgb.train(
+            {
+                "objective": "binary:logistic",
+                "max_depth": 6,
+                "eta": 0.05,
+                "tree_method": "hist",
+                "nthread": settings.training.nthread,
+            },
+            xgb.DMatrix(X, label=y),
+            num_boost_round=300,
+        )
+    m = len(LIGHT_RANKER_FEATURES)
+    light = LightRanker(LIGHT_RANKER_FEATURES, (0.5,) * m, -2.0, (0.0,) * m, (1.0,) * m, (0.0,) * m)
+    version = f"bench-{uuid.uuid4().hex[:8]}"
+    save_model(
+        settings,
+        boosters=boosters,
+        light_ranker=light,
+        keep_rates={h: 1.0 for h in HEADS},
+        training_data={"run": "synthetic-bench", "manifest_sha256": "0" * 64},
+        version=version,
+    )
+    set_champion(settings, version, reason="feedrank bench serving (synthetic world)")
+    return version
+
+
+def prepare_world(settings: Settings) -> tuple[Settings, str, np.ndarray, np.ndarray]:
+    """The settings, champion, users and tweets the bench runs on (see module docstring)."""
+    from feedrank.registry import champion_version
+
+    users, tweets = _world_ids(settings)
+    champion = champion_version(settings)
+    if champion is not None and len(users) and len(tweets):
+        return settings, "demo", users, tweets
+    from feedrank.featurestore import apply_repo, materialize, write_synthetic_feature_tables
+
+    home = settings.paths.home / "bench" / "serving"
+    world = settings.model_copy(update={"paths": PathsConfig(home=home)})
+    users, tweets = _world_ids(world)
+    if champion_version(world) is None or not len(tweets):
+        _log(
+            f"no champion + feature tables in {settings.paths.home}; building a synthetic "
+            f"world in {home}"
+        )
+        write_synthetic_feature_tables(
+            world.paths.features,
+            start=SYNTHETIC_START,
+            days=2,
+            users=SYNTHETIC_USERS,
+            authors=400,
+            tweets=SYNTHETIC_TWEETS,
+            seed=1,
+        )
+        apply_repo(world)
+        end = dt.datetime.combine(SYNTHETIC_START, dt.time(), tzinfo=dt.UTC) + dt.timedelta(
+            days=2, hours=1
+        )
+        materialize(world, start=end - dt.timedelta(days=70), end=end, include_stream_views=True)
+        _train_bench_model(world)
+        users, tweets = _world_ids(world)
+    return world, "synthetic", users, tweets
+
+
+# ------------------------------------------------------------------ Kafka plumbing
+
+
+def _group_at_end(settings: Settings, group_id: str) -> None:
+    """Commit the end offsets of feed_requests for a new group: it serves only new requests."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+    )
+    try:
+        parts = [
+            TopicPartition("feed_requests", p)
+            for p in consumer.partitions_for_topic("feed_requests")
+        ]
+        consumer.assign(parts)
+        consumer.commit(
+            {tp: OffsetAndMetadata(off, "", -1) for tp, off in consumer.end_offsets(parts).items()}
+        )
+    finally:
+        consumer.close(autocommit=False)
+
+
+def _feeds_consumer(settings: Settings) -> Any:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=20,
+    )
+    parts = [
+        TopicPartition("ranked_feeds", p) for p in consumer.partitions_for_topic("ranked_feeds")
+    ]
+    consumer.assign(parts)
+    for tp, offset in consumer.end_offsets(parts).items():
+        consumer.seek(tp, offset)
+    return consumer
+
+
+def _start_server(world: Settings, group_id: str, log_path: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "FEEDRANK_PATHS__HOME": str(world.paths.home),
+        "FEEDRANK_KAFKA__HOST": world.kafka.host,
+        "FEEDRANK_KAFKA__PORT": str(world.kafka.port),
+        "FEEDRANK_SERVING__GROUP_ID": group_id,
+        "FEEDRANK_SERVING__METRICS_PORT": str(world.serving.metrics_port),
+        "FEEDRANK_SERVING__BUDGET_MS": str(world.serving.budget_ms),
+    }
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "feedrank"), "serve"],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+
+
+# ------------------------------------------------------------------ the run
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def _requests(
+    users: np.ndarray, tweets: np.ndarray, candidates: int, n: int, seed: int
+) -> list[tuple[int, list[int], str]]:
+    rng = np.random.default_rng(seed)
+    k = min(candidates, len(tweets))
+    return [
+        (
+            int(rng.choice(users)),
+            rng.choice(tweets, size=k, replace=False).tolist(),
+            DEVICES[int(rng.integers(len(DEVICES)))],
+        )
+        for _ in range(n)
+    ]
+
+
+def run_bench(
+    settings: Settings,
+    *,
+    candidates: int = 1000,
+    rate_rps: float = 50.0,
+    duration_s: float = 20.0,
+    naive_requests: int = 10,
+) -> dict[str, Any]:
+    """Run the serving benchmark; returns the figures (see the module docstring)."""
+    from kafka import KafkaProducer
+
+    world, world_kind, users, tweets = prepare_world(settings)
+    if not len(users) or not len(tweets):
+        raise FeedrankError("the bench world has no users or tweets")
+    group_id = f"feedrank-bench-{uuid.uuid4().hex[:8]}"
+    _group_at_end(world, group_id)
+    n = max(1, round(rate_rps * duration_s))
+    planned = _requests(users, tweets, candidates, n, seed=5)
+    log_path = world.paths.logs / "bench-serving.out"
+    feeds = _feeds_consumer(world)
+    producer = KafkaProducer(bootstrap_servers=world.kafka.bootstrap_servers, linger_ms=0)
+    server = _start_server(world, group_id, log_path)
+    results: dict[str, dict[str, Any]] = {}
+
+    def collect(wanted: set[str], until_s: float) -> None:
+        while time.monotonic() < until_s and not wanted <= results.keys():
+            for records in feeds.poll(timeout_ms=100).values():
+                received = time.time()
+                for record in records:
+                    feed = json.loads(record.value)
+                    if feed["request_id"] in wanted:
+                        results.setdefault(feed["request_id"], {"feed": feed, "received": received})
+            if server.poll() is not None:
+                raise FeedrankError(f"feedrank serve exited ({server.returncode}); see {log_path}")
+
+    def send(user: int, tweet_ids: list[int], device: str, prefix: str) -> FeedRequest:
+        request = FeedRequest(
+            request_id=f"{prefix}-{uuid.uuid4().hex[:16]}",
+            user_id=user,
+            requested_at=dt.datetime.now(dt.UTC),
+            device=device,
+            candidate_tweet_ids=tweet_ids,
+        )
+        producer.send("feed_requests", key=str(user).encode(), value=encode(request))
+        return request
+
+    try:
+        # Warm-up until a feed comes back: process started, group joined, caches loaded.
+        _log(f"starting feedrank serve (log: {log_path})")
+        ready_by = time.monotonic() + READY_TIMEOUT_S
+        warm: set[str] = set()
+        while not (warm and warm & results.keys()):
+            if time.monotonic() > ready_by:
+                raise FeedrankError(
+                    f"feedrank serve did not answer in {READY_TIMEOUT_S:.0f} s; see {log_path}"
+                )
+            warm.add(send(*planned[0], prefix="warm").request_id)
+            producer.flush()
+            collect(warm, time.monotonic() + 2.0)
+        for _ in range(5):
+            warm.add(send(*planned[0], prefix="warm").request_id)
+            producer.flush()
+            collect(warm, time.monotonic() + 1.0)
+        _log(f"warm; sending {n} requests at {rate_rps:g}/s, {candidates} candidates each")
+
+        sent: list[FeedRequest] = []
+
+        def produce() -> None:
+            start = time.monotonic()
+            for i, spec in enumerate(planned):
+                delay = start + i / rate_rps - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                sent.append(send(*spec, prefix="bench"))
+                producer.flush()
+
+        sender = threading.Thread(target=produce, name="bench-producer", daemon=True)
+        first_sent = time.time()
+        sender.start()
+        wanted: set[str] = set()
+        while sender.is_alive() or len(wanted) < len(sent):
+            wanted = {r.request_id for r in sent}
+            collect(wanted, time.monotonic() + 0.2)
+            if not sender.is_alive():
+                collect(wanted, time.monotonic() + DRAIN_TIMEOUT_S)
+                break
+        sender.join()
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        feeds.close(autocommit=False)
+        producer.close(timeout=10)
+
+    answered = [results[r.request_id] for r in sent if r.request_id in results]
+    latencies_ms = [
+        (a["received"] - dt.datetime.fromisoformat(a["feed"]["requested_at"]).timestamp()) * 1e3
+        for a in answered
+    ]
+
+    # Split of the end-to-end time: until the server handed the feed to its producer
+    # (queueing + scoring), and from there to the bench's consumer (acks + fetch).
+    def stamp(a: dict[str, Any], key: str) -> float:
+        return dt.datetime.fromisoformat(a["feed"][key]).timestamp()
+
+    server_ms = [(stamp(a, "served_at") - stamp(a, "requested_at")) * 1e3 for a in answered]
+    delivery_ms = [(a["received"] - stamp(a, "served_at")) * 1e3 for a in answered]
+    last = max((a["received"] for a in answered), default=first_sent)
+    degraded = sum(bool(a["feed"]["degraded"]) for a in answered)
+    stage_ms = {
+        stage: _percentile(
+            [a["feed"]["timings_ms"][stage] for a in answered if stage in a["feed"]["timings_ms"]],
+            50,
+        )
+        for stage in ("hydrate", "light", "heavy", "rank", "total")
+    }
+    figures: dict[str, Any] = {
+        "world": world_kind,
+        "candidates": candidates,
+        "rate_rps": rate_rps,
+        "duration_s": duration_s,
+        "requests": len(sent),
+        "answered": len(answered),
+        "unanswered": len(sent) - len(answered),
+        "p50_ms": _percentile(latencies_ms, 50),
+        "p99_ms": _percentile(latencies_ms, 99),
+        "max_ms": max(latencies_ms, default=float("nan")),
+        "throughput_rps": len(answered) / max(last - first_sent, 1e-9),
+        "deadline_misses": sum(bool(a["feed"]["deadline_missed"]) for a in answered),
+        "degraded": degraded / max(len(answered), 1),
+        "degraded_count": degraded,
+        "budget_ms": world.serving.budget_ms,
+        "server_stage_p50_ms": stage_ms,
+        "requested_to_served_p50_ms": _percentile(server_ms, 50),
+        "requested_to_served_p99_ms": _percentile(server_ms, 99),
+        "served_to_consumed_p50_ms": _percentile(delivery_ms, 50),
+    }
+    figures.update(_offline_paths(world, planned[:naive_requests]))
+    return figures
+
+
+def _offline_paths(world: Settings, sample: list[tuple[int, list[int], str]]) -> dict[str, Any]:
+    """Naive path, fast hydration and the model floor, timed on the same requests."""
+    import xgboost as xgb
+
+    from feedrank.ranking import weighted_score
+    from feedrank.registry import load_model
+    from serving.hydration import FeatureHydrator, online_features_matrix
+
+    model = load_model("champion", world)
+    hydrator = FeatureHydrator(world)
+    now = time.time()
+    naive_ms, fast_ms, floor_ms = [], [], []
+    _log(f"timing the naive path on {len(sample)} requests")
+    for user, tweet_ids, device in sample:
+        started = time.perf_counter()
+        X = online_features_matrix(hydrator.store, user, tweet_ids, now, device)
+        dmatrix = xgb.DMatrix(X, missing=np.nan)
+        probs = {h: b.predict(dmatrix) for h, b in model.boosters.items()}
+        weighted_score(probs, model.weights)
+        naive_ms.append((time.perf_counter() - started) * 1e3)
+    for user, tweet_ids, device in sample:
+        started = time.perf_counter()
+        X = hydrator.hydrate(user, tweet_ids, now, device)
+        fast_ms.append((time.perf_counter() - started) * 1e3)
+    ready = hydrator.hydrate(*sample[0][:2], now, sample[0][2])
+    model.predict_heads(ready)
+    for _ in range(30):
+        started = time.perf_counter()
+        model.predict_heads(ready)
+        floor_ms.append((time.perf_counter() - started) * 1e3)
+    return {
+        "naive_p50_ms": _percentile(naive_ms, 50),
+        "naive_requests": len(naive_ms),
+        "fast_hydrate_p50_ms": _percentile(fast_ms, 50),
+        "model_floor_p50_ms": _percentile(floor_ms, 50),
+        "model_version": model.version,
+        "model_trees_per_head": int(model.boosters[HEADS[0]].num_boosted_rounds()),
+    }
+
+
+def print_table(figures: dict[str, Any]) -> None:
+    """The figures as one table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=(
+            f"serving: {figures['candidates']} candidates, "
+            f"{figures['rate_rps']:g} req/s for {figures['duration_s']:g} s "
+            f"({figures['world']} world, budget {figures['budget_ms']} ms)"
+        )
+    )
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("end-to-end p50 (ms)", f"{figures['p50_ms']:.1f}"),
+        ("end-to-end p99 (ms)", f"{figures['p99_ms']:.1f}"),
+        ("sustained throughput (req/s)", f"{figures['throughput_rps']:.1f}"),
+        ("answered / sent", f"{figures['answered']} / {figures['requests']}"),
+        ("deadline misses", str(figures["deadline_misses"])),
+        ("degraded share", f"{figures['degraded']:.1%}"),
+        ("naive path p50 (ms): get_online_features + DMatrix", f"{figures['naive_p50_ms']:.1f}"),
+        ("fast hydration p50 (ms)", f"{figures['fast_hydrate_p50_ms']:.1f}"),
+        (
+            "model floor p50 (ms): inplace_predict, all heads",
+            f"{figures['model_floor_p50_ms']:.1f}",
+        ),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    Console().print(table)

@@ -1,0 +1,75 @@
+"""``feedrank serve`` and ``feedrank bench serving``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from feedrank.config import get_settings
+
+
+def serve(
+    max_requests: Annotated[
+        int | None,
+        typer.Option(min=1, help="Stop after this many messages (default: run until signalled)."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="/metrics port (default serving.metrics_port; 0: off)."
+        ),
+    ] = None,
+) -> None:
+    """Rescore feed requests from Kafka with the champion model (one consumer-group member)."""
+    from serving.consumer import run_serving
+
+    settings = get_settings()
+    if metrics_port is not None:
+        serving = settings.serving.model_copy(update={"metrics_port": metrics_port})
+        settings = settings.model_copy(update={"serving": serving})
+    stop = threading.Event()
+    # SIGTERM/SIGINT finish the current batch (outputs acknowledged, offsets committed).
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stats = run_serving(settings, max_requests=max_requests, stop_event=stop)
+    typer.echo(json.dumps(stats.as_dict()))
+
+
+def bench_serving(
+    candidates: Annotated[
+        int, typer.Option(min=1, max=5000, help="Candidates per request.")
+    ] = 1000,
+    rate: Annotated[float, typer.Option(min=0.1, max=500.0, help="Requests per second.")] = 50.0,
+    duration: Annotated[float, typer.Option(min=1.0, max=600.0, help="Seconds of load.")] = 20.0,
+    naive_requests: Annotated[
+        int, typer.Option(min=1, max=200, help="Requests timed through the naive path.")
+    ] = 10,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the figures here.")
+    ] = None,
+) -> None:
+    """End-to-end serving latency on the real broker, against the naive path and model floor."""
+    from serving.bench import print_table, run_bench
+
+    figures = run_bench(
+        get_settings(),
+        candidates=candidates,
+        rate_rps=rate,
+        duration_s=duration,
+        naive_requests=naive_requests,
+    )
+    print_table(figures)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    """Add ``serve`` and ``bench serving`` to the ``feedrank`` command."""
+    app.command("serve")(serve)
+    bench_app.command("serving")(bench_serving)

@@ -1,0 +1,98 @@
+"""Prometheus metrics of the serving consumer, defined once for every ``feedrank serve``.
+
+Latencies are in seconds (Prometheus convention); buckets are dense around the 300–400 ms
+budget so the p99 against the deadline can be read off ``/metrics`` directly.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS_S = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.35,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+)
+
+STAGE_LATENCY = Histogram(
+    "feedrank_serving_stage_seconds",
+    "Time spent in one scoring stage of a feed request.",
+    ["stage"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+END_TO_END_LATENCY = Histogram(
+    "feedrank_serving_end_to_end_seconds",
+    "From the request's requested_at to its ranked feed being handed to the producer.",
+    buckets=_LATENCY_BUCKETS_S,
+)
+REQUESTS = Counter(
+    "feedrank_serving_requests_total",
+    "Feed requests answered, by how (scored, or replayed from the feed cache).",
+    ["outcome"],
+)
+DEGRADED = Counter(
+    "feedrank_serving_degraded_total",
+    "Feeds answered by the light ranker instead of the heavy ranker, by reason.",
+    ["reason"],
+)
+DEADLINE_MISSES = Counter(
+    "feedrank_serving_deadline_misses_total",
+    "Feeds answered after requested_at + budget_ms.",
+)
+DEAD_LETTERED = Counter(
+    "feedrank_serving_dead_lettered_total",
+    "feed_requests messages sent to feed_requests.dlq, by kind of failure.",
+    ["kind"],
+)
+CONSUMER_LAG = Gauge(
+    "feedrank_serving_consumer_lag",
+    "Messages behind the partition's high watermark (this consumer's assignment).",
+    ["partition"],
+)
+MODEL_RELOADS = Counter(
+    "feedrank_serving_model_reloads_total",
+    "Champion changes seen by the model watcher, by outcome (loaded or refused).",
+    ["outcome"],
+)
+MODEL_VERSION = Gauge(
+    "feedrank_serving_model_info",
+    "1 for the model version currently serving.",
+    ["version"],
+)
+
+_server_lock = threading.Lock()
+_server_port: int | None = None
+
+
+def serve_metrics(port: int) -> int | None:
+    """Expose ``/metrics`` on 127.0.0.1:``port`` once per process (0 disables it).
+
+    Returns:
+        The port serving metrics, or ``None`` when disabled.
+    """
+    global _server_port
+    if port <= 0:
+        return None
+    with _server_lock:
+        if _server_port is None:
+            start_http_server(port, addr="127.0.0.1")
+            _server_port = port
+        return _server_port

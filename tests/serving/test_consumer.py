@@ -1,0 +1,357 @@
+"""The Kafka loop on the real broker: end to end, degraded answers, DLQ, reload, rebalance."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+from serving_helpers import (
+    TopicReader,
+    fresh_group,
+    make_request,
+    request_ids_of,
+    send_requests,
+    train_throwaway_model,
+)
+
+from feedrank import ranking
+from feedrank.config import Settings
+from feedrank.registry import load_model, set_champion
+from feedrank.schemas import RankedFeed
+from serving.consumer import ServingStats, run_serving
+from serving.feed_cache import open_feed_cache
+from serving.scorer import FALLBACK_VERSION, ModelSlot, Scorer
+
+pytestmark = pytest.mark.integration
+
+
+class ServingThread:
+    """``run_serving`` on a thread, stopped (and joined) by :meth:`stop`."""
+
+    def __init__(self, settings: Settings, scorer: Scorer) -> None:
+        self.stop_event = threading.Event()
+        self.stats: ServingStats | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(settings, scorer), daemon=True)
+        self.thread.start()
+
+    def _run(self, settings: Settings, scorer: Scorer) -> None:
+        try:
+            self.stats = run_serving(settings, stop_event=self.stop_event, scorer=scorer)
+        except BaseException as exc:  # surfaced by stop()
+            self.error = exc
+
+    def stop(self) -> ServingStats:
+        self.stop_event.set()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive(), "serving loop did not stop"
+        assert self.error is None, f"serving loop crashed: {self.error!r}"
+        assert self.stats is not None
+        return self.stats
+
+
+@pytest.fixture
+def group_settings(kafka: Settings, serve_settings: Settings, champion: str) -> Settings:
+    """Serving settings with the session broker and a fresh consumer group at the end."""
+    settings = serve_settings.model_copy(update={"kafka": kafka.kafka})
+    return fresh_group(settings)
+
+
+def make_scorer(settings: Settings, hydrator_factory, version: str = "serve-v1", **kw) -> Scorer:
+    return Scorer(
+        settings,
+        ModelSlot(load_model(version, settings)),
+        hydrator_factory(settings),
+        open_feed_cache(settings),
+        **kw,
+    )
+
+
+def feeds_by_id(values: list[bytes]) -> dict[str, list[RankedFeed]]:
+    out: dict[str, list[RankedFeed]] = {}
+    for value in values:
+        feed = RankedFeed.model_validate_json(value)
+        out.setdefault(feed.request_id, []).append(feed)
+    return out
+
+
+def warm_up(settings: Settings, producer, reader: TopicReader) -> None:
+    """One request answered end to end: the consumer has joined and is assigned."""
+    request = make_request(999_999, [1])
+    send_requests(producer, [request])
+    got = reader.read(1, 90, accept=lambda v: request.request_id.encode() in v)
+    assert got, "the consumer never answered the warm-up request"
+
+
+def test_end_to_end_order_equals_offline_scoring(group_settings, producer, hydrator_factory):
+    settings = group_settings
+    feeds_reader = TopicReader(settings, "ranked_feeds")
+    imps_reader = TopicReader(settings, "impressions")
+    scorer = make_scorer(settings, hydrator_factory)
+    server = ServingThread(settings, scorer)
+    try:
+        warm_up(settings, producer, feeds_reader)
+        requests = []
+        for i in range(12):
+            requests.append(make_request(1 + i % 5, range(20 * i, 20 * i + 20)))
+            send_requests(producer, requests[-1:])
+            time.sleep(0.05)
+        ids = {r.request_id for r in requests}
+        feeds = feeds_by_id(
+            feeds_reader.read(len(ids), 60, accept=lambda v: json.loads(v)["request_id"] in ids)
+        )
+        imps = [
+            json.loads(v)
+            for v in imps_reader.read(
+                20 * len(ids), 60, accept=lambda v: json.loads(v)["request_id"] in ids
+            )
+        ]
+    finally:
+        stats = server.stop()
+        feeds_reader.close()
+        imps_reader.close()
+    assert set(feeds) == ids
+    assert stats.dead_lettered == 0
+    model = load_model("serve-v1", settings)
+    heavy_answers = 0
+    for request in requests:
+        (feed,) = feeds[request.request_id]
+        assert feed.model_version in ("serve-v1", FALLBACK_VERSION)
+        assert feed.user_id == request.user_id
+        assert len(feed.items) == 20  # fewer candidates than top_k: every one is served
+        rows = sorted(
+            (i for i in imps if i["request_id"] == request.request_id),
+            key=lambda i: i["position"],
+        )
+        assert [r["tweet_id"] for r in rows] == [item.tweet_id for item in feed.items]
+        if feed.model_version == FALLBACK_VERSION:  # late on arrival: candidate order
+            assert [i.tweet_id for i in feed.items] == request.candidate_tweet_ids
+            continue
+        # Offline: score the exact logged feature values with the same model and rank them.
+        X = np.array(
+            [[np.nan if v is None else v for v in r["features"]] for r in rows], dtype=np.float64
+        )
+        assert not np.isnan(X).all(axis=0).all()  # real values came from the Feast store
+        authors = np.array([r["author_id"] for r in rows])
+        if feed.degraded:
+            scores = model.light_scores(X)
+        else:
+            heavy_answers += 1
+            scores = ranking.weighted_score(model.predict_heads(X), settings.ranking.weights)
+        order, final = ranking.rank(scores, authors, settings.ranking.author_diversity_floor)
+        assert list(order) == list(range(len(rows))), f"order differs for {request.request_id}"
+        assert np.allclose(final, [item.score for item in feed.items])
+    assert heavy_answers > 0
+
+
+def test_slowed_heavy_stage_answers_degraded_within_deadline(
+    group_settings, producer, hydrator_factory
+):
+    settings = group_settings
+    reader = TopicReader(settings, "ranked_feeds")
+    # The heavy stage takes 2 s here: longer than the whole 300-400 ms budget.
+    scorer = make_scorer(settings, hydrator_factory, stage_delays_ms={"heavy": 2000})
+    server = ServingThread(settings, scorer)
+    try:
+        warm_up(settings, producer, reader)
+        requests = []
+        for i in range(5):
+            # Made just before it is sent: requested_at starts the request's budget.
+            requests.append(make_request(50 + i, range(300 + 10 * i, 310 + 10 * i)))
+            send_requests(producer, requests[-1:])
+            time.sleep(0.1)
+        ids = {r.request_id for r in requests}
+        feeds = feeds_by_id(
+            reader.read(len(ids), 60, accept=lambda v: json.loads(v)["request_id"] in ids)
+        )
+    finally:
+        server.stop()
+        reader.close()
+    assert set(feeds) == ids
+    for (feed,) in feeds.values():
+        assert feed.degraded
+        assert not feed.deadline_missed and feed.served_at <= feed.deadline_at
+        assert len(feed.items) == 10
+
+
+def _malformed(i: int, max_bytes: int) -> bytes | None:
+    """The i-th malformed feed request; kinds cycle so every kind appears many times."""
+    good = json.loads(make_request(1, [1, 2]).model_dump_json())
+    kinds = [
+        lambda: b"\xff\xfe not json at all",
+        lambda: b"{truncated",
+        lambda: None,  # a tombstone
+        lambda: b"",
+        lambda: b"[1, 2, 3]",
+        lambda: b"42",
+        lambda: json.dumps({k: v for k, v in good.items() if k != "schema_version"}).encode(),
+        lambda: json.dumps({**good, "schema_version": 99}).encode(),
+        lambda: json.dumps({k: v for k, v in good.items() if k != "user_id"}).encode(),
+        lambda: json.dumps({**good, "user_id": -5}).encode(),
+        lambda: json.dumps({**good, "user_id": "alice"}).encode(),
+        lambda: json.dumps({**good, "candidate_tweet_ids": []}).encode(),
+        lambda: json.dumps({**good, "candidate_tweet_ids": list(range(5001))}).encode(),
+        lambda: json.dumps({**good, "device": "toaster"}).encode(),
+        lambda: json.dumps({**good, "requested_at": "2026-11-29T01:00:00"}).encode(),
+        lambda: json.dumps({**good, "requested_at": "yesterday"}).encode(),
+        lambda: json.dumps({**good, "request_id": ""}).encode(),
+        lambda: json.dumps({**good, "request_id": "x" * 65}).encode(),
+        lambda: json.dumps({**good, "extra": 1}).encode(),
+        lambda: json.dumps({**good, "candidate_tweet_ids": [1, "two"]}).encode(),
+        lambda: json.dumps({**good, "pad": "x" * (max_bytes + 10)}).encode(),  # oversized
+        lambda: b"\x00" * 64,
+    ]
+    return kinds[i % len(kinds)]()
+
+
+def test_malformed_messages_all_dead_lettered_and_lag_returns_to_zero(
+    group_settings, producer, hydrator_factory
+):
+    from kafka import KafkaConsumer, TopicPartition
+
+    settings = group_settings
+    dlq = TopicReader(settings, "feed_requests.dlq")
+    feeds_reader = TopicReader(settings, "ranked_feeds")
+    server = ServingThread(settings, make_scorer(settings, hydrator_factory))
+    max_bytes = settings.serving.max_request_bytes
+    try:
+        for i in range(1000):
+            producer.send("feed_requests", key=str(i).encode(), value=_malformed(i, max_bytes))
+        producer.flush(timeout=60)
+        letters = [json.loads(v) for v in dlq.read(1000, 120)]
+        # The consumer is still alive and answers a valid request after all that.
+        after = make_request(77, [5, 6, 7])
+        send_requests(producer, [after])
+        answered = feeds_reader.read(1, 60, accept=lambda v: after.request_id.encode() in v)
+        stats = server.stop()
+    finally:
+        server.stop_event.set()
+        dlq.close()
+        feeds_reader.close()
+    assert len(letters) == 1000 and stats.dead_lettered == 1000
+    assert all(letter["source"] == "feed_requests" and letter["reason"] for letter in letters)
+    reasons = Counter(letter["reason"].split(":")[0] for letter in letters)
+    assert len(reasons) >= 8, reasons
+    assert any(r.startswith("oversized") for r in reasons)
+    assert answered
+    # Lag back to 0: the group's committed offsets reached the end of every partition.
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=settings.serving.group_id,
+        enable_auto_commit=False,
+    )
+    try:
+        partitions = [TopicPartition("feed_requests", p) for p in range(3)]
+        ends = consumer.end_offsets(partitions)
+        assert all(consumer.committed(tp) == ends[tp] for tp in partitions)
+    finally:
+        consumer.close(autocommit=False)
+
+
+def _corrupt_model(settings: Settings, version: str) -> str:
+    train_throwaway_model(settings, seed=5, version=version)
+    booster = settings.paths.models / version / "like.ubj"
+    data = bytearray(booster.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\x00" * 64
+    booster.write_bytes(bytes(data))
+    return version
+
+
+def test_hot_reload_under_load_refuses_corrupted_model(group_settings, producer, hydrator_factory):
+    settings = group_settings
+    reader = TopicReader(settings, "ranked_feeds")
+    dlq = TopicReader(settings, "feed_requests.dlq")
+    refused_before = (
+        REGISTRY.get_sample_value("feedrank_serving_model_reloads_total", {"outcome": "refused"})
+        or 0.0
+    )
+    server = ServingThread(settings, make_scorer(settings, hydrator_factory))
+    bad = _corrupt_model(settings, f"serve-bad-{uuid.uuid4().hex[:6]}")
+    good = train_throwaway_model(settings, seed=9, version=f"serve-v2-{uuid.uuid4().hex[:6]}")
+    requests = []
+    try:
+        warm_up(settings, producer, reader)
+        for i in range(150):
+            if i == 40:
+                set_champion(settings, bad)
+            if i == 90:
+                set_champion(settings, good)
+            request = make_request(100 + i % 30, range(400 + 5 * i, 405 + 5 * i))
+            requests.append(request)
+            send_requests(producer, [request])
+            time.sleep(0.03)
+        ids = {r.request_id for r in requests}
+        # Let the watcher see the good model before the last requests.
+        time.sleep(1.5)
+        tail = [make_request(150 + i, range(1200 + 5 * i, 1205 + 5 * i)) for i in range(10)]
+        send_requests(producer, tail)
+        ids |= {r.request_id for r in tail}
+        feeds = feeds_by_id(
+            reader.read(len(ids), 90, accept=lambda v: json.loads(v)["request_id"] in ids)
+        )
+        stats = server.stop()
+        letters = dlq.read(1, 1)
+    finally:
+        server.stop_event.set()
+        set_champion(settings, "serve-v1")
+        reader.close()
+        dlq.close()
+    assert set(feeds) == ids, "every request answered"
+    assert stats.dead_lettered == 0 and not letters
+    # In serving order (partitions interleave, so not necessarily the order sent).
+    served = sorted((c for copies in feeds.values() for c in copies), key=lambda f: f.served_at)
+    # Requests already late on arrival (a slow moment of the machine) get the model-free
+    # fallback; they are answered, so they count as served, not failed.
+    versions = [f.model_version for f in served if f.model_version != FALLBACK_VERSION]
+    assert set(versions) == {"serve-v1", good}
+    assert bad not in versions
+    # Swapped once, between requests: never back to the old model afterwards.
+    first_new = versions.index(good)
+    assert all(v == good for v in versions[first_new:])
+    refused_after = REGISTRY.get_sample_value(
+        "feedrank_serving_model_reloads_total", {"outcome": "refused"}
+    )
+    assert refused_after == refused_before + 1
+
+
+def test_two_consumers_and_rebalances_lose_nothing(group_settings, producer, hydrator_factory):
+    settings = group_settings
+    reader = TopicReader(settings, "ranked_feeds")
+    requests = [
+        make_request(random.Random(i).randrange(0, 200), range(3 * i, 3 * i + 3))
+        for i in range(600)
+    ]
+    first = ServingThread(settings, make_scorer(settings, hydrator_factory))
+    second: ServingThread | None = None
+    try:
+        warm_up(settings, producer, reader)
+        for i in range(0, len(requests), 20):
+            if i == 200:  # a second member joins: partitions are split
+                second = ServingThread(settings, make_scorer(settings, hydrator_factory))
+            if i == 400:  # the first member leaves: the second takes everything
+                stats_first = first.stop()
+            send_requests(producer, requests[i : i + 20])
+            time.sleep(0.1)
+        ids = {r.request_id for r in requests}
+        values = reader.read(len(ids), 120, accept=lambda v: json.loads(v)["request_id"] in ids)
+        assert second is not None
+        stats_second = second.stop()
+    finally:
+        first.stop_event.set()
+        if second is not None:
+            second.stop_event.set()
+        reader.close()
+    answered = Counter(request_ids_of(values))
+    assert set(answered) == ids, f"lost {len(ids - set(answered))} requests"
+    assert stats_first.consumed > 0 and stats_second.consumed > 0
+    # Duplicates (a batch redone by the new owner) are identical answers.
+    feeds = feeds_by_id(values)
+    for copies in feeds.values():
+        assert all(c.items == copies[0].items for c in copies)
