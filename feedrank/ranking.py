@@ -12,14 +12,7 @@ order a model is judged on offline is the order it serves online.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-
-# OpenMP threads spin while waiting by default; on a small shared machine that makes
-# 2-thread XGBoost ~8x slower than 1 thread (measured: 50 trees, 8k rows: 34.6 s vs
-# 3.6 s passive). Must be set before libgomp loads (sklearn and xgboost share it).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 
 import numpy as np
 from sklearn.metrics import ndcg_score

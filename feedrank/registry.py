@@ -35,11 +35,6 @@ from typing import Any
 
 import numpy as np
 
-# OpenMP threads spin while waiting by default; on a small shared machine that makes
-# 2-thread XGBoost ~8x slower than 1 thread (measured: 50 trees, 8k rows: 34.6 s vs
-# 3.6 s passive). Must be set before libgomp loads (sklearn and xgboost share it).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from feedrank import feature_spec
 from feedrank.config import HEADS, Settings
 from feedrank.errors import FeedrankError

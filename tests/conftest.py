@@ -33,9 +33,6 @@ if os.environ.get("FEEDRANK_PROFILE") == "cluster":
     os.environ.setdefault(
         "FEEDRANK_SPARK__MASTER", f"spark://127.0.0.1:{os.environ['FEEDRANK_SPARK__MASTER_PORT']}"
     )
-# Passive OpenMP waiting before any test loads libgomp (xgboost/sklearn): spinning threads
-# make 2-thread XGBoost several times slower on a shared 2-core machine.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from feedrank.config import Settings, get_settings  # noqa: E402
 from feedrank.services import airflow_env  # noqa: E402
