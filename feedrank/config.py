@@ -230,16 +230,26 @@ class MonitoringConfig(Section):
 class ExperimentConfig(Section):
     salt: str = Field(default="feedrank-exp-1", description="Hash salt; a new salt reshuffles.")
     arms: dict[str, float] = Field(
-        default_factory=lambda: {"control": 0.5, "treatment": 0.5},
-        description="Arm -> traffic share (control: chronological, treatment: champion; "
-        "optional: challenger, oracle — the simulator's truth, only in simulation).",
+        # Default: no experiment, everyone gets the champion. The demo runs
+        # {"control": 0.45, "treatment": 0.45, "oracle": 0.1}.
+        default_factory=lambda: {"control": 0.0, "treatment": 1.0},
+        description="Arm -> traffic share. control: chronological; treatment: champion; "
+        "challenger: experiment.challenger_version; oracle: the simulator's truth (simulation "
+        "only).",
     )
-    shadow: bool = Field(default=False, description="Score a challenger in shadow mode.")
+    challenger_version: str | None = Field(
+        default=None, description="Registry version of the challenger (arm or shadow)."
+    )
+    shadow: bool = Field(
+        default=False, description="Also score model-ranked requests with the challenger."
+    )
 
     @model_validator(mode="after")
     def _shares_sum_to_one(self) -> ExperimentConfig:
         if "control" not in self.arms or abs(sum(self.arms.values()) - 1.0) > 1e-9:
             raise ValueError("experiment arms need a 'control' arm and shares summing to 1")
+        if any(share < 0 for share in self.arms.values()):
+            raise ValueError("experiment arm shares must not be negative")
         return self
 
 

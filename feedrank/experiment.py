@@ -14,14 +14,16 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import typer
-from scipy import stats
 
 from feedrank.config import HEADS, get_settings
 from feedrank.errors import FeedrankError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _SCALE = float(2**64)
 
@@ -69,6 +71,8 @@ class ArmComparison:
 
 def mean_interval(values: np.ndarray, confidence: float = 0.95) -> Interval:
     """Mean with a t-interval."""
+    from scipy import stats
+
     x = np.asarray(values, dtype=np.float64)
     mean = float(x.mean())
     if x.size < 2:
@@ -81,6 +85,8 @@ def compare_to_control(
     control: np.ndarray, treatment: np.ndarray, arm: str = "treatment", confidence: float = 0.95
 ) -> ArmComparison:
     """Difference of means (Welch) and relative lift (delta method) of an arm vs control."""
+    from scipy import stats
+
     c = np.asarray(control, dtype=np.float64)
     t = np.asarray(treatment, dtype=np.float64)
     if c.size < 2 or t.size < 2:
@@ -113,6 +119,8 @@ def session_outcomes(
         engagements: at least ``request_id``, ``head``.
         weights: ranking weight per head.
     """
+    import pandas as pd
+
     sessions = impressions.groupby("request_id", sort=True)["arm"].first().to_frame()
     counts = (
         engagements.groupby(["request_id", "head"]).size().unstack("head", fill_value=0)

@@ -79,6 +79,7 @@ def build_scorer(settings: Settings) -> Scorer:
         FeedrankError: There is no champion yet, or it fails verification.
     """
     from feedrank.registry import champion_version, load_model
+    from serving.experiment import experiment_hooks
     from serving.hydration import FeatureHydrator
 
     version = champion_version(settings)
@@ -88,7 +89,10 @@ def build_scorer(settings: Settings) -> Scorer:
             "'feedrank promote' first"
         )
     model = load_model(version, settings)
-    return Scorer(settings, ModelSlot(model), FeatureHydrator(settings), open_feed_cache(settings))
+    hooks = experiment_hooks(settings)
+    return Scorer(
+        settings, ModelSlot(model), FeatureHydrator(settings), open_feed_cache(settings), **hooks
+    )
 
 
 class _CommitOnRevoke(ConsumerRebalanceListener):
