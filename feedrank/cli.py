@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "jobs.cli",
     "jobs.training_cli",
     "serving.cli",
+    "jobs.monitor_cli",
 )
 
 

@@ -83,9 +83,10 @@ def reference_training_examples(
     engaged: dict[tuple, list[Mapping]] = defaultdict(list)
     for e in engagements:
         engaged[(e["request_id"], e["user_id"], e["tweet_id"])].append(e)
-    device_of = {}
+    device_of, requested_at_of = {}, {}
     for r in feed_requests:
         device_of.setdefault(r["request_id"], DEVICES.index(r["device"]))
+        requested_at_of.setdefault(r["request_id"], r["requested_at"])
     index = {name: AsOfIndex(VIEWS[name], views[name]) for name in JOIN_ORDER}
     out = []
     for imp in impressions:
@@ -118,8 +119,9 @@ def reference_training_examples(
                 row[feat] = None if hit is None else hit[feat]
             row[source_ts_column(name)] = None if hit is None else hit["event_timestamp"]
         device = device_of.get(imp["request_id"])
+        # Serving computes context when the request arrives: at its requested_at.
         ctx = context_features(
-            np.array([epoch_seconds(served)]),
+            np.array([epoch_seconds(requested_at_of.get(imp["request_id"], served))]),
             np.array([np.nan if device is None else device], dtype=np.float64),
             np.array([np.nan if row["tweet_created_ts"] is None else row["tweet_created_ts"]]),
             np.array(

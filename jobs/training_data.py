@@ -248,10 +248,13 @@ def join_features(examples: DataFrame, views: Mapping[str, DataFrame]) -> DataFr
 
 
 def device_codes(feed_requests: DataFrame) -> DataFrame:
-    """``request_id`` -> ``device_code`` (index in :data:`feedrank.schemas.DEVICES`)."""
+    """``request_id`` -> ``device_code`` (index in :data:`feedrank.schemas.DEVICES`) and
+    ``requested_at`` (the moment serving computes context for)."""
     codes = F.create_map(*[x for i, d in enumerate(DEVICES) for x in (F.lit(d), F.lit(i))])
     return feed_requests.select(
-        "request_id", codes[F.col("device")].cast("bigint").alias("device_code")
+        "request_id",
+        codes[F.col("device")].cast("bigint").alias("device_code"),
+        "requested_at",
     ).dropDuplicates(["request_id"])
 
 
@@ -259,10 +262,15 @@ def add_context(df: DataFrame) -> DataFrame:
     """Add :data:`feedrank.feature_spec.CONTEXT_FEATURES` via the shared vectorized function.
 
     Needs ``served_at``, ``device_code``, ``tweet_created_ts`` and ``user_active_hour_peak``.
+    Context is computed at the request's ``requested_at`` when the row has it (serving
+    computes it when the request arrives, before it is served), else at ``served_at``.
     One ``mapInPandas`` pass, so the Python function runs exactly once per row.
     """
     names = [f.name for f in CONTEXT_FEATURES]
-    staged = df.withColumn("_request_ts", request_ts(F.col("served_at")))
+    at = F.col("served_at")
+    if "requested_at" in df.columns:
+        at = F.coalesce(F.col("requested_at"), at)
+    staged = df.withColumn("_request_ts", request_ts(at))
     schema = T.StructType(
         [*staged.schema.fields, *[T.StructField(n, T.DoubleType()) for n in names]]
     )

@@ -21,6 +21,7 @@ import heapq
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -339,6 +340,7 @@ def run_live(
     delay_scale: float = DEFAULT_DELAY_SCALE,
     drain_s: float = DEFAULT_DRAIN_S,
     progress: bool = True,
+    lake: Path | None = None,
 ) -> LiveStats:
     """Stream the simulated world to Kafka for ``duration_s`` seconds.
 
@@ -352,6 +354,10 @@ def run_live(
         delay_scale: multiplies engagement delays (1.0 is real time).
         drain_s: after the last request, how long to wait for feeds and due engagements.
         progress: show a progress bar.
+        lake: replay mode: take tweets and follows from this lake (a backfill whose last day
+            ends about now) instead of posting new tweets, so every candidate is one the
+            feature store already knows. Without it new tweets are posted live; they are
+            unknown to the online store until the batch side has seen them.
 
     Returns:
         Counts of what was produced and consumed; ``request_ids`` lists this run's requests.
@@ -367,8 +373,15 @@ def run_live(
     per_request = 1.0 / (world.n_users * sim.config.requests_per_user_per_day)
     tweets_per_request = world.author_tweets_per_day.sum() * per_request
     follows_per_request = NEW_FOLLOWS_PER_USER_PER_DAY * world.n_users * per_request
+    if lake is not None:
+        from feedrank.simulator.backfill import read_lake_table
+
+        world.load_tweets(read_lake_table(lake, "tweets"))
+        world.load_follows(read_lake_table(lake, "follows"), before_us=_now_us())
+        tweets_per_request = 0.0
     try:
-        sim.warm_up(_now_us())
+        if lake is None:
+            sim.warm_up(_now_us())
         start = time.monotonic()
         sent_requests, tweet_budget, follow_budget = 0, 0.0, 0.0
         with tqdm(
