@@ -1,0 +1,240 @@
+"""Daily retraining of the feed ranker, one UTC day per run.
+
+wait_for_landed_data → validate → features → training_data → train → evaluate → promote
+→ materialize
+
+Which day: a scheduled run has the data interval ``[D, D+1)`` (``CronDataIntervalTimetable``,
+logical date ``D``) and processes day ``D``; a manual run or ``dag.test()`` with a zero-length
+interval at ``L`` processes the last complete UTC day before ``L`` (rule and reasons in
+``feedrank_tasks``). No task reads "latest" or the clock: the sensor waits for day ``D``'s
+lake partitions, ``validate`` checks them, ``features`` and ``training_data`` rebuild the
+trailing window of ``training_days`` days ending with ``D`` (the last of them is the held-out
+validation day), and ``materialize`` loads what became valid during ``D`` into the online
+store. Tasks pass nothing to each other through XCom: each derives its inputs from the interval
+(the training-data run ``<training>/<first>_<last>``, the model version from that run's
+manifest), so any task can be cleared and rerun on its own.
+
+Why Task SDK tasks that run ``feedrank <command>`` rather than ``SparkSubmitOperator``: the jobs
+already are entry points that build their own SparkSession from the resolved settings (master
+from the profile or ``FEEDRANK_SPARK__MASTER``, UTC, microsecond Parquet), so running the
+same command a person runs needs no Airflow Spark connection (no connection string in code)
+and no ``--py-files`` packaging, and four of the seven steps (train, evaluate, promote,
+materialize) are not Spark jobs at all. Each command runs in a child process, so its JVM and
+memory go away with the task and a crash cannot take the worker down.
+
+Retries: exponential backoff (2 min, 4 min, … capped at 30 min). Reruns and retries are safe
+because every job writes its partitions atomically and deterministically, the model version is
+named after the training data it was trained on (an identical rerun reuses it instead of adding
+a model), and promotion is a no-op when that version already is the champion.
+
+Promotion gate: ``feedrank promote`` refusing the challenger ends ``promote`` as *skipped* with
+the reason in its log; ``evaluate`` (and its report) stays successful and ``materialize`` still
+runs (``none_failed``).
+
+Backfill several past days, oldest first, one at a time (``max_active_runs=1``); the runs get
+the logical dates 2026-11-02, 2026-11-03, 2026-11-04 and each processes its own day::
+
+    airflow backfill create --dag-id feed_ranking_retrain --max-active-runs 1 \
+        --from-date 2026-11-02 --to-date 2026-11-04
+
+``catchup`` is off: when the scheduler has been down, only the newest day retrains by itself;
+older days are a deliberate backfill.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import feedrank_tasks as ft
+from airflow.sdk import (
+    CronDataIntervalTimetable,
+    Param,
+    PokeReturnValue,
+    TriggerRule,
+    chain,
+    dag,
+    get_current_context,
+    task,
+)
+from airflow.sdk.exceptions import AirflowSkipException
+
+DAG_ID = "feed_ranking_retrain"
+
+DEFAULT_ARGS = {
+    "owner": "feedrank",
+    "retries": 3,
+    "retry_delay": dt.timedelta(minutes=2),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": dt.timedelta(minutes=30),
+    "execution_timeout": dt.timedelta(hours=2),
+}
+
+
+def _after_write() -> None:
+    """Tests' fault hook: fail this try after its output was written (see feedrank_tasks)."""
+    ti = get_current_context()["ti"]
+    ft.maybe_fail_once(ti.dag_id, ti.task_id, ti.try_number)
+
+
+def _window() -> ft.Days:
+    """This run's training window: ``training_days`` days ending with the run's last day."""
+    context = get_current_context()
+    days = ft.interval_days(context["data_interval_start"], context["data_interval_end"])
+    return days.widen(int(context["params"]["training_days"]) - 1)
+
+
+def _training_run() -> Path:
+    """The window's training-data run folder (``feedrank training-data`` names it so)."""
+    from feedrank.config import get_settings
+
+    window = _window()
+    return get_settings().paths.training / f"{window.start}_{window.end}"
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    params={
+        "training_days": Param(
+            3,
+            type="integer",
+            minimum=2,
+            description="Days of training data ending with the run's day (the last one is "
+            "the held-out validation day).",
+        ),
+    },
+    tags=["feedrank", "training"],
+    doc_md=__doc__,
+)
+def feed_ranking_retrain() -> None:
+    """Daily: landed data → checked → features → training data → model → gate → online."""
+
+    @task.sensor(
+        poke_interval=300,
+        timeout=12 * 3600,
+        mode="reschedule",
+        exponential_backoff=True,
+        max_wait=dt.timedelta(minutes=30),
+    )
+    def wait_for_landed_data(
+        data_interval_start: dt.datetime | None = None,
+        data_interval_end: dt.datetime | None = None,
+    ) -> PokeReturnValue:
+        """Done when every daily lake table has the run's day(s) landed."""
+        from feedrank.config import get_settings
+
+        days = ft.interval_days(data_interval_start, data_interval_end)
+        missing = ft.missing_partitions(get_settings().paths.lake, ft.DAILY_LAKE_TABLES, days)
+        if missing:
+            ft.log.info("waiting for %s", ", ".join(missing))
+        return PokeReturnValue(is_done=not missing, xcom_value=days.end)
+
+    @task
+    def validate(
+        data_interval_start: dt.datetime | None = None,
+        data_interval_end: dt.datetime | None = None,
+    ) -> list[str]:
+        """Validation gate on each landed day; a broken threshold fails the run here."""
+        days = ft.interval_days(data_interval_start, data_interval_end)
+        for day in days:
+            ft.run_feedrank("validate", "--date", day.isoformat())
+        _after_write()
+        return [day.isoformat() for day in days]
+
+    @task
+    def features() -> dict[str, str]:
+        """Feature tables for the training window (rewrites its partitions, atomically)."""
+        window = _window()
+        ft.run_feedrank("features", "--start", window.start, "--end", window.end)
+        _after_write()
+        return {"start": window.start, "end": window.end}
+
+    @task
+    def training_data() -> str:
+        """Point-in-time training examples for the window (one run folder, swapped in)."""
+        window = _window()
+        ft.run_feedrank("training-data", "--start", window.start, "--end", window.end)
+        _after_write()
+        return str(_training_run())
+
+    @task
+    def train() -> str:
+        """Train the heads on the window's examples; returns the model version.
+
+        The version is named after the run's day and the hash of the training data's manifest
+        (:func:`feedrank_tasks.model_version_for`), so a rerun or retry on the same data finds
+        its model instead of adding a duplicate.
+        """
+        from feedrank.config import get_settings
+
+        run = _training_run()
+        version = ft.model_version_for(run)
+        if (get_settings().paths.models / version / "metadata.json").is_file():
+            ft.log.info("model %s (same training data) already exists; reusing it", version)
+            return version
+        ft.run_feedrank("train", "--data", str(run), "--version", version, "--quiet")
+        _after_write()
+        return version
+
+    @task
+    def evaluate() -> str:
+        """Offline evaluation of the window's model on its held-out day; returns the report."""
+        run = _training_run()
+        version = ft.model_version_for(run)
+        out = ft.run_feedrank_json("evaluate", "--model", version, "--data", str(run))
+        _after_write()
+        return str(out["report"])
+
+    @task
+    def promote() -> str:
+        """Move the champion pointer to the window's model if the gate lets it.
+
+        A refusal ends this task as *skipped* (reason in the log and in the report folder's
+        ``promotion.json``); an error fails it. Already the champion: nothing to do.
+        """
+        from feedrank.config import get_settings
+        from feedrank.registry import champion_version
+
+        run = _training_run()
+        version = ft.model_version_for(run)
+        if champion_version(get_settings()) == version:
+            ft.log.info("%s already is the champion; nothing to promote", version)
+            return version
+        try:
+            ft.run_feedrank("promote", "--version", version, "--data", str(run))
+        except ft.FeedrankCommandError as exc:
+            if f"promotion of {version} refused" in exc.reason:
+                raise AirflowSkipException(exc.reason) from exc
+            raise
+        _after_write()
+        return version
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED)
+    def materialize(
+        data_interval_start: dt.datetime | None = None,
+        data_interval_end: dt.datetime | None = None,
+    ) -> dict[str, str]:
+        """Online store ← feature values valid during the run's day(s), both ends included."""
+        start, end = ft.interval_window(data_interval_start, data_interval_end, ft.DAY)
+        ft.materialize_window(start, end)
+        _after_write()
+        return {"start": start.isoformat(), "end": end.isoformat()}
+
+    chain(
+        wait_for_landed_data(),
+        validate(),
+        features(),
+        training_data(),
+        train(),
+        evaluate(),
+        promote(),
+        materialize(),
+    )
+
+
+feed_ranking_retrain()
