@@ -29,12 +29,13 @@ app.add_typer(bench_app, name="bench")
 
 # Modules that add subcommands; each defines ``register(app: typer.Typer, bench: typer.Typer)``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "serving.cli",
     "feedrank.simulator.cli",
+    "jobs.training_cli",
     "feedrank.featurestore",
     "feedrank.experiment",
+    "feedrank.demo",
     "jobs.cli",
-    "jobs.training_cli",
-    "serving.cli",
     "jobs.monitor_cli",
 )
 

@@ -21,10 +21,12 @@ if [ "${#benches[@]}" -eq 0 ]; then
   echo "[bench] no benchmarks registered yet (feedrank bench has no subcommands)"
   exit 0
 fi
+reports="$("$py" -c 'from feedrank.config import get_settings; print(get_settings().paths.reports)')"
+mkdir -p "$reports"
 # Benchmarks of the streaming path need the profile's services.
 "$py" -m feedrank.services up
 for i in "${!benches[@]}"; do
   name="${benches[$i]}"
   echo "[bench $((i + 1))/${#benches[@]}] feedrank bench $name"
-  .venv/bin/feedrank bench "$name"
+  .venv/bin/feedrank bench "$name" --json "$reports/bench-$name.json"
 done
