@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from feedrank.config import HEADS
-from feedrank.schemas import DEVICES, EVENT_TIME, table_schema
+from feedrank.schemas import DEVICES, EVENT_TIME, LAKE_TABLES, table_schema
 
 HEAD_RATES: dict[str, float] = {
     "like": 0.15,
@@ -82,18 +82,7 @@ def generate_world(
     user_ids = [1000 + i for i in range(users)]
     is_author = {u: bool(rng.random() < 0.35) or i < 3 for i, u in enumerate(user_ids)}
     authors = [u for u in user_ids if is_author[u]]
-    world: dict[str, list[dict]] = {
-        t: []
-        for t in (
-            "users",
-            "tweets",
-            "follows",
-            "feed_requests",
-            "impressions",
-            "engagements",
-            "oracle",
-        )
-    }
+    world: dict[str, list[dict]] = {t: [] for t in LAKE_TABLES}
     for u in user_ids:
         world["users"].append(
             {

@@ -36,15 +36,7 @@ PSI_BINS = 10
 PSI_MIN_ROWS = 200  # below this, PSI is mostly sampling noise
 LABEL_MIN_EXPECTED = 20  # label collapse needs this many expected positives to be judged
 CATEGORY_MAX_DISTINCT = 50
-LAKE_DATASETS = (
-    "users",
-    "tweets",
-    "follows",
-    "feed_requests",
-    "impressions",
-    "engagements",
-    "oracle",
-)
+LAKE_DATASETS = tuple(LAKE_TABLES)
 
 
 @dataclass
