@@ -211,14 +211,17 @@ def run_demo(settings: Settings, users: int, days: int, serve_s: float, rate_rps
     from feedrank.simulator.backfill import simulate_backfill
 
     started = time.monotonic()
+    # Every process of the demo (scorer, DAG tasks) must rebuild the same simulated world.
+    os.environ["FEEDRANK_SIMULATOR__USERS"] = str(users)
+    settings = settings.model_copy(
+        update={"simulator": settings.simulator.model_copy(update={"users": users})}
+    )
     today = dt.datetime.now(dt.UTC).date()
     first_day = today - dt.timedelta(days=days)
     _step("1/6 services")
     services.kafka_up(settings)
     _step(f"2/6 simulate {days} days ({first_day} … {today - dt.timedelta(days=1)})")
-    simulate_backfill(
-        settings, settings.paths.lake, days=days, users=users, start_date=first_day.isoformat()
-    )
+    simulate_backfill(settings, settings.paths.lake, days=days, start_date=first_day.isoformat())
     _step("3/6 retrain DAG (validate → features → training data → train → evaluate → promote)")
     run_retrain_dag(settings, today)
     version = champion_version(settings)
