@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import AS_OF, SIZES
+from feast_world import AS_OF, SIZES
 
 from feedrank import feature_spec as spec
 from feedrank.config import Settings
@@ -157,7 +157,7 @@ def test_fast_path_equals_get_online_features_on_redis(redis_store: Settings) ->
 
 def test_fast_path_sees_a_new_materialization(sqlite_store: Settings) -> None:
     """Re-materializing a later window is picked up by the cached views."""
-    from conftest import materialize_as_of
+    from feast_world import materialize_as_of
 
     from serving.hydration import FeatureHydrator, online_features_matrix
 

@@ -151,7 +151,8 @@ def test_restarted_stream_job_replays_its_windows(kafka: Settings, tmp_path: Pat
         )
         thread.start()
         try:
-            deadline = time.monotonic() + 120
+            # Generous: a consumer group rejoining a busy broker can take a while.
+            deadline = time.monotonic() + 300
             while warm_up and count(tweet + 1) is None:  # the new group has joined
                 assert time.monotonic() < deadline, "stream-features never pushed the warm-up"
                 send(tweet + 1, 0)

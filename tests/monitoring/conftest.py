@@ -8,26 +8,13 @@ rises strictly with the first model feature, so AUCs can be checked by hand.
 
 from __future__ import annotations
 
-import datetime as dt
-from dataclasses import dataclass
-
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
+from monitor_names import DAY, MODEL_VERSION, START, MonitorWorld
 
 from feedrank.config import HEADS, PathsConfig, Settings
 from feedrank.feature_spec import LIGHT_RANKER_FEATURES, model_features
-
-START = dt.date(2026, 11, 1)
-DAY = dt.date(2026, 11, 2)  # the monitored (served) day
-MODEL_VERSION = "v-monitor-test"
-
-
-@dataclass
-class MonitorWorld:
-    settings: Settings
-    world: dict[str, list[dict]]
-    served: list[dict]  # DAY's impressions with the reference vectors as ``features``
 
 
 def _rows(path) -> list[dict]:

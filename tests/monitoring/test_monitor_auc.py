@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import MODEL_VERSION
+from monitor_names import MODEL_VERSION
 
 from feedrank.config import HEADS
 from feedrank.errors import FeedrankError

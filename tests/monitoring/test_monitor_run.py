@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import DAY, MonitorWorld
+from monitor_names import DAY, MonitorWorld
 
 from feedrank.errors import FeedrankError
 from jobs import lake, synthetic

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import DAY, MonitorWorld
+from monitor_names import DAY, MonitorWorld
 
 from feedrank.feature_spec import model_features
 from jobs import lake, synthetic
