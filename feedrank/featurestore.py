@@ -523,6 +523,33 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 # ------------------------------------------------------------ synthetic tables from the spec
 
 
+def build_synthetic_store(
+    settings: Settings, *, start: dt.date, users: int, authors: int, tweets: int, seed: int = 1
+) -> dt.datetime:
+    """A ready online store over spec-generated tables (benchmarks and serving tests).
+
+    Two days of tables from ``start``, applied and materialized (stream views included) up to
+    one hour past their last day, over a window wider than every view's TTL.
+
+    Returns:
+        The moment the store was materialized to.
+    """
+    days = 2
+    write_synthetic_feature_tables(
+        settings.paths.features,
+        start=start,
+        days=days,
+        users=users,
+        authors=authors,
+        tweets=tweets,
+        seed=seed,
+    )
+    apply_repo(settings)
+    end = dt.datetime.combine(start, dt.time(), tzinfo=dt.UTC) + dt.timedelta(days=days, hours=1)
+    materialize(settings, start=end - dt.timedelta(days=70), end=end, include_stream_views=True)
+    return end
+
+
 def write_synthetic_feature_tables(
     root: Path,
     *,

@@ -115,7 +115,7 @@ def prepare_world(settings: Settings) -> tuple[Settings, str, np.ndarray, np.nda
     champion = champion_version(settings)
     if champion is not None and len(users) and len(tweets):
         return settings, "demo", users, tweets
-    from feedrank.featurestore import apply_repo, materialize, write_synthetic_feature_tables
+    from feedrank.featurestore import build_synthetic_store
 
     home = settings.paths.home / "bench" / "serving"
     world = settings.model_copy(update={"paths": PathsConfig(home=home)})
@@ -125,20 +125,14 @@ def prepare_world(settings: Settings) -> tuple[Settings, str, np.ndarray, np.nda
             f"no champion + feature tables in {settings.paths.home}; building a synthetic "
             f"world in {home}"
         )
-        write_synthetic_feature_tables(
-            world.paths.features,
+        build_synthetic_store(
+            world,
             start=SYNTHETIC_START,
-            days=2,
             users=SYNTHETIC_USERS,
             authors=400,
             tweets=SYNTHETIC_TWEETS,
             seed=1,
         )
-        apply_repo(world)
-        end = dt.datetime.combine(SYNTHETIC_START, dt.time(), tzinfo=dt.UTC) + dt.timedelta(
-            days=2, hours=1
-        )
-        materialize(world, start=end - dt.timedelta(days=70), end=end, include_stream_views=True)
         _train_bench_model(world)
         users, tweets = _world_ids(world)
     return world, "synthetic", users, tweets

@@ -51,22 +51,15 @@ def feast_world(serve_settings: Settings) -> Settings:
     """A real Feast store (this profile's online store) materialized from synthetic tables."""
     import datetime as dt
 
-    from feedrank.featurestore import apply_repo, materialize, write_synthetic_feature_tables
+    from feedrank.featurestore import build_synthetic_store
 
-    start = dt.date(2026, 11, 1)
-    write_synthetic_feature_tables(
-        serve_settings.paths.features,
-        start=start,
-        days=2,
+    build_synthetic_store(
+        serve_settings,
+        start=dt.date(2026, 11, 1),
         users=WORLD_USERS,
         authors=40,
         tweets=WORLD_TWEETS,
         seed=1,
-    )
-    apply_repo(serve_settings)
-    end = dt.datetime.combine(start, dt.time(), tzinfo=dt.UTC) + dt.timedelta(days=2, hours=1)
-    materialize(
-        serve_settings, start=end - dt.timedelta(days=70), end=end, include_stream_views=True
     )
     return serve_settings
 
