@@ -49,6 +49,12 @@ def bench_serving(
     naive_requests: Annotated[
         int, typer.Option(min=1, max=200, help="Requests timed through the naive path.")
     ] = 10,
+    servers: Annotated[
+        int, typer.Option(min=1, max=8, help="feedrank serve processes in the group.")
+    ] = 2,
+    warmup: Annotated[
+        float, typer.Option(min=0.0, max=120.0, help="Seconds of unmeasured load first.")
+    ] = 5.0,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the figures here.")
     ] = None,
@@ -62,6 +68,8 @@ def bench_serving(
         rate_rps=rate,
         duration_s=duration,
         naive_requests=naive_requests,
+        servers=servers,
+        warmup_s=warmup,
     )
     print_table(figures)
     if json_path is not None:

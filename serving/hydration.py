@@ -601,7 +601,7 @@ def run_bench(
 
     Builds its own store under ``<paths.home>/bench/hydration`` (synthetic feature tables
     generated from the spec, sized for ``candidates``), applies and materializes it into
-    SQLite and, if redis-server answers on the configured port, into Redis; checks that the
+    SQLite and into Redis (starting redis-server when none answers); checks that the
     fast path equals Feast before timing; prints one table and optionally writes JSON.
     """
     import datetime as dt
@@ -611,6 +611,7 @@ def run_bench(
 
     from feedrank.config import FeastConfig, PathsConfig
     from feedrank.featurestore import apply_repo, materialize, write_synthetic_feature_tables
+    from feedrank.services import redis_down, redis_up
 
     console = Console(stderr=True)
     home = settings.paths.home / "bench" / "hydration"
@@ -646,54 +647,58 @@ def run_bench(
     )
     for column in ("path", "requests", "p50", "p99"):
         table.add_column(column, justify="right" if column != "path" else "left")
-    stores = {"sqlite": base}
+    stores = {
+        "sqlite": base,
+        "redis": base.model_copy(update={"feast": FeastConfig(online_store="redis")}),
+    }
+    # The Redis rows need a redis-server: the profile's one if it runs, else one started
+    # here (data and log under the run folder) and stopped at the end.
+    started_redis = redis_up(settings)
     try:
-        import redis
-
-        redis.Redis(host=settings.redis.host, port=settings.redis.port).ping()
-        stores["redis"] = base.model_copy(update={"feast": FeastConfig(online_store="redis")})
-    except Exception as exc:
-        console.print(
-            f"redis-server not reachable on {settings.redis.url}: {exc}; skipping the Redis rows"
-        )
-    for online, store_settings in stores.items():
-        with console.status(f"apply + materialize ({online})"):
-            apply_repo(store_settings)
-            materialize(
-                store_settings,
-                start=end - dt.timedelta(days=70),
-                end=end,
-                include_stream_views=True,
+        for online, store_settings in stores.items():
+            with console.status(f"apply + materialize ({online})"):
+                apply_repo(store_settings)
+                materialize(
+                    store_settings,
+                    start=end - dt.timedelta(days=70),
+                    end=end,
+                    include_stream_views=True,
+                )
+            hydrator = FeatureHydrator(store_settings)
+            user0, tweets0 = requests_list[0]
+            reference = online_features_matrix(hydrator.store, user0, tweets0, request_ts, "web")
+            fast = hydrator.hydrate(user0, tweets0, request_ts, "web")
+            if not np.allclose(reference, fast, rtol=0, atol=1e-9, equal_nan=True):
+                raise RuntimeError(f"fast path differs from get_online_features on {online}")
+            with console.status(f"timing get_online_features ({online})"):
+                feast_ms = _time_calls(
+                    lambda i, h=hydrator: online_features_matrix(
+                        h.store, *requests_list[i], request_ts, "web"
+                    ),
+                    feast_requests,
+                )
+            p50, p99 = _percentiles(feast_ms)
+            result[f"feast_{online}_p50_ms"], result[f"feast_{online}_p99_ms"] = p50, p99
+            table.add_row(
+                f"Feast get_online_features, {online}",
+                str(feast_requests),
+                f"{p50:.1f}",
+                f"{p99:.1f}",
             )
-        hydrator = FeatureHydrator(store_settings)
-        user0, tweets0 = requests_list[0]
-        reference = online_features_matrix(hydrator.store, user0, tweets0, request_ts, "web")
-        fast = hydrator.hydrate(user0, tweets0, request_ts, "web")
-        if not np.allclose(reference, fast, rtol=0, atol=1e-9, equal_nan=True):
-            raise RuntimeError(f"fast path differs from get_online_features on {online}")
-        with console.status(f"timing get_online_features ({online})"):
-            feast_ms = _time_calls(
-                lambda i, h=hydrator: online_features_matrix(
-                    h.store, *requests_list[i], request_ts, "web"
-                ),
-                feast_requests,
+            with console.status(f"timing the fast path ({online})"):
+                hydrator.hydrate(*requests_list[0], request_ts, "web")  # warm-up
+                fast_ms = _time_calls(
+                    lambda i, h=hydrator: h.hydrate(*requests_list[i], request_ts, "web"), requests
+                )
+            p50, p99 = _percentiles(fast_ms)
+            prefix = "fast" if online == "sqlite" else f"fast_{online}"
+            result[f"{prefix}_p50_ms"], result[f"{prefix}_p99_ms"] = p50, p99
+            table.add_row(
+                f"fast path (FeatureHydrator), {online}", str(requests), f"{p50:.2f}", f"{p99:.2f}"
             )
-        p50, p99 = _percentiles(feast_ms)
-        result[f"feast_{online}_p50_ms"], result[f"feast_{online}_p99_ms"] = p50, p99
-        table.add_row(
-            f"Feast get_online_features, {online}", str(feast_requests), f"{p50:.1f}", f"{p99:.1f}"
-        )
-        with console.status(f"timing the fast path ({online})"):
-            hydrator.hydrate(*requests_list[0], request_ts, "web")  # warm-up
-            fast_ms = _time_calls(
-                lambda i, h=hydrator: h.hydrate(*requests_list[i], request_ts, "web"), requests
-            )
-        p50, p99 = _percentiles(fast_ms)
-        prefix = "fast" if online == "sqlite" else f"fast_{online}"
-        result[f"{prefix}_p50_ms"], result[f"{prefix}_p99_ms"] = p50, p99
-        table.add_row(
-            f"fast path (FeatureHydrator), {online}", str(requests), f"{p50:.2f}", f"{p99:.2f}"
-        )
+    finally:
+        if started_redis:
+            redis_down(settings)
     Console().print(table)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
