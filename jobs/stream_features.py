@@ -4,16 +4,22 @@ The pure part is :class:`WindowCounters` (event-time sliding windows: a tweet's 
 engagements in the last 30 minutes and hour, a user's in the last hour; positive heads are
 like, reply, retweet and click). :func:`run_stream_features` is the thin Kafka shell:
 
+* **One process per deployment.** The job assigns itself every partition of the topic
+  (``assign``, no group membership: no joins, rebalances or listeners); the consumer group
+  only stores its committed offsets. Partitions added to the topic later are picked up.
 * **At-least-once.** Offsets are committed only after the counters changed by a poll batch
   have been pushed (``FeatureStore.push(..., to=PushMode.ONLINE)``).
 * **Restart-safe.** Each commit stores, as offset metadata, the oldest offset of the
-  partition whose event still lies in a window. A restarted consumer seeks back to it and
-  replays that hour, so its counters are complete again; re-pushing a counter for the same
-  stream time writes the same value (idempotent).
+  partition whose event still lies in a window. A started job seeks every partition back to
+  it and replays up to the committed offset before it pushes anything, so its first push has
+  complete windows; re-pushing a counter for the same stream time writes the same value
+  (idempotent). A partition the group never committed is read from its beginning (nothing
+  in it was counted), except in a brand-new group with ``new_group_from_latest``, which
+  starts at the end; the start points are committed at once, so a restart resumes there.
 * **Event time.** A counter's window ends at the stream time: the latest ``engaged_at`` seen.
   Entities whose events slide out of the window are re-pushed with their lower counts.
 * **Bad records** go to ``engagements.dlq`` as a :class:`~feedrank.schemas.DeadLetter` with
-  the reason, and are committed past (never lost, never fatal).
+  the reason, and are committed past (never lost, never fatal; not re-sent when replayed).
 * **Lag** (end offset − position, summed over partitions) is logged after every batch and
   reported in :class:`StreamStats`.
 """
@@ -128,15 +134,6 @@ class WindowCounters:
                 out[view] = frame
         return out
 
-    def drop_partitions(self, partitions: set[int]) -> None:
-        """Forget the events of partitions this consumer no longer owns."""
-        for kind, buckets in self._events.items():
-            for key, bucket in list(buckets.items()):
-                kept = [e for e in bucket if e.partition not in partitions]
-                if len(kept) != len(bucket):
-                    buckets[key] = collections.deque(kept)
-                    self._dirty[kind].add(key)
-
     def replay_offsets(self) -> dict[int, int]:
         """Per partition, the oldest offset whose event is still inside a window."""
         oldest: dict[int, int] = {}
@@ -150,9 +147,10 @@ class WindowCounters:
 
 @dataclass
 class StreamStats:
-    """What one run of the stream job did."""
+    """What one run of the stream job did (replayed messages are not in ``consumed``)."""
 
     consumed: int = 0
+    replayed: int = 0
     counted: int = 0
     dead_lettered: int = 0
     pushed_rows: int = 0
@@ -163,9 +161,9 @@ class StreamStats:
 
     def summary(self) -> str:
         return (
-            f"consumed {self.consumed}, counted {self.counted}, dead-lettered "
-            f"{self.dead_lettered}, pushed {self.pushed_rows} rows in {self.pushes} pushes, "
-            f"{self.commits} commits, lag {self.lag}"
+            f"consumed {self.consumed} (+{self.replayed} replayed), counted {self.counted}, "
+            f"dead-lettered {self.dead_lettered}, pushed {self.pushed_rows} rows in "
+            f"{self.pushes} pushes, {self.commits} commits, lag {self.lag}"
         )
 
 
@@ -175,6 +173,29 @@ def _lag(consumer: Any) -> int:
         return 0
     ends = consumer.end_offsets(partitions)
     return int(sum(max(0, ends[tp] - consumer.position(tp)) for tp in partitions))
+
+
+def _start_points(
+    consumer: Any, partitions: Iterable[Any], *, at_end_if_new: bool
+) -> dict[Any, tuple[int, int]]:
+    """Per partition, ``(replay_from, resume_at)``: where reading starts, where counting new
+    messages starts (the committed offset; before it, messages only rebuild the windows).
+
+    A partition without a committed offset was never read by this group, so it starts at its
+    beginning; if no partition has one (a new group) and ``at_end_if_new``, at its end.
+    """
+    committed = {tp: consumer.committed(tp, metadata=True) for tp in partitions}
+    known = {tp: c for tp, c in committed.items() if c is not None and c.offset >= 0}
+    starts: dict[Any, tuple[int, int]] = {}
+    fresh = [tp for tp in committed if tp not in known]
+    if fresh:
+        at_end = at_end_if_new and not known
+        offsets = consumer.end_offsets(fresh) if at_end else consumer.beginning_offsets(fresh)
+        starts.update({tp: (offsets[tp], offsets[tp]) for tp in fresh})
+    for tp, done in known.items():
+        meta = done.metadata or ""
+        starts[tp] = (min(int(meta), done.offset) if meta.isdigit() else done.offset, done.offset)
+    return starts
 
 
 def run_stream_features(
@@ -188,27 +209,29 @@ def run_stream_features(
     group_id: str = GROUP_ID,
     new_group_from_latest: bool = False,
     stop: threading.Event | None = None,
+    partition_check_s: float = 60.0,
 ) -> StreamStats:
     """Consume engagements, push windowed counters to Feast, commit; until told to stop.
 
     Args:
         settings: Kafka address and Feast profile (default: process settings).
-        max_messages: stop after consuming this many messages (None: never).
+        max_messages: stop after consuming this many new (not replayed) messages.
         idle_timeout_s: stop after this long without a message (None: never).
         poll_timeout_ms: longest wait of one poll; bounds the push delay.
         progress: show a live counter on stderr.
         store: an existing FeatureStore (default: built from ``settings``).
-        group_id: consumer group (its committed offsets are the restart point).
+        group_id: consumer group holding the committed offsets (the restart point).
         new_group_from_latest: a group without committed offsets starts at the end of the
             topic instead of its beginning.
         stop: set it to stop after the current batch.
+        partition_check_s: how often the topic's partition list is checked for new ones.
 
     Returns:
-        Counts of what was consumed, pushed and committed, and the final lag.
+        Counts of what was consumed, replayed, pushed and committed, and the final lag.
     """
     from feast.data_source import PushMode
-    from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-    from kafka.structs import OffsetAndMetadata
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka.structs import OffsetAndMetadata, TopicPartition
 
     from feedrank.featurestore import feature_store, push_source_name
 
@@ -220,107 +243,114 @@ def run_stream_features(
         bootstrap_servers=settings.kafka.bootstrap_servers,
         group_id=group_id,
         enable_auto_commit=False,
-        auto_offset_reset="latest" if new_group_from_latest else "earliest",
+        # Start points are explicit (see _start_points); this only applies to an offset that
+        # retention has deleted since it was committed: read what is left, skip nothing.
+        auto_offset_reset="earliest",
         max_poll_records=2000,
     )
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+    replaying: dict[Any, int] = {}  # partition -> committed offset the replay runs up to
+    uncommitted: dict[Any, int] = {}  # partition -> next offset, counted but not committed
 
-    replay_pending: set[Any] = set()
+    def add_partitions(partitions: set[int], *, at_end_if_new: bool) -> None:
+        """Own these partitions from their start points, and commit those at once."""
+        starts = _start_points(
+            consumer, [TopicPartition(TOPIC, p) for p in partitions], at_end_if_new=at_end_if_new
+        )
+        consumer.assign(sorted(consumer.assignment() | set(starts)))
+        for tp, (replay_from, resume_at) in sorted(starts.items()):
+            consumer.seek(tp, replay_from)
+            if replay_from < resume_at:
+                replaying[tp] = resume_at
+            log.info("%s: reading from offset %d, new from %d", tp, replay_from, resume_at)
+        consumer.commit(
+            {tp: OffsetAndMetadata(new, str(old), -1) for tp, (old, new) in starts.items()}
+        )
 
-    class _Replay(ConsumerRebalanceListener):
-        """Assigned partitions are rewound by the poll loop (no blocking calls in here)."""
+    def push_and_commit() -> None:
+        """Push the changed counters, then commit what they include (at-least-once)."""
+        started = time.perf_counter()
+        for view, frame in counters.changed_rows().items():
+            store.push(push_source_name(view), frame, to=PushMode.ONLINE)
+            stats.pushes += 1
+            stats.pushed_rows += len(frame)
+        stats.push_latency_ms.append(1e3 * (time.perf_counter() - started))
+        producer.flush()
+        oldest = counters.replay_offsets()  # stored with the offset: where a restart replays
+        consumer.commit(
+            {
+                tp: OffsetAndMetadata(next_, str(min(oldest.get(tp.partition, next_), next_)), -1)
+                for tp, next_ in uncommitted.items()
+            }
+        )
+        uncommitted.clear()
+        stats.commits += 1
 
-        def on_partitions_revoked(self, revoked: Any) -> None:
-            counters.drop_partitions({tp.partition for tp in revoked})
-
-        def on_partitions_assigned(self, assigned: Any) -> None:
-            replay_pending.update(assigned)
-
-    def rewind(batch: dict[Any, list[Any]]) -> None:
-        """Seek newly assigned partitions back to their oldest in-window offset."""
-        for tp in list(replay_pending):
-            records = batch.pop(tp, [])  # re-read after the seek, never counted twice
-            committed = consumer.committed(tp, metadata=True)
-            if committed is not None and committed.offset >= 0:
-                meta = committed.metadata or ""
-                replay_from = (
-                    min(int(meta), committed.offset) if meta.isdigit() else (committed.offset)
+    def topic_partitions() -> set[int]:
+        """The topic's partitions, once the broker has them (the topic may be in creation)."""
+        deadline = time.monotonic() + settings.kafka.ready_timeout_s
+        while not (partitions := consumer.partitions_for_topic(TOPIC)):
+            if time.monotonic() > deadline:
+                raise FeedrankError(
+                    f"topic {TOPIC!r} not found on {settings.kafka.bootstrap_servers}"
                 )
-                consumer.seek(tp, replay_from)
-                log.info(
-                    "%s: replaying from offset %d (committed %d)", tp, replay_from, committed.offset
-                )
-            elif records:
-                consumer.seek(tp, records[0].offset)
-            replay_pending.discard(tp)
+            time.sleep(0.2)
+        return set(partitions)
 
-    # Know the topic's partitions before joining the group: a join without them gets an
-    # empty assignment that lasts until the next metadata refresh (minutes).
-    deadline = time.monotonic() + settings.kafka.ready_timeout_s
-    while not consumer.partitions_for_topic(TOPIC):
-        if time.monotonic() > deadline:
-            consumer.close()
-            producer.close()
-            raise FeedrankError(f"topic {TOPIC!r} not found on {settings.kafka.bootstrap_servers}")
-        time.sleep(0.2)
-    consumer.subscribe([TOPIC], listener=_Replay())
     bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(desc="engagements", unit="msg", total=max_messages)
-    last_message = time.monotonic()
     try:
+        add_partitions(topic_partitions(), at_end_if_new=new_group_from_latest)
+        next_partition_check = time.monotonic() + partition_check_s
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(desc="engagements", unit="msg", total=max_messages)
+        last_message = time.monotonic()
         while (max_messages is None or stats.consumed < max_messages) and not (
             stop is not None and stop.is_set()
         ):
-            batch = dict(consumer.poll(timeout_ms=poll_timeout_ms))
-            if replay_pending:
-                rewind(batch)
+            if time.monotonic() >= next_partition_check:
+                next_partition_check = time.monotonic() + partition_check_s
+                owned = {tp.partition for tp in consumer.assignment()}
+                if added := consumer.partitions_for_topic(TOPIC) - owned:
+                    log.info("%s has new partitions %s", TOPIC, sorted(added))
+                    add_partitions(added, at_end_if_new=False)
+            batch = consumer.poll(timeout_ms=poll_timeout_ms)
             if not batch:
                 if idle_timeout_s is not None and time.monotonic() - last_message > idle_timeout_s:
                     break
                 continue
             last_message = time.monotonic()
-            next_offsets: dict[Any, int] = {}
             for tp, records in batch.items():
+                resume_at = replaying.get(tp, -1)
                 for record in records:
-                    if max_messages is not None and stats.consumed >= max_messages:
+                    replayed = record.offset < resume_at
+                    if replayed:
+                        stats.replayed += 1
+                    elif max_messages is not None and stats.consumed >= max_messages:
                         break
-                    stats.consumed += 1
-                    next_offsets[tp] = record.offset + 1
+                    else:
+                        stats.consumed += 1
+                    uncommitted[tp] = record.offset + 1
                     event = decode(TOPIC, record.value)
                     if isinstance(event, DeadLetter):
-                        producer.send(DLQ_TOPIC, event.model_dump_json().encode())
-                        stats.dead_lettered += 1
-                    elif counters.add(event, tp.partition, record.offset):
+                        if not replayed:  # the run that read it first sent it already
+                            producer.send(DLQ_TOPIC, event.model_dump_json().encode())
+                            stats.dead_lettered += 1
+                    elif counters.add(event, tp.partition, record.offset) and not replayed:
                         stats.counted += 1
-            started = time.perf_counter()
-            for view, frame in counters.changed_rows().items():
-                store.push(push_source_name(view), frame, to=PushMode.ONLINE)
-                stats.pushes += 1
-                stats.pushed_rows += len(frame)
-            stats.push_latency_ms.append(1e3 * (time.perf_counter() - started))
-            producer.flush()
-            replay = counters.replay_offsets()
-            consumer.commit(
-                {
-                    tp: OffsetAndMetadata(
-                        offset, str(min(replay.get(tp.partition, offset), offset)), -1
-                    )
-                    for tp, offset in next_offsets.items()
-                }
-            )
-            stats.commits += 1
-            if max_messages is not None and stats.consumed >= max_messages:
-                # Don't carry the over-fetched tail of this batch into the next position.
-                for tp, offset in next_offsets.items():
-                    consumer.seek(tp, offset)
+            for tp, resume_at in list(replaying.items()):
+                if consumer.position(tp) >= resume_at:
+                    del replaying[tp]
+                    log.info("%s: windows rebuilt up to offset %d", tp, resume_at)
+            if not replaying:  # while windows are incomplete, pushing would lower counts
+                push_and_commit()
             stats.lag = _lag(consumer)
             log.info(
-                "batch: %s; stream time %s",
+                "batch: %s; stream time %s%s",
                 stats.summary(),
                 dt.datetime.fromtimestamp(counters.stream_ts or 0, dt.UTC).isoformat(),
+                f"; replaying {len(replaying)} partitions" if replaying else "",
             )
             if bar is not None:
                 bar.update(sum(len(r) for r in batch.values()))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +17,12 @@ import pytest
 from feedrank import feature_spec as spec
 from feedrank.config import FeastConfig, PathsConfig, Settings
 from feedrank.schemas import Engagement, encode
-from jobs.stream_features import WindowCounters, run_stream_features
+from jobs.stream_features import (
+    StreamStats,
+    WindowCounters,
+    _start_points,
+    run_stream_features,
+)
 
 T0 = dt.datetime(2026, 11, 2, 12, 0, tzinfo=dt.UTC)
 
@@ -48,6 +56,117 @@ def test_window_counters_count_positive_heads_and_slide() -> None:
     assert (rows["tweet_realtime"]["event_timestamp"] == T0 + dt.timedelta(minutes=70)).all()
 
 
+@pytest.mark.unit
+def test_start_points_never_skip_a_partition_of_an_existing_group() -> None:
+    """Committed partitions replay from their metadata; an uncommitted one starts at its
+    beginning unless the whole group is new and asked to start at the end."""
+    from kafka.structs import OffsetAndMetadata, TopicPartition
+
+    p0, p1 = TopicPartition("engagements", 0), TopicPartition("engagements", 1)
+
+    class Consumer:  # the four calls _start_points makes
+        def __init__(self, committed: dict[TopicPartition, OffsetAndMetadata]) -> None:
+            self.done = committed
+
+        def committed(self, tp: TopicPartition, metadata: bool) -> OffsetAndMetadata | None:
+            return self.done.get(tp)
+
+        def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            return dict.fromkeys(tps, 5)
+
+        def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            return dict.fromkeys(tps, 100)
+
+    assert _start_points(Consumer({}), [p0, p1], at_end_if_new=True) == {
+        p0: (100, 100),
+        p1: (100, 100),
+    }
+    assert _start_points(Consumer({}), [p0, p1], at_end_if_new=False) == {p0: (5, 5), p1: (5, 5)}
+    existing = Consumer({p0: OffsetAndMetadata(50, "40", -1)})
+    assert _start_points(existing, [p0, p1], at_end_if_new=True) == {p0: (40, 50), p1: (5, 5)}
+    no_metadata = Consumer({p0: OffsetAndMetadata(50, "", -1)})
+    assert _start_points(no_metadata, [p0], at_end_if_new=True) == {p0: (50, 50)}
+
+
+class _StreamJob:
+    """``run_stream_features`` in a thread, in a consumer group of the test's choosing."""
+
+    def __init__(self, settings: Settings, group_id: str) -> None:
+        from feedrank.featurestore import feature_store
+
+        self.stop = threading.Event()
+        self.stats: StreamStats | None = None
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self.stats = run_stream_features(
+                    settings,
+                    store=feature_store(settings),
+                    group_id=group_id,
+                    new_group_from_latest=True,
+                    poll_timeout_ms=50,
+                    stop=self.stop,
+                )
+            except BaseException as exc:  # re-raised by wait_for / finish in the test thread
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def wait_for(
+        self,
+        condition: Callable[[], bool],
+        what: str,
+        timeout_s: float = 60,
+        state: Callable[[], object] = lambda: "-",
+    ) -> None:
+        """Poll ``condition`` until it holds; fail on the deadline (showing ``state()``) or
+        as soon as the job died."""
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if self.error is not None:
+                raise AssertionError(f"stream-features failed while waiting for {what}") from (
+                    self.error
+                )
+            assert self.thread.is_alive(), f"stream-features ended before {what}"
+            assert time.monotonic() < deadline, f"{what} not within {timeout_s:.0f} s: {state()}"
+            time.sleep(0.05)
+
+    def finish(self) -> StreamStats:
+        """Stop the job and return its stats (it must stop within 30 s)."""
+        self.stop.set()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "stream-features did not stop"
+        if self.error is not None:
+            raise self.error
+        assert self.stats is not None
+        return self.stats
+
+
+@contextlib.contextmanager
+def _stream_job(settings: Settings, group_id: str) -> Iterator[_StreamJob]:
+    job = _StreamJob(settings, group_id)
+    try:
+        yield job
+    finally:
+        job.stop.set()
+        job.thread.join(timeout=30)
+
+
+def _local_store(kafka: Settings, tmp_path: Path) -> tuple[Settings, Any]:
+    """Settings with a local Feast repo of the test's own (applied), and its store."""
+    from feedrank.featurestore import apply_repo, feature_store
+
+    local = kafka.model_copy(update={"paths": PathsConfig(home=tmp_path), "feast": FeastConfig()})
+    apply_repo(local)
+    return local, feature_store(local)
+
+
+def _unique_id(base: int) -> int:
+    return base + int(uuid.uuid4().int % 10**9) * 10
+
+
 @pytest.mark.integration
 def test_pushed_engagement_is_visible_online_within_a_second(
     kafka: Settings, tmp_path: Path
@@ -55,57 +174,123 @@ def test_pushed_engagement_is_visible_online_within_a_second(
     """engagements topic -> stream-features -> Feast push -> get_online_features."""
     from kafka import KafkaProducer
 
-    from feedrank.featurestore import apply_repo, feature_store
-
-    local = kafka.model_copy(update={"paths": PathsConfig(home=tmp_path), "feast": FeastConfig()})
-    apply_repo(local)
-    store = feature_store(local)
+    local, store = _local_store(kafka, tmp_path)
     producer = KafkaProducer(bootstrap_servers=kafka.kafka.bootstrap_servers, acks="all")
-    base_id = 10**12 + int(uuid.uuid4().int % 10**9) * 10
-    stop = threading.Event()
-    result = {}
-
-    def consume() -> None:
-        result["stats"] = run_stream_features(
-            local,
-            store=feature_store(local),
-            group_id=f"test-{uuid.uuid4().hex}",
-            new_group_from_latest=True,
-            poll_timeout_ms=50,
-            stop=stop,
-        )
+    base_id = _unique_id(10**12)
 
     def online_count(tweet_id: int) -> int | None:
         return store.get_online_features(
             features=["tweet_realtime:tweet_engagements_1h"], entity_rows=[{"tweet_id": tweet_id}]
         ).to_dict()["tweet_engagements_1h"][0]
 
-    thread = threading.Thread(target=consume, daemon=True)
-    thread.start()
-    try:
-        # Warm-up: repeat until the consumer has joined its group and pushed once.
-        deadline = time.monotonic() + 90
-        while online_count(base_id) is None:
-            assert time.monotonic() < deadline, "stream-features never pushed the warm-up"
-            producer.send("engagements", encode(_engagement(base_id, 5, T0)))
-            producer.flush()
-            time.sleep(0.5)
-        producer.send("engagements", b"{not json")  # dead-lettered, not fatal
-        target = base_id + 1
-        producer.send("engagements", encode(_engagement(target, 5, T0 + dt.timedelta(seconds=1))))
+    def warmed_up() -> bool:
+        if online_count(base_id) is not None:
+            return True
+        producer.send("engagements", encode(_engagement(base_id, 5, T0)))
         producer.flush()
-        sent = time.monotonic()
-        while online_count(target) is None and time.monotonic() - sent < 1.0:
-            time.sleep(0.02)
-        assert online_count(target) == 1, "pushed engagement not online within 1 s"
-        from serving.hydration import FeatureHydrator
+        time.sleep(0.5)
+        return False
 
-        column = spec.model_features().index("tweet_engagements_1h")
-        fast = FeatureHydrator(local, store=store).hydrate(5, [target, base_id + 2], 0.0, "web")
-        assert fast[0, column] == 1 and np.isnan(fast[1, column])  # the fast path sees it too
+    try:
+        with _stream_job(local, f"test-{uuid.uuid4().hex}") as job:
+            # Warm-up: repeat until the job has its start offsets and pushed once.
+            job.wait_for(warmed_up, "the warm-up push")
+            producer.send("engagements", b"{not json")  # dead-lettered, not fatal
+            target = base_id + 1
+            at = T0 + dt.timedelta(seconds=1)
+            producer.send("engagements", encode(_engagement(target, 5, at)))
+            producer.flush()
+            sent = time.monotonic()
+            while online_count(target) is None and time.monotonic() - sent < 1.0:
+                time.sleep(0.02)
+            assert online_count(target) == 1, "pushed engagement not online within 1 s"
+            from serving.hydration import FeatureHydrator
+
+            column = spec.model_features().index("tweet_engagements_1h")
+            hydrator = FeatureHydrator(local, store=store)
+            fast = hydrator.hydrate(5, [target, base_id + 2], 0.0, "web")
+            assert fast[0, column] == 1 and np.isnan(fast[1, column])  # the fast path sees it
+            stats = job.finish()
     finally:
-        stop.set()
-        thread.join(timeout=30)
         producer.close()
-    stats = result["stats"]
     assert stats.dead_lettered >= 1 and stats.counted >= 2 and stats.commits >= 2
+
+
+@pytest.mark.integration
+def test_restarted_stream_job_rebuilds_its_windows_and_counts_new_engagements(
+    kafka: Settings, tmp_path: Path
+) -> None:
+    """Two likes, stop; one like while the job is down, one after its restart.
+
+    The restarted job starts with empty counters: only a replay of the windows gives the
+    old likes' counts. The like sent while it was down lands on a partition where the first
+    run (a new group, started at the end of the topic) consumed nothing: the case that an
+    offset reset to "latest" used to skip. The like after the restart is counted and online.
+    """
+    from kafka import KafkaProducer
+
+    local, store = _local_store(kafka, tmp_path)
+    producer = KafkaProducer(bootstrap_servers=kafka.kafka.bootstrap_servers, acks="all")
+    group = f"test-restart-{uuid.uuid4().hex}"
+    tweet, user = _unique_id(2 * 10**12), _unique_id(3 * 10**12)
+    last = kafka.kafka.topics["engagements"].partitions - 1
+
+    def send(tweet_id: int, user_id: int, minute: int, partition: int) -> None:
+        at = T0 + dt.timedelta(minutes=minute)
+        producer.send(
+            "engagements", encode(_engagement(tweet_id, user_id, at)), partition=partition
+        )
+        producer.flush()
+
+    def online() -> tuple[int | None, int | None, int | None]:
+        """(tweet 30 min, tweet 1 h, user 1 h) counts of the test's tweet and user."""
+        row = store.get_online_features(
+            features=[
+                "tweet_realtime:tweet_engagements_30m",
+                "tweet_realtime:tweet_engagements_1h",
+                "user_realtime:user_engagements_1h",
+            ],
+            entity_rows=[{"tweet_id": tweet, "user_id": user}],
+        ).to_dict()
+        return (
+            row["tweet_engagements_30m"][0],
+            row["tweet_engagements_1h"][0],
+            row["user_engagements_1h"][0],
+        )
+
+    def warmed_up() -> bool:  # another tweet and user, so the counts under test stay exact
+        ok = store.get_online_features(
+            features=["tweet_realtime:tweet_engagements_1h"], entity_rows=[{"tweet_id": tweet + 1}]
+        ).to_dict()["tweet_engagements_1h"][0]
+        if ok is None:
+            send(tweet + 1, user + 1, 0, partition=0)
+            time.sleep(0.5)
+        return ok is not None
+
+    try:
+        with _stream_job(local, group) as job:  # a new group: starts at the end of the topic
+            job.wait_for(warmed_up, "the warm-up push")
+            send(tweet, user, 0, partition=0)
+            send(tweet, user, 40, partition=min(1, last))
+            # Stream time 12:40: the 12:00 like is in the hour only.
+            job.wait_for(lambda: online() == (1, 2, 2), "the first run's counts", state=online)
+            first = job.finish()
+        assert first.consumed == first.counted >= 3 and first.replayed == 0
+
+        send(tweet, user, 45, partition=last)  # while the job is down
+        with _stream_job(local, group) as job:
+            # (a) windows rebuilt: 12:00 and 12:40 replayed, 12:45 new; stream time 12:45.
+            job.wait_for(
+                lambda: online() == (2, 3, 3),
+                "the rebuilt windows + the like sent while down",
+                state=online,
+            )
+            # (b) a like after the restart is counted and online; stream time 12:50.
+            send(tweet, user, 50, partition=0)
+            job.wait_for(lambda: online() == (3, 4, 4), "the like after the restart", state=online)
+            second = job.finish()
+    finally:
+        producer.close()
+    assert second.replayed >= 2  # the first run's likes (and warm-ups), not counted again
+    assert (second.consumed, second.counted, second.dead_lettered) == (2, 2, 0)
+    assert second.commits >= 2 and second.lag == 0
