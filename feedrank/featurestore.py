@@ -227,6 +227,25 @@ def materialize(
     return names
 
 
+def materialize_as_of(
+    settings: Settings, as_of: dt.datetime, views: Sequence[str] | None = None
+) -> None:
+    """Online store = the values valid at ``as_of``: each view (default: every view, stream
+    views included) is materialized over ``[as_of - ttl, as_of]`` (Feast's window is
+    inclusive at both ends).
+
+    Into an empty online store this is Feast's point-in-time rule at ``as_of`` — per entity
+    the latest row with ``event_timestamp <= as_of`` within the view's TTL — which the
+    training-data join applies offline. Feast's online read applies no TTL, so on a store that
+    already holds values, an entity with no row in the window keeps what an earlier run wrote.
+    """
+    by_ttl: dict[int, list[str]] = {}
+    for name in views or spec.VIEWS:
+        by_ttl.setdefault(spec.VIEWS[name].ttl_days, []).append(name)
+    for ttl_days, names in sorted(by_ttl.items()):
+        materialize(settings, start=as_of - dt.timedelta(days=ttl_days), end=as_of, views=names)
+
+
 def _utc(ts: dt.datetime) -> dt.datetime:
     return ts.replace(tzinfo=dt.UTC) if ts.tzinfo is None else ts.astimezone(dt.UTC)
 

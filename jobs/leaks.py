@@ -5,7 +5,9 @@ view and row). A row's *data watermark* for a view is the latest instant whose d
 the feature value: for daily snapshots and stream counters ``event_timestamp`` is an
 exclusive bound (snapshot of D counts events before D+1 00:00; a counter at T counts events
 before T), so the watermark is one microsecond earlier; for event views (tweet attributes)
-it is the event itself. A row leaks when a watermark is at or after ``served_at``.
+it is the event itself. A row leaks when a watermark is at or after the moment its features
+are used: the request's ``requested_at`` (serving reads features when the request arrives),
+else ``served_at``.
 """
 
 from __future__ import annotations
@@ -25,27 +27,31 @@ def data_watermark(view_name: str, source_ts: F.Column) -> F.Column:
     return source_ts - F.expr("INTERVAL 1 MICROSECOND")
 
 
-def find_leaks(audit: DataFrame, served_at: str = "served_at") -> DataFrame:
-    """Rows of ``audit`` whose features saw data at or after ``served_at``.
+def find_leaks(audit: DataFrame) -> DataFrame:
+    """Rows of ``audit`` whose features saw data at or after the moment they were used.
 
     Args:
-        audit: rows with ``request_id``, ``tweet_id``, ``served_at`` and, for every view
-            present, :func:`jobs.training_data.source_ts_column` (null: no feature row used).
+        audit: rows with ``request_id``, ``tweet_id``, ``served_at``, optionally
+            ``requested_at``, and, for every view present,
+            :func:`jobs.training_data.source_ts_column` (null: no feature row used).
 
     Returns:
-        ``request_id``, ``tweet_id``, ``served_at``, ``view``, ``source_ts`` per leaking cell.
+        ``request_id``, ``tweet_id``, ``used_at``, ``view``, ``source_ts`` per leaking cell.
     """
+    used_at = F.col("served_at")
+    if "requested_at" in audit.columns:
+        used_at = F.coalesce(F.col("requested_at"), used_at)
     checks = []
     for name in VIEWS:
         column = source_ts_column(name)
         if column not in audit.columns:
             continue
-        leaking = data_watermark(name, F.col(column)) >= F.col(served_at)
+        leaking = data_watermark(name, F.col(column)) >= used_at
         checks.append(
             audit.where(leaking).select(
                 "request_id",
                 "tweet_id",
-                F.col(served_at).alias("served_at"),
+                used_at.alias("used_at"),
                 F.lit(name).alias("view"),
                 F.col(column).alias("source_ts"),
             )
@@ -67,5 +73,5 @@ def check_no_leaks(audit: DataFrame) -> None:
         raise FeedrankError(
             f"feature leak: {leaks.count()} cell(s); e.g. view {row['view']} at "
             f"{row['source_ts']} used for impression ({row['request_id']}, {row['tweet_id']}) "
-            f"served at {row['served_at']}"
+            f"whose features were read at {row['used_at']}"
         )

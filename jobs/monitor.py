@@ -5,15 +5,17 @@ scorer used (``Impression.features``, ordered as :func:`feedrank.feature_spec.mo
 
 1. **Skew** (:func:`skew_report`) — the same features are recomputed offline for the same
    impression through the training-data job's own steps (:func:`jobs.training_data.join_features`
-   as of ``served_at``, then :func:`jobs.training_data.add_context`), so "offline" means
-   exactly what a training example of that impression would hold. Per feature: the share of
-   impressions whose served and offline values differ (``|a − b| > 1e-6 · max(1, |a|, |b|)``,
-   missing vs value counts as a mismatch, missing vs missing agrees).
+   as of :func:`jobs.training_data.request_time`, then :func:`jobs.training_data.add_context`),
+   so "offline" means exactly what a training example of that impression would hold. Per
+   feature: the share of impressions whose served and offline values differ
+   (``|a − b| > 1e-6 · max(1, |a|, |b|)``, missing vs value counts as a mismatch, missing vs
+   missing agrees).
    The device context (``ctx_device_code``) needs the feed request: it is joined by
    ``request_id`` from ``feed_requests``; impressions whose request is not in the lake (or a
    run without ``feed_requests``) are not compared on that one feature, and the report says
-   how many were compared. Every other context feature depends only on ``served_at``, the
-   tweet and the user, so it is always compared.
+   how many were compared (and features are then read as of ``served_at``). Every other
+   context feature depends only on the request time, the tweet and the user, so it is always
+   compared.
 2. **Drift** (:func:`drift_report`) — PSI per feature (:func:`jobs.validate.psi`, the
    validation gate's definition) between the training split the model learnt from and the
    served feature vectors. Training examples are negative-downsampled; :func:`training_sample`
@@ -105,7 +107,7 @@ def served_with_features(impressions: DataFrame) -> DataFrame:
 def offline_features(
     served: DataFrame, feed_requests: DataFrame | None, views: Mapping[str, DataFrame]
 ) -> DataFrame:
-    """The training-data job's features for each served impression, as of ``served_at``.
+    """The training-data job's features for each served impression, as of its request time.
 
     Args:
         served: impressions (``request_id``, ``user_id``, ``tweet_id``, ``author_id``,

@@ -91,6 +91,8 @@ def reference_training_examples(
     out = []
     for imp in impressions:
         served = imp["served_at"]
+        # Serving reads features and computes context when the request arrives.
+        requested = requested_at_of.get(imp["request_id"], served)
         row: dict = {
             k: imp[k]
             for k in ("request_id", "user_id", "tweet_id", "author_id", "served_at", "position")
@@ -114,14 +116,13 @@ def reference_training_examples(
             key = tuple(
                 row.get(columns.get(k, k), imp.get(columns.get(k, k))) for k in index[name].keys
             )
-            hit = None if any(k is None for k in key) else index[name].lookup(key, served)
+            hit = None if any(k is None for k in key) else index[name].lookup(key, requested)
             for feat in view.feature_names:
                 row[feat] = None if hit is None else hit[feat]
             row[source_ts_column(name)] = None if hit is None else hit["event_timestamp"]
         device = device_of.get(imp["request_id"])
-        # Serving computes context when the request arrives: at its requested_at.
         ctx = context_features(
-            np.array([epoch_seconds(requested_at_of.get(imp["request_id"], served))]),
+            np.array([epoch_seconds(requested)]),
             np.array([np.nan if device is None else device], dtype=np.float64),
             np.array([np.nan if row["tweet_created_ts"] is None else row["tweet_created_ts"]]),
             np.array(

@@ -8,9 +8,11 @@ Pure steps (DataFrames in, DataFrame out), composed by :func:`build_training_exa
 2. :func:`downsample_negatives` — rows with no positive label are kept when a deterministic
    hash of ``request_id|tweet_id`` falls below the keep-rate (reruns keep the same rows);
    ``keep_prob`` records the survival probability.
-3. :func:`asof_join` per view — Feast's point-in-time semantics: the row with the greatest
-   ``event_timestamp`` <= ``served_at`` (ties: greatest ``created_timestamp``) and
-   ``event_timestamp`` >= ``served_at`` - ttl; otherwise null. Done as a sort-based window
+3. :func:`asof_join` per view — Feast's point-in-time semantics at the request's moment
+   (:func:`request_time`: ``requested_at``, else ``served_at``; serving reads the online store
+   when the request arrives): the row with the greatest ``event_timestamp`` <= that moment
+   (ties: greatest ``created_timestamp``) and ``event_timestamp`` >= moment - ttl; otherwise
+   null. Done as a sort-based window
    (union of impressions and feature rows, last non-null feature row per key), which scales
    out instead of exploding a range join.
 4. :func:`add_context` — :func:`feedrank.context.context_features` through a pandas UDF.
@@ -223,8 +225,17 @@ def asof_join(
     return left.join(found, list(id_columns), "left")
 
 
+def request_time(df: DataFrame) -> Column:
+    """The moment serving reads features and computes context for a row: the request's
+    ``requested_at`` when the row has it, else ``served_at``."""
+    if "requested_at" in df.columns:
+        return F.coalesce(F.col("requested_at"), F.col("served_at"))
+    return F.col("served_at")
+
+
 def join_features(examples: DataFrame, views: Mapping[str, DataFrame]) -> DataFrame:
-    """Every model view joined as of ``served_at`` (``examples`` keyed by :data:`ID_KEYS`).
+    """Every model view joined as of :func:`request_time` (``examples`` keyed by
+    :data:`ID_KEYS`).
 
     Each view is looked up on a narrow frame from ``examples`` and joined back by id, so the
     wide rows are shuffled once instead of once per view. ``examples`` is read once per view:
@@ -234,16 +245,16 @@ def join_features(examples: DataFrame, views: Mapping[str, DataFrame]) -> DataFr
     if missing:
         raise FeedrankError(f"feature table {missing[0]} is missing (run feedrank features)")
     ids = list(ID_KEYS)
+    at = "_features_at"
+    points = examples.select(*ids, "user_id", "author_id", request_time(examples).alias(at))
     first = JOIN_ORDER[0]
-    tweet = asof_lookup(examples, views[first], VIEWS[first])
+    tweet = asof_lookup(points, views[first], VIEWS[first], ts_column=at)
     out = examples.join(tweet, ids, "left")
-    with_topic = examples.select(*ids, "user_id", "served_at").join(
-        tweet.select(*ids, "tweet_topic"), ids, "left"
-    )
+    with_topic = points.join(tweet.select(*ids, "tweet_topic"), ids, "left")
     for name in JOIN_ORDER[1:]:
         keys = VIEW_KEY_COLUMNS.get(name)
-        points = with_topic if keys else examples
-        out = out.join(asof_lookup(points, views[name], VIEWS[name], keys), ids, "left")
+        found = asof_lookup(with_topic if keys else points, views[name], VIEWS[name], keys, at)
+        out = out.join(found, ids, "left")
     return out
 
 
@@ -267,10 +278,7 @@ def add_context(df: DataFrame) -> DataFrame:
     One ``mapInPandas`` pass, so the Python function runs exactly once per row.
     """
     names = [f.name for f in CONTEXT_FEATURES]
-    at = F.col("served_at")
-    if "requested_at" in df.columns:
-        at = F.coalesce(F.col("requested_at"), at)
-    staged = df.withColumn("_request_ts", request_ts(at))
+    staged = df.withColumn("_request_ts", request_ts(request_time(df)))
     schema = T.StructType(
         [*staged.schema.fields, *[T.StructField(n, T.DoubleType()) for n in names]]
     )
@@ -357,6 +365,7 @@ def examples_from_labels(
     return joined.select(
         *[F.col(c).cast(types[c]).alias(c) for c in training_columns()],
         split.alias("split"),
+        "requested_at",
         *[source_ts_column(v) for v in JOIN_ORDER],
     )
 
@@ -495,7 +504,11 @@ def run_training_data(
                 pq.write_table(_arrow_training_schema().empty_table(), final / "part-00000.parquet")
         shutil.rmtree(tmp / "_splits")
         audit = examples.select(
-            "request_id", "tweet_id", "served_at", *[source_ts_column(v) for v in JOIN_ORDER]
+            "request_id",
+            "tweet_id",
+            "served_at",
+            "requested_at",
+            *[source_ts_column(v) for v in JOIN_ORDER],
         )
         lake.write_spark_parquet(audit, tmp / AUDIT_DIR)
         lake._rename_parts(tmp / AUDIT_DIR)

@@ -1,4 +1,8 @@
-"""Online reads: offline/online parity, request context, and the fast path == Feast."""
+"""Online reads: Feast's offline retrieval == online, request context, fast path == Feast.
+
+The training data's parity with the online store (the Spark job's rows, issue 5) is
+tests/pipeline/test_pipeline_parity.py.
+"""
 
 from __future__ import annotations
 
@@ -50,11 +54,11 @@ def _assert_equal_features(left: pd.DataFrame, right: pd.DataFrame) -> None:
             assert np.allclose(a[known], b[known], rtol=0, atol=1e-6), f"{name}: floats differ"
 
 
-def test_offline_training_values_equal_online_values_after_materialization(
+def test_historical_features_equal_online_features_after_materialization(
     sqlite_store: Settings,
 ) -> None:
-    """get_historical_features(ranker_v1) at AS_OF == get_online_features after materializing
-    AS_OF, request context included, for 1,000 rows."""
+    """Feast with itself: get_historical_features(ranker_v1) at AS_OF == get_online_features
+    after materializing AS_OF, request context included, for 1,000 rows."""
     from feedrank.featurestore import feature_store
 
     store = feature_store(sqlite_store)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pyarrow.dataset as pads
 
 from feedrank.config import Settings
 
@@ -18,6 +21,11 @@ EDGE_SERVED_AT = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)  # exactly a snapshot b
 def settings_at(settings: Settings, home: Path) -> Settings:
     """``settings`` with its run folder moved to ``home``."""
     return settings.model_copy(update={"paths": settings.paths.model_copy(update={"home": home})})
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Every row of a Parquet dataset (hive partitions become columns) as dicts."""
+    return pads.dataset(str(path), format="parquet", partitioning="hive").to_table().to_pylist()
 
 
 def add_edge_cases(world: dict[str, list[dict]]) -> None:

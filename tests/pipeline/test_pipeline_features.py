@@ -5,10 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from pipeline_helpers import END, FEATURE_START
+from pipeline_helpers import END, FEATURE_START, read_rows
 
 from feedrank.config import HEADS
 from feedrank.feature_spec import TARGET_ENCODING_SMOOTHING, VIEWS
@@ -20,8 +19,7 @@ pytestmark = pytest.mark.timeout(900)
 
 
 def _view_rows(cfg, name: str) -> list[dict]:
-    path = cfg.paths.features / name
-    return pads.dataset(str(path), format="parquet", partitioning="hive").to_table().to_pylist()
+    return read_rows(cfg.paths.features / name)
 
 
 @pytest.mark.integration

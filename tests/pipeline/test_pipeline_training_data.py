@@ -6,10 +6,9 @@ import datetime as dt
 import json
 import math
 
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from pipeline_helpers import EDGE_SERVED_AT, END, START
+from pipeline_helpers import EDGE_SERVED_AT, END, START, read_rows
 
 from feedrank.config import HEADS
 from feedrank.errors import FeedrankError
@@ -23,10 +22,6 @@ from jobs.training_data import JOIN_ORDER, asof_join, source_ts_column
 pytestmark = pytest.mark.timeout(900)
 
 
-def _rows(path) -> list[dict]:
-    return pads.dataset(str(path), format="parquet", partitioning="hive").to_table().to_pylist()
-
-
 def _same(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
@@ -38,11 +33,11 @@ def reference(pipeline_run) -> dict[tuple, dict]:
     cfg = pipeline_run.settings
     td = cfg.training_data
     # The reference reads the same files the Spark job read, as plain dicts.
-    views = {name: _rows(cfg.paths.features / name) for name in JOIN_ORDER}
+    views = {name: read_rows(cfg.paths.features / name) for name in JOIN_ORDER}
     rows = reference_training_examples(
-        _rows(cfg.paths.lake / "impressions"),
-        _rows(cfg.paths.lake / "engagements"),
-        _rows(cfg.paths.lake / "feed_requests"),
+        read_rows(cfg.paths.lake / "impressions"),
+        read_rows(cfg.paths.lake / "engagements"),
+        read_rows(cfg.paths.lake / "feed_requests"),
         views,
         td.attribution_window_s,
         td.negative_keep_rate,
@@ -55,7 +50,7 @@ def reference(pipeline_run) -> dict[tuple, dict]:
 def test_spark_training_examples_equal_the_python_reference_exactly(pipeline_run, reference):
     spark_rows = {}
     for split in ("train", "validation"):
-        for row in _rows(pipeline_run.run_dir / split):
+        for row in read_rows(pipeline_run.run_dir / split):
             row["split"] = split
             spark_rows[(row["request_id"], row["tweet_id"])] = row
     assert len(reference) > 50
@@ -68,7 +63,7 @@ def test_spark_training_examples_equal_the_python_reference_exactly(pipeline_run
     ]
     assert mismatches == []
     # The audit carries the same source timestamps as the reference join used.
-    audit = {(r["request_id"], r["tweet_id"]): r for r in _rows(pipeline_run.run_dir / "audit")}
+    audit = {(r["request_id"], r["tweet_id"]): r for r in read_rows(pipeline_run.run_dir / "audit")}
     assert all(
         audit[k][source_ts_column(v)] == ref[source_ts_column(v)]
         for k, ref in reference.items()
@@ -87,9 +82,9 @@ def test_output_layout_columns_and_manifest(pipeline_run):
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["train_dates"] == ["2026-11-01", "2026-11-02"]
     assert manifest["validation_dates"] == ["2026-11-03"]
-    rows = {s: len(_rows(run / s)) for s in ("train", "validation")}
+    rows = {s: len(read_rows(run / s)) for s in ("train", "validation")}
     assert manifest["rows"] == rows
-    train = _rows(run / "train")
+    train = read_rows(run / "train")
     assert manifest["positives"]["train"] == {h: sum(r[f"label_{h}"] for r in train) for h in HEADS}
     assert all(r["served_at"].date() < dt.date(2026, 11, 3) for r in train)
     # Effective keep-rate per head: between the configured rate and 1, for recalibration.
@@ -106,10 +101,14 @@ def test_attribution_window_and_snapshot_boundaries(pipeline_run, reference):
     engaged = next(r for r in edge if r["label_like"] == 1)
     # The like exactly one window after served_at counts; the reply 1 µs later does not.
     assert engaged["label_reply"] == 0
-    # Served exactly at 2026-11-02 00:00: the 11-01 snapshot (event_timestamp == served_at)
-    # is the one joined.
+    # Requested 100 ms before 2026-11-02 00:00 and served exactly then: features are read
+    # when the request arrives, so the 11-01 snapshot (event_timestamp == served_at) is not
+    # visible yet: the one before it (stamped 11-01 00:00), if the entity has one, is what the
+    # online store would have served.
     for view in ("user_engagement_daily", "tweet_stats_daily"):
-        assert engaged[source_ts_column(view)] == EDGE_SERVED_AT
+        assert engaged[source_ts_column(view)] in (None, EDGE_SERVED_AT - dt.timedelta(days=1))
+    # A snapshot stamped exactly at the request moment would be visible (the bound is
+    # inclusive): the as-of join test below checks that on its own.
 
 
 @pytest.mark.integration
