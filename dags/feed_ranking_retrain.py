@@ -1,7 +1,7 @@
 """Daily retraining of the feed ranker, one UTC day per run.
 
 wait_for_landed_data → validate → features → training_data → train → evaluate → promote
-→ materialize
+→ materialize, and off that path ``features`` → ``monitor``
 
 Which day: a scheduled run has the data interval ``[D, D+1)`` (``CronDataIntervalTimetable``,
 logical date ``D``) and processes day ``D``; a manual run or ``dag.test()`` with a zero-length
@@ -9,16 +9,17 @@ interval at ``L`` processes the last complete UTC day before ``L`` (rule and rea
 ``feedrank_tasks``). No task reads "latest" or the clock: the sensor waits for day ``D``'s
 lake partitions, ``validate`` checks them, ``features`` and ``training_data`` rebuild the
 trailing window of ``training_days`` days ending with ``D`` (the last of them is the held-out
-validation day), and ``materialize`` loads what became valid during ``D`` into the online
-store. Tasks pass nothing to each other through XCom: each derives its inputs from the interval
-(the training-data run ``<training>/<first>_<last>``, the model version from that run's
-manifest), so any task can be cleared and rerun on its own.
+validation day), ``materialize`` loads what became valid during ``D`` into the online store,
+and ``monitor`` checks the traffic served on ``D``. Tasks pass nothing to each other through
+XCom: each derives its inputs from the interval (the training-data run
+``<training>/<first>_<last>``, the model version from that run's manifest), so any task can be
+cleared and rerun on its own.
 
 Why Task SDK tasks that run ``feedrank <command>`` rather than ``SparkSubmitOperator``: the jobs
 already are entry points that build their own SparkSession from the resolved settings (master
 from the profile or ``FEEDRANK_SPARK__MASTER``, UTC, microsecond Parquet), so running the
 same command a person runs needs no Airflow Spark connection (no connection string in code)
-and no ``--py-files`` packaging, and four of the seven steps (train, evaluate, promote,
+and no ``--py-files`` packaging, and four of the eight steps (train, evaluate, promote,
 materialize) are not Spark jobs at all. Each command runs in a child process, so its JVM and
 memory go away with the task and a crash cannot take the worker down.
 
@@ -30,6 +31,14 @@ a model), and promotion is a no-op when that version already is the champion.
 Promotion gate: ``feedrank promote`` refusing the challenger ends ``promote`` as *skipped* with
 the reason in its log; ``evaluate`` (and its report) stays successful and ``materialize`` still
 runs (``none_failed``).
+
+Monitoring: ``monitor`` runs ``feedrank monitor --date D`` (training/serving skew, drift,
+live AUC, thresholds from ``settings.monitoring``; report ``<reports>/monitoring/D.json``)
+once ``features`` has rebuilt the tables the skew check recomputes from. Nothing waits for
+it: a breach fails ``monitor`` at once (a retry would check the same data), with one line
+naming the breached checks and the report, so the run ends *failed* while training, promotion
+and materialization go on. A day with no served impression carrying its feature vector (a
+fresh backfill of simulated days) has nothing to check: ``monitor`` succeeds and logs so.
 
 Backfill several past days, oldest first, one at a time (``max_active_runs=1``); the runs get
 the logical dates 2026-11-02, 2026-11-03, 2026-11-04 and each processes its own day::
@@ -57,7 +66,7 @@ from airflow.sdk import (
     get_current_context,
     task,
 )
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 DAG_ID = "feed_ranking_retrain"
 
@@ -112,7 +121,10 @@ def _training_run() -> Path:
     doc_md=__doc__,
 )
 def feed_ranking_retrain() -> None:
-    """Daily: landed data → checked → features → training data → model → gate → online."""
+    """Daily: landed data → checked → features → training data → model → gate → online.
+
+    Beside the chain: served traffic monitored once the day's features exist.
+    """
 
     @task.sensor(
         poke_interval=300,
@@ -225,16 +237,41 @@ def feed_ranking_retrain() -> None:
         _after_write()
         return {"start": start.isoformat(), "end": end.isoformat()}
 
+    @task
+    def monitor(
+        data_interval_start: dt.datetime | None = None,
+        data_interval_end: dt.datetime | None = None,
+    ) -> list[str]:
+        """Skew, drift and live AUC of each day's served traffic; returns the report paths.
+
+        A breach fails this task without retries (the same data would breach again); any
+        other error fails it like the other steps, with retries.
+        """
+        days = ft.interval_days(data_interval_start, data_interval_end)
+        reports, breaches = [], []
+        for day in days:
+            try:
+                reports.append(str(ft.monitor_day(day)))
+            except ft.FeedrankCommandError as exc:
+                if ft.MONITOR_BREACH not in exc.reason:
+                    raise
+                breaches.append(exc.reason)
+        if breaches:
+            raise AirflowFailException(" | ".join(breaches))
+        return reports
+
+    feature_tables = features()
     chain(
         wait_for_landed_data(),
         validate(),
-        features(),
+        feature_tables,
         training_data(),
         train(),
         evaluate(),
         promote(),
         materialize(),
     )
+    feature_tables >> monitor()
 
 
 feed_ranking_retrain()

@@ -41,6 +41,8 @@ DAILY_LAKE_TABLES: tuple[str, ...] = ("feed_requests", "impressions", "engagemen
 # first try, after its command succeeded (a worker lost after the write). Never set it in
 # production; the retry must then rewrite the same output, not add to it.
 FAULT_ENV = "FEEDRANK_DAG_FAIL_ONCE"
+# How `feedrank monitor` words its one-line error when a check is breached (jobs/monitor_cli).
+MONITOR_BREACH = "monitoring breached for"
 
 
 class FeedrankCommandError(RuntimeError):
@@ -228,6 +230,36 @@ def run_feedrank_json(*args: str) -> dict:
         return json.loads(out)
     except ValueError as exc:
         raise ValueError(f"`feedrank {args[0]}` printed no JSON: {out[-300:]!r}") from exc
+
+
+def monitor_day(day: dt.date) -> Path:
+    """Run ``feedrank monitor --date D``, log what it checked and return its report's path.
+
+    A day whose every check was skipped (no served impression carries a logged feature
+    vector, as in a fresh backfill of simulated days) is logged as nothing to check.
+
+    Raises:
+        FeedrankCommandError: on a breach its ``reason`` holds :data:`MONITOR_BREACH`, the
+            breached checks and the report's path; any other failure too.
+    """
+    out = run_feedrank("monitor", "--date", day.isoformat())
+    paths = [
+        line.removeprefix("report: ") for line in out.splitlines() if line.startswith("report: ")
+    ]
+    if not paths:
+        raise ValueError(f"`feedrank monitor` printed no report path: {out[-300:]!r}")
+    path = Path(paths[-1])
+    report = json.loads(path.read_text())
+    statuses = {
+        name: section["status"]
+        for name, section in report.items()
+        if isinstance(section, dict) and "status" in section
+    }
+    checked = [name for name, status in statuses.items() if not status.startswith("skipped")]
+    summary = "; ".join(f"{name}: {status}" for name, status in statuses.items())
+    outcome = "no breach" if checked else "nothing to check"
+    log.info("monitoring %s: %s (%s); report %s", day, outcome, summary, path)
+    return path
 
 
 def model_version_for(training_run: str | Path) -> str:

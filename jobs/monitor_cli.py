@@ -58,9 +58,9 @@ def print_summary(report: Mapping[str, Any], path: Path) -> None:
             str(section.get("threshold", "")),
             _worst(check, section),
         )
-    console = Console()
-    console.print(table)
-    console.print(f"report: {path}")
+    Console().print(table)
+    # Plain, never wrapped: scripts (the retrain DAG's monitor task) read the path from it.
+    typer.echo(f"report: {path}")
 
 
 def monitor_command(

@@ -148,7 +148,7 @@ def test_retrain_run_succeeds_promotes_and_materializes(
     assert {t: s["state"] for t, s in run.tasks.items()} == {t: "success" for t in run.tasks}, (
         run.tasks
     )
-    assert len(run.tasks) == 8
+    assert len(run.tasks) == 9
     # The zero-length test interval processed the day before the logical date.
     assert run.data_interval[0] == run.data_interval[1] or run.data_interval[0].startswith(RUN_DAY)
     # One model, named after its training data, is the champion.
@@ -166,6 +166,9 @@ def test_retrain_run_succeeds_promotes_and_materializes(
     # The sensor checked the run day's partitions, and the features cover the window.
     for day in ("2026-11-01", "2026-11-02", RUN_DAY):
         assert any((world / "features").glob(f"*/date={day}")), day
+    # Simulated impressions carry no logged feature vectors: the monitor had nothing to check.
+    assert (world / "reports" / "monitoring" / f"{RUN_DAY}.json").is_file()
+    assert f"monitoring {RUN_DAY}: nothing to check" in run.log
 
 
 def test_rerun_of_the_same_interval_is_identical_and_promotes_nothing(
@@ -206,9 +209,9 @@ def refused_run(world: Path, second_run: tuple[DagTestRun, Outputs]) -> DagTestR
     """A third run of the interval whose gate refuses the model (AUC floor above any model).
 
     The champion pointer is removed first, as on a registry before its first promotion (with the
-    model already champion, promote has nothing to decide). The data steps and training are
-    marked successful (their outputs exist from the runs above); evaluate, promote and
-    materialize run.
+    model already champion, promote has nothing to decide). The data steps, training and the
+    monitor are marked successful (their outputs exist from the runs above); evaluate, promote
+    and materialize run.
     """
     (world / "models" / "champion.json").unlink()
     env = _env(world, FEEDRANK_TRAINING__PROMOTE_MIN_AUC="0.99")
@@ -219,7 +222,7 @@ def refused_run(world: Path, second_run: tuple[DagTestRun, Outputs]) -> DagTestR
         conf=CONF,
         env=env,
         fast_retries=True,
-        mark_success="wait_for_landed_data|validate|features|training_data|train",
+        mark_success="wait_for_landed_data|validate|features|training_data|train|monitor",
     )
     print(f"third dag.test() (gate refuses, data steps marked success): {run.wall_s:.1f} s")
     return run

@@ -30,6 +30,8 @@ RETRAIN_CHAIN = [
     "promote",
     "materialize",
 ]
+# Beside the chain: after the features it recomputes from, and nothing waits for it.
+MONITOR = "monitor"
 
 
 def _utc(*args: int) -> dt.datetime:
@@ -45,16 +47,30 @@ def test_dagbag_imports_both_dags_without_errors(dagbag: BundleDagBag) -> None:
 @pytest.mark.unit
 def test_retrain_dag_is_the_pipeline_chain(dagbag: BundleDagBag) -> None:
     dag = dagbag.dags[RETRAIN]
-    assert sorted(dag.task_ids) == sorted(RETRAIN_CHAIN)
+    assert sorted(dag.task_ids) == sorted([*RETRAIN_CHAIN, MONITOR])
     for upstream, downstream in itertools.pairwise(RETRAIN_CHAIN):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
-    # Nothing skips a step: every task depends (transitively) on every earlier one.
+    # Nothing skips a step: every task depends (transitively) on every earlier one, and none
+    # on the monitor (training never waits for it).
     for index, task_id in enumerate(RETRAIN_CHAIN):
         upstream = dag.get_task(task_id).get_flat_relative_ids(upstream=True)
         assert upstream == set(RETRAIN_CHAIN[:index]), task_id
     # A refused promotion (promote skipped) must not stop materialization; a failure must.
     assert dag.get_task("materialize").trigger_rule == "none_failed"
     assert all(dag.get_task(t).trigger_rule == "all_success" for t in RETRAIN_CHAIN[:-1])
+
+
+@pytest.mark.unit
+def test_monitor_hangs_off_features_and_blocks_nothing(dagbag: BundleDagBag) -> None:
+    """A breach fails ``monitor`` alone: train → promote → materialize run as without it."""
+    dag = dagbag.dags[RETRAIN]
+    monitor = dag.get_task(MONITOR)
+    assert monitor.upstream_task_ids == {"features"}
+    assert monitor.get_flat_relative_ids(upstream=True) == set(RETRAIN_CHAIN[:3])
+    assert monitor.downstream_task_ids == set()
+    assert monitor.trigger_rule == "all_success"
+    for task_id in ("train", "materialize"):
+        assert MONITOR not in dag.get_task(task_id).get_flat_relative_ids(upstream=True)
 
 
 @pytest.mark.unit

@@ -63,6 +63,21 @@ def monitor_world(spark, monitor_settings: Settings) -> MonitorWorld:
 
 
 @pytest.fixture(scope="session")
+def served_lake(monitor_world: MonitorWorld) -> MonitorWorld:
+    """The world whose lake holds DAY's impressions as served: with the logged vectors.
+
+    The same impressions as before; START's keep no vectors (a day with nothing to monitor).
+    """
+    from jobs import lake, synthetic
+
+    cfg = monitor_world.settings
+    for part in lake.partition_dir(cfg.paths.lake, "impressions", DAY).glob("*.parquet"):
+        part.unlink()
+    synthetic.write_lake_rows(cfg.paths.lake, "impressions", monitor_world.served)
+    return monitor_world
+
+
+@pytest.fixture(scope="session")
 def monitor_model(monitor_settings: Settings) -> str:
     """A registered model whose every head's probability rises strictly with feature 0."""
     import xgboost as xgb

@@ -8,7 +8,6 @@ import pytest
 from monitor_names import DAY, MonitorWorld
 
 from feedrank.errors import FeedrankError
-from jobs import lake, synthetic
 from jobs.monitor import CHECKS, report_path, run_monitor
 from jobs.monitor_cli import print_summary
 
@@ -16,14 +15,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 def test_run_monitor_reports_every_check_of_a_lake_date(
-    spark, monitor_world: MonitorWorld, monitor_model: str, tmp_path
+    spark, served_lake: MonitorWorld, monitor_model: str, tmp_path
 ):
-    cfg = monitor_world.settings
-    # The served day lands with the vectors the scorer logged (same impressions as before).
-    folder = lake.partition_dir(cfg.paths.lake, "impressions", DAY)
-    for part in folder.glob("*.parquet"):
-        part.unlink()
-    synthetic.write_lake_rows(cfg.paths.lake, "impressions", monitor_world.served)
+    cfg = served_lake.settings
     extra = tmp_path / "copy.json"
 
     report, path = run_monitor(spark, cfg, DAY, json_path=extra)
@@ -32,12 +26,12 @@ def test_run_monitor_reports_every_check_of_a_lake_date(
     assert json.loads(path.read_text()) == json.loads(extra.read_text())
     assert report["date"] == DAY.isoformat()
     assert report["skew"]["status"] == "ok"
-    assert report["skew"]["rows"] == len(monitor_world.served)
+    assert report["skew"]["rows"] == len(served_lake.served)
     # Every request landed, so the device feature is compared everywhere too.
-    assert set(report["skew"]["compared"].values()) == {len(monitor_world.served)}
+    assert set(report["skew"]["compared"].values()) == {len(served_lake.served)}
     # The model's metadata names no existing training run: drift says so instead of failing.
     assert report["drift"]["status"].startswith("skipped: no training run")
-    assert report["auc"]["rows"] == len(monitor_world.served)
+    assert report["auc"]["rows"] == len(served_lake.served)
     assert set(report["auc"]["versions"]) == {monitor_model}
     assert report["ok"] == (not report["breaches"])
     for line in report["breaches"]:
