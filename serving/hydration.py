@@ -9,9 +9,13 @@ anything missing):
   Redis hashes, entity-key serialization and value protos), and keeps the views that change
   only on materialization (``daily`` and ``event`` kinds) decoded in memory as NumPy matrices,
   reloaded when the registry records a new materialization (or ``apply``). The pushed
-  real-time views (``stream`` kind) are never stale: on SQLite they are rescanned whenever
-  ``PRAGMA data_version`` says another connection committed (a push or a materialization),
-  on Redis they are read live on every request (one Lua ``HMGET`` loop, one round trip).
+  real-time views (``stream`` kind) follow every write: on SQLite they are rescanned whenever
+  ``PRAGMA data_version`` says another connection committed (a push or a materialization);
+  on Redis they are mirrored in memory and kept current by Redis keyspace notifications
+  (:class:`_RedisStreamMirror`: each written key is re-read within milliseconds of the
+  write; :meth:`FeatureHydrator.sync` waits until every earlier write is in). Where the
+  server refuses to enable notifications, they are read live on every request instead (one
+  Lua ``HMGET`` loop, one round trip).
   Request context is computed by :func:`feedrank.context.context_features`, the function the
   on-demand view runs.
 
@@ -28,6 +32,7 @@ import sqlite3
 import struct
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -252,9 +257,18 @@ return out
             pipe.hmget(key, fields)
         return pipe.execute()
 
+    def rows(self, view: spec.View, redis_keys: list[bytes]) -> list[list[float] | None]:
+        """Decoded values of ``view`` for each Redis key; None where the key has no row of it
+        (no ``_ts:<view>`` field)."""
+        fields = [*self._fields(view), f"_ts:{view.name}".encode()]
+        out: list[list[float] | None] = []
+        for start in range(0, len(redis_keys), 5000):
+            chunk = redis_keys[start : start + 5000]
+            for values in self._hmget(chunk, fields):
+                out.append(None if values[-1] is None else [decode_value(v) for v in values[:-1]])
+        return out
+
     def scan(self, view: spec.View, codec: EntityKeyCodec) -> tuple[list[tuple], np.ndarray]:
-        fields = self._fields(view)
-        ts_field = f"_ts:{view.name}".encode()
         redis_keys = [
             k
             for k in self.client.scan_iter(match=codec.prefix + b"*", count=5000)
@@ -262,16 +276,14 @@ return out
         ]
         keys: list[tuple] = []
         rows: list[list[float]] = []
-        for start in range(0, len(redis_keys), 5000):
-            chunk = redis_keys[start : start + 5000]
-            for key, values in zip(chunk, self._hmget(chunk, [*fields, ts_field]), strict=True):
-                decoded = codec.decode(key[: -len(self.suffix)])
-                if decoded is None or values[-1] is None:  # no row of this view
-                    continue
-                keys.append(decoded)
-                rows.append([decode_value(v) for v in values[:-1]])
-        matrix = np.array(rows, dtype=np.float64).reshape(len(rows), len(fields))
-        return keys, matrix
+        for key, row in zip(redis_keys, self.rows(view, redis_keys), strict=True):
+            decoded = codec.decode(key[: -len(self.suffix)])
+            if decoded is None or row is None:
+                continue
+            keys.append(decoded)
+            rows.append(row)
+        width = len(view.feature_names)
+        return keys, np.array(rows, dtype=np.float64).reshape(len(rows), width)
 
     def read(self, view: spec.View, keys: list[bytes]) -> np.ndarray:
         fields = self._fields(view)
@@ -282,6 +294,157 @@ return out
             [n if (n := memo.get(v)) is not None else _memo_decode(v) for v in flat],
             dtype=np.float64,
         ).reshape(len(keys), len(fields))
+
+
+class _RedisStreamMirror:
+    """The stream views of a Redis online store, held in memory and kept current.
+
+    A background thread subscribes to Redis keyspace notifications for the database
+    (``notify-keyspace-events`` gets the ``K``, hash and generic classes added when missing),
+    then scans the views, then re-reads every key a notification names: Feast's writes
+    (``FeatureStore.push``, materialization) are ``HSET`` / ``EXPIRE`` / ``DEL`` on the
+    entity's hash, so any write by any process reaches the mirror. Subscribing before the
+    scan means no write falls between the two. If the subscription breaks, :attr:`ready` is
+    cleared (the hydrator reads live meanwhile) and the thread subscribes and scans again.
+    """
+
+    EVENTS = "Khgxe"  # keyspace channel; hash, generic (del/expire), expired, evicted
+
+    def __init__(self, reader: _RedisReader, views: dict[str, tuple[spec.View, EntityKeyCodec]]):
+        self.reader = reader
+        self.views = views
+        self.rows: dict[str, dict[tuple[int, ...], list[float]]] = {name: {} for name in views}
+        self.empty = {name: [np.nan] * len(v.feature_names) for name, (v, _) in views.items()}
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self._tokens: dict[bytes, threading.Event] = {}
+        self._sync_channel = f"feedrank:hydrator-sync:{uuid.uuid4().hex}".encode()
+        db = int(reader.client.connection_pool.connection_kwargs.get("db", 0))
+        self._pattern = f"__keyspace@{db}__:*".encode()
+        self._thread = threading.Thread(target=self._run, name="redis-stream-mirror", daemon=True)
+
+    @classmethod
+    def start(
+        cls, reader: _RedisReader, views: dict[str, tuple[spec.View, EntityKeyCodec]]
+    ) -> _RedisStreamMirror | None:
+        """A running mirror, or None when the server will not send keyspace notifications."""
+        import redis
+
+        client = reader.client
+        try:
+            current = _text(next(iter(client.config_get("notify-keyspace-events").values()), ""))
+            have = set(current) | (set("g$lshzxet") if "A" in current else set())
+            if not set(cls.EVENTS) <= have:
+                client.config_set("notify-keyspace-events", "".join(set(current) | set(cls.EVENTS)))
+        except redis.ResponseError as exc:
+            log.warning("keyspace notifications unavailable (%s): stream views read live", exc)
+            return None
+        mirror = cls(reader, views)
+        mirror._thread.start()
+        mirror.ready.wait(30.0)  # until then (or after a failure) the hydrator reads live
+        return mirror
+
+    def take(self, name: str, keys: Sequence[tuple[int, ...]]) -> np.ndarray:
+        """Rows of ``keys`` (NaN where absent), like :meth:`_RedisReader.read`."""
+        rows, empty = self.rows[name], self.empty[name]
+        return np.array([rows.get(k, empty) for k in keys], dtype=np.float64).reshape(
+            len(keys), len(empty)
+        )
+
+    @property
+    def stream_reads(self) -> str:
+        """Where the pushed views are read from now: ``sqlite`` (rescanned on change),
+        ``mirror`` (Redis, in memory) or ``live`` (Redis, every request)."""
+        if self._mirror is None:
+            return "sqlite" if isinstance(self._reader, _SqliteReader) else "live"
+        return "mirror" if self._mirror.ready.is_set() else "live"
+
+    def sync(self, timeout_s: float = 10.0) -> None:
+        """Return once every write acknowledged before this call is in the mirror.
+
+        Publishes a marker on the mirror's own channel and waits for it: Redis delivers one
+        connection's messages in order, so the notifications of earlier writes come first. A
+        marker lost with a broken subscription is sent again once the mirror is back.
+        """
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0 and self.ready.wait(left):
+            token, seen = uuid.uuid4().hex.encode(), threading.Event()
+            self._tokens[token] = seen
+            received = self.reader.client.publish(self._sync_channel, token)
+            if received and seen.wait(min(1.0, max(deadline - time.monotonic(), 0.0))):
+                return
+            self._tokens.pop(token, None)
+            time.sleep(0.05)
+        raise FeedrankError(f"the Redis stream mirror did not catch up in {timeout_s:.0f} s")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pubsub = self.reader.client.pubsub()
+            try:
+                pubsub.psubscribe(self._pattern)
+                pubsub.subscribe(self._sync_channel)
+                confirmed = 0
+                while confirmed < 2:  # writes before this are in the scan below
+                    message = pubsub.get_message(timeout=5.0)
+                    if message is None:
+                        raise FeedrankError("no subscription confirmation from Redis")
+                    confirmed += message["type"] in ("subscribe", "psubscribe")
+                for name, (view, codec) in self.views.items():
+                    keys, matrix = self.reader.scan(view, codec)
+                    self.rows[name] = dict(zip(keys, matrix.tolist(), strict=True))
+                self.ready.set()
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    batch = []
+                    while message is not None and len(batch) < 20_000:
+                        batch.append(message)
+                        message = pubsub.get_message(timeout=0.0)
+                    if message is not None:
+                        batch.append(message)
+                    if batch:
+                        self._apply(batch)
+            except Exception as exc:  # a broken connection: read live, then start over
+                self.ready.clear()
+                if not self._stop.is_set():
+                    log.warning("Redis stream mirror restarts after: %s", exc)
+                    self._stop.wait(1.0)
+            finally:
+                pubsub.close()
+
+    def _apply(self, batch: list[dict[str, Any]]) -> None:
+        offset, suffix = len(self._pattern) - 1, self.reader.suffix
+        written: set[bytes] = set()
+        tokens = []
+        for message in batch:
+            if message["type"] == "pmessage":
+                key = message["channel"][offset:]
+                if key.endswith(suffix):
+                    written.add(key)
+            elif message["type"] == "message":
+                tokens.append(message["data"])
+        for name, (view, codec) in self.views.items():
+            mine = [(k, d) for k in written if (d := codec.decode(k[: -len(suffix)])) is not None]
+            if not mine:
+                continue
+            rows = self.rows[name]
+            fresh = self.reader.rows(view, [k for k, _ in mine])
+            for (_, decoded), row in zip(mine, fresh, strict=True):
+                if row is None:
+                    rows.pop(decoded, None)
+                else:
+                    rows[decoded] = row
+        for token in tokens:
+            seen = self._tokens.pop(token, None)
+            if seen is not None:
+                seen.set()
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 # ------------------------------------------------------------------ the fast path
@@ -364,6 +527,7 @@ class FeatureHydrator:
             for name, view in spec.VIEWS.items()
         }
         config = self.store.config
+        self._mirror: _RedisStreamMirror | None = None
         if config.online_store.type == "sqlite":
             path = Path(config.online_store.path)
             if not path.is_file():
@@ -377,6 +541,9 @@ class FeatureHydrator:
 
             host, port = config.online_store.connection_string.split(",")[0].split(":")
             self._reader = _RedisReader(redis.Redis(host=host, port=int(port)), config.project)
+            self._mirror = _RedisStreamMirror.start(
+                self._reader, {name: (spec.VIEWS[name], self._codecs[name]) for name in _STREAM}
+            )
         self._registry_path = Path(config.registry.path)
         self._lock = threading.Lock()
         self._cache: dict[str, _ViewCache] = {}
@@ -443,6 +610,25 @@ class FeatureHydrator:
             self._stream_cache, self._stream_version = snapshot, version
         return snapshot
 
+    @property
+    def stream_reads(self) -> str:
+        """Where the pushed views are read from now: ``sqlite`` (rescanned on change),
+        ``mirror`` (Redis, in memory) or ``live`` (Redis, every request)."""
+        if self._mirror is None:
+            return "sqlite" if isinstance(self._reader, _SqliteReader) else "live"
+        return "mirror" if self._mirror.ready.is_set() else "live"
+
+    def sync(self, timeout_s: float = 10.0) -> None:
+        """Wait until every online-store write acknowledged before this call is visible to
+        :meth:`hydrate` (only the Redis mirror lags writes; SQLite is read when it changed)."""
+        if self._mirror is not None:
+            self._mirror.sync(timeout_s)
+
+    def close(self) -> None:
+        """Stop the Redis mirror's thread (nothing to do on SQLite)."""
+        if self._mirror is not None:
+            self._mirror.close()
+
     def _maybe_refresh(self) -> None:
         if time.monotonic() - self._checked_at >= self.refresh_interval_s:
             self.refresh()
@@ -490,14 +676,18 @@ class FeatureHydrator:
             "user_topic": lambda c: c.take(topics, first=user),
         }
         stream_cache = self._stream_snapshot()
-        live_keys: dict[str, list[tuple[int, ...]]] = {}
+        mirror = self._mirror if self._mirror is not None and self._mirror.ready.is_set() else None
+        stream_keys: dict[str, list[tuple[int, ...]]] = {}
         if stream_cache is None:
-            live_keys = {"user": [(user,)], "tweet": [(t,) for t in tweets.tolist()]}
+            stream_keys = {"user": [(user,)], "tweet": [(t,) for t in tweets.tolist()]}
         for name, view, cols in self._model_views:
             if name in _STREAM and stream_cache is not None:
                 values = lookups[view.entity](stream_cache[name])
+            elif name in _STREAM and mirror is not None:
+                values = mirror.take(name, stream_keys[view.entity])
             elif name in _STREAM:
-                values = self._reader.read(view, self._codecs[name].encode(live_keys[view.entity]))
+                keys = self._codecs[name].encode(stream_keys[view.entity])
+                values = self._reader.read(view, keys)
             elif name == "tweet_attributes":
                 values = tweet_attr
             else:
@@ -610,27 +800,14 @@ def run_bench(
     from rich.table import Table
 
     from feedrank.config import FeastConfig, PathsConfig
-    from feedrank.featurestore import apply_repo, materialize, write_synthetic_feature_tables
+    from feedrank.featurestore import build_synthetic_store
     from feedrank.services import redis_down, redis_up
 
     console = Console(stderr=True)
     home = settings.paths.home / "bench" / "hydration"
     base = settings.model_copy(update={"paths": PathsConfig(home=home)})
-    start = dt.date(2026, 11, 1)
     users, authors, tweets = 300, max(50, candidates // 10), max(3 * candidates, 3000)
-    with console.status("writing synthetic feature tables"):
-        write_synthetic_feature_tables(
-            base.paths.features,
-            start=start,
-            days=2,
-            users=users,
-            authors=authors,
-            tweets=tweets,
-            seed=1,
-        )
-    end = dt.datetime.combine(start, dt.time(), tzinfo=dt.UTC) + dt.timedelta(days=2, hours=1)
     rng = np.random.default_rng(3)
-    request_ts = end.timestamp()
     requests_list = [
         (
             int(rng.integers(0, users)),
@@ -656,14 +833,15 @@ def run_bench(
     started_redis = redis_up(settings)
     try:
         for online, store_settings in stores.items():
-            with console.status(f"apply + materialize ({online})"):
-                apply_repo(store_settings)
-                materialize(
+            with console.status(f"synthetic tables, apply + materialize ({online})"):
+                materialized_to = build_synthetic_store(
                     store_settings,
-                    start=end - dt.timedelta(days=70),
-                    end=end,
-                    include_stream_views=True,
+                    start=dt.date(2026, 11, 1),
+                    users=users,
+                    authors=authors,
+                    tweets=tweets,
                 )
+            request_ts = materialized_to.timestamp()
             hydrator = FeatureHydrator(store_settings)
             user0, tweets0 = requests_list[0]
             reference = online_features_matrix(hydrator.store, user0, tweets0, request_ts, "web")
@@ -672,8 +850,8 @@ def run_bench(
                 raise RuntimeError(f"fast path differs from get_online_features on {online}")
             with console.status(f"timing get_online_features ({online})"):
                 feast_ms = _time_calls(
-                    lambda i, h=hydrator: online_features_matrix(
-                        h.store, *requests_list[i], request_ts, "web"
+                    lambda i, h=hydrator, ts=request_ts: online_features_matrix(
+                        h.store, *requests_list[i], ts, "web"
                     ),
                     feast_requests,
                 )
@@ -688,14 +866,20 @@ def run_bench(
             with console.status(f"timing the fast path ({online})"):
                 hydrator.hydrate(*requests_list[0], request_ts, "web")  # warm-up
                 fast_ms = _time_calls(
-                    lambda i, h=hydrator: h.hydrate(*requests_list[i], request_ts, "web"), requests
+                    lambda i, h=hydrator, ts=request_ts: h.hydrate(*requests_list[i], ts, "web"),
+                    requests,
                 )
             p50, p99 = _percentiles(fast_ms)
             prefix = "fast" if online == "sqlite" else f"fast_{online}"
             result[f"{prefix}_p50_ms"], result[f"{prefix}_p99_ms"] = p50, p99
+            result[f"{prefix}_stream_reads"] = hydrator.stream_reads
             table.add_row(
-                f"fast path (FeatureHydrator), {online}", str(requests), f"{p50:.2f}", f"{p99:.2f}"
+                f"fast path, {online} (stream views: {hydrator.stream_reads})",
+                str(requests),
+                f"{p50:.2f}",
+                f"{p99:.2f}",
             )
+            hydrator.close()
     finally:
         if started_redis:
             redis_down(settings)

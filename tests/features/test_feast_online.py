@@ -7,6 +7,7 @@ tests/pipeline/test_pipeline_parity.py.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -149,6 +150,7 @@ def _assert_fast_path_equals_feast(store_settings: Settings) -> None:
     assert np.isnan(np.delete(unknown, context, axis=1)).all()  # documented default: NaN
     with pytest.raises(ValueError, match="unknown device"):
         hydrator.hydrate(0, [1], AS_OF.timestamp(), "smartwatch")
+    hydrator.close()
 
 
 def test_fast_path_equals_get_online_features_on_sqlite(sqlite_store: Settings) -> None:
@@ -157,6 +159,67 @@ def test_fast_path_equals_get_online_features_on_sqlite(sqlite_store: Settings) 
 
 def test_fast_path_equals_get_online_features_on_redis(redis_store: Settings) -> None:
     _assert_fast_path_equals_feast(redis_store)
+
+
+def _push_counters(store: Any, tweets: dict[int, tuple[int, int]], users: dict[int, int]) -> None:
+    from feast.data_source import PushMode
+
+    from feedrank.featurestore import push_source_name
+
+    now = pd.Timestamp.now(tz="UTC")
+    frames = {
+        "tweet_realtime": pd.DataFrame(
+            [(t, a, b) for t, (a, b) in tweets.items()],
+            columns=["tweet_id", "tweet_engagements_30m", "tweet_engagements_1h"],
+        ),
+        "user_realtime": pd.DataFrame(
+            list(users.items()), columns=["user_id", "user_engagements_1h"]
+        ),
+    }
+    for view, frame in frames.items():
+        frame = frame.astype("int64").assign(event_timestamp=now, created_timestamp=now)
+        store.push(push_source_name(view), frame, to=PushMode.ONLINE)
+
+
+def test_fast_path_on_redis_follows_pushes_through_its_mirror(redis_store: Settings) -> None:
+    """Pushed counters reach the in-memory mirror of the stream views (new keys, changed
+    keys), also when they were written while its subscription was cut."""
+    import redis
+
+    from feedrank.featurestore import feature_store
+    from serving.hydration import FeatureHydrator, online_features_matrix
+
+    hydrator = FeatureHydrator(redis_store)
+    writer = feature_store(redis_store)  # another FeatureStore, as the stream job has
+    client = redis.Redis(host=redis_store.redis.host, port=redis_store.redis.port)
+    names = spec.model_features()
+    counters = [names.index(f) for f in ("tweet_engagements_30m", "tweet_engagements_1h")]
+    user_col = names.index("user_engagements_1h")
+    new_user, new_tweets, known = 10**6, [10**6 + 1, 10**6 + 2], 7
+    request = (new_user, [*new_tweets, known], AS_OF.timestamp(), "web")
+    try:
+        assert hydrator.stream_reads == "mirror"
+        before = hydrator.hydrate(*request)
+        assert np.isnan(before[:2][:, counters]).all() and np.isnan(before[0, user_col])
+
+        _push_counters(writer, {new_tweets[0]: (3, 4), known: (11, 12)}, {new_user: 5})
+        hydrator.sync()
+        after = hydrator.hydrate(*request)
+        assert after[0, counters].tolist() == [3.0, 4.0]
+        assert after[2, counters].tolist() == [11.0, 12.0]
+        assert np.isnan(after[1, counters]).all() and after[0, user_col] == 5.0
+        reference = online_features_matrix(writer, *request)
+        assert np.allclose(after, reference, rtol=0, atol=1e-12, equal_nan=True)
+
+        # Cut the mirror's subscription; a push while it reconnects is still picked up.
+        assert client.client_kill_filter(_type="pubsub") >= 1
+        _push_counters(writer, {known: (21, 22)}, {new_user: 6})
+        hydrator.sync()
+        again = hydrator.hydrate(*request)
+        assert again[2, counters].tolist() == [21.0, 22.0] and again[0, user_col] == 6.0
+        assert hydrator.stream_reads == "mirror"
+    finally:
+        hydrator.close()
 
 
 def test_fast_path_sees_a_new_materialization(sqlite_store: Settings) -> None:
