@@ -10,7 +10,10 @@ Grain and window are in every name (``user_like_rate_7d``). Daily views are snap
 snapshot of day D is computed from events strictly before D+1 00:00 UTC and carries
 ``event_timestamp`` = D+1 00:00 UTC, the moment it becomes knowable. Missing values (unknown
 entity, no snapshot within the TTL) are ``NaN`` for the model: XGBoost routes them natively,
-and offline and online paths agree on it.
+and offline and online paths agree on it. Stream counters have no zero state: an entity with
+no positive engagement in its view's longest window is missing (a tombstone row offline, a
+tombstone push online), so that a counter that went quiet longer than the TTL ago reads the
+same in training (row dropped by the TTL) as online (Feast's online read ignores the TTL).
 """
 
 from __future__ import annotations
@@ -131,11 +134,19 @@ _user_topic_features = (
     _f("ut_click_rate_28d", "float64", "Clicks per impression of the topic, 28 days."),
 )
 _tweet_realtime_features = (
-    _f("tweet_engagements_30m", "int64", "Positive engagements in the last 30 minutes."),
-    _f("tweet_engagements_1h", "int64", "Positive engagements in the last hour."),
+    _f(
+        "tweet_engagements_30m",
+        "int64",
+        "Positive engagements in the last 30 minutes (missing: none in the last hour).",
+    ),
+    _f("tweet_engagements_1h", "int64", "Positive engagements in the last hour (missing: none)."),
 )
 _user_realtime_features = (
-    _f("user_engagements_1h", "int64", "The user's positive engagements in the last hour."),
+    _f(
+        "user_engagements_1h",
+        "int64",
+        "The user's positive engagements in the last hour (missing: none).",
+    ),
 )
 _tweet_author_features = (
     _f("tweet_author_id", "int64", "The tweet's author (a lookup key for serving, not an input)."),

@@ -8,9 +8,14 @@ Time semantics (the point-in-time contract Feast relies on):
 - daily views: the snapshot of day D counts events strictly before D+1 00:00 UTC and carries
   ``event_timestamp`` = D+1 00:00 UTC (partition ``date=D``);
 - ``tweet_attributes``: one row per tweet, ``event_timestamp`` = the tweet's ``created_at``;
-- stream views: a row at every :data:`STREAM_STEP_S` step T while a counter is (or just
-  stopped being) non-zero; the value at T counts positive engagements in [T - window, T),
-  i.e. strictly before T, and ``event_timestamp`` = T (partition ``date(T)``).
+- stream views: a row at every :data:`STREAM_STEP_S` step T while a counter is non-zero; the
+  value at T counts positive engagements in [T - window, T), i.e. strictly before T, and
+  ``event_timestamp`` = T (partition ``date(T)``). The step at which every counter of an
+  entity is back to zero gets a tombstone row (all features null): the entity leaves the
+  view, as it leaves the online store when ``feedrank stream-features`` pushes the same
+  tombstone. A quiet entity is therefore missing on both sides, whether its tombstone is
+  within the view's TTL or older (Feast's online read ignores the TTL, so a pushed 0 would
+  be served forever while the training join drops the row after a day).
 
 ``created_timestamp`` equals ``event_timestamp``: it must be a function of the data (not of
 the wall clock) for reruns to reproduce the same bytes.
@@ -24,7 +29,9 @@ at or after the cutoff).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+import operator
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -438,12 +445,13 @@ def stream_counters(
     """Intraday counters of positive engagements per ``key`` at every ``step_s`` step.
 
     A counter at step T counts engagements in [T - window, T). Rows are emitted at every
-    step an engagement can influence, plus the first step after it has aged out (value 0),
-    so an as-of lookup never carries a stale non-zero value. Only steps T within
-    [start 00:00, end+1 00:00) are returned.
+    step an engagement can influence, plus the first step after it has aged out, so an as-of
+    lookup never carries a stale non-zero value. A step at which every counter is zero is a
+    tombstone: all counters null (the entity has left the view; see the module docstring).
+    Only steps T within [start 00:00, end+1 00:00) are returned.
 
     Returns:
-        Columns ``key``, ``step_ts`` and one bigint per window name.
+        Columns ``key``, ``step_ts`` and one bigint per window name (null on tombstones).
     """
     longest = max(windows_s.values())
     lo, hi = lake.midnight(start), lake.midnight(end + dt.timedelta(days=1))
@@ -474,7 +482,12 @@ def stream_counters(
         for name, w in windows_s.items()
     ]
     out = events.groupBy(key, "t_us").agg(*aggs)
-    out = out.select(key, F.timestamp_micros("t_us").alias("step_ts"), *windows_s)
+    live = functools.reduce(operator.or_, [F.col(name) > 0 for name in windows_s])
+    out = out.select(
+        key,
+        F.timestamp_micros("t_us").alias("step_ts"),
+        *[F.when(live, F.col(name)).alias(name) for name in windows_s],
+    )
     return out.where((F.col("step_ts") >= F.lit(lo)) & (F.col("step_ts") < F.lit(hi)))
 
 

@@ -17,7 +17,10 @@ like, reply, retweet and click). :func:`run_stream_features` is the thin Kafka s
   in it was counted), except in a brand-new group with ``new_group_from_latest``, which
   starts at the end; the start points are committed at once, so a restart resumes there.
 * **Event time.** A counter's window ends at the stream time: the latest ``engaged_at`` seen.
-  Entities whose events slide out of the window are re-pushed with their lower counts.
+  Entities whose events slide out of the window are re-pushed with their lower counts; when
+  every count of an entity is zero, with null counts (a tombstone: the entity leaves the
+  view, as in the offline table of :func:`jobs.features.stream_counters`, so a quiet entity
+  is missing online as it is in the training data, however long ago it went quiet).
 * **Bad records** go to ``engagements.dlq`` as a :class:`~feedrank.schemas.DeadLetter` with
   the reason, and are committed past (never lost, never fatal; not re-sent when replayed).
 * **Lag** (end offset − position, summed over partitions) is logged after every batch and
@@ -97,7 +100,7 @@ class WindowCounters:
         """Counters that changed since the last call, as push DataFrames per stream view.
 
         Expired events are dropped first, so entities that went quiet are included with
-        their lower (possibly zero) counts.
+        their lower counts, or null counts (a tombstone) once all of them are zero.
         """
         if self.stream_ts is None:
             return {}
@@ -121,13 +124,16 @@ class WindowCounters:
                 if not bucket:
                     events.pop(key, None)
                 if pushed.get(key, (0,) * len(windows)) != counts or key in self._dirty[kind]:
-                    rows.append((key, *counts))
+                    live = any(counts)
+                    rows.append((key, *(counts if live else (None,) * len(counts))))
                     pushed[key] = counts
-                    if not any(counts):
+                    if not live:
                         pushed.pop(key)
             self._dirty[kind].clear()
             if rows:
-                frame = pd.DataFrame(rows, columns=[key_name, *windows]).astype("int64")
+                frame = pd.DataFrame(rows, columns=[key_name, *windows]).astype(
+                    {key_name: "int64", **dict.fromkeys(windows, "Int64")}  # Int64: nullable
+                )
                 event_ts = pd.Timestamp(now, unit="s", tz="UTC")
                 frame["event_timestamp"] = event_ts
                 frame["created_timestamp"] = pd.Timestamp.now(tz="UTC")

@@ -104,11 +104,24 @@ def view_ranges(view_name: str) -> dict[str, tuple[float | None, float | None]]:
 
 
 def required_columns(dataset: str, schema: pa.Schema) -> list[str]:
-    """Columns that must not be null: non-nullable contract fields; counts and encodings."""
+    """Columns that must not be null: non-nullable contract fields; counts and encodings.
+
+    A stream view's counters are required outside its tombstones (see :func:`live_rows`).
+    """
     if dataset in VIEWS:
         view = VIEWS[dataset]
         return [f.name for f in view.features if f.dtype == "int64" or "_te_" in f.name]
     return [f.name for f in schema if not f.nullable]
+
+
+def live_rows(dataset: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose null rates are checked: for a stream view, all but its tombstones
+    (every feature null: the entity left the view, see :func:`jobs.features.stream_counters`);
+    for any other dataset, every row."""
+    if dataset not in VIEWS or VIEWS[dataset].kind != "stream":
+        return frame
+    names = [n for n in VIEWS[dataset].feature_names if n in frame]  # a missing one: a finding
+    return frame[~frame[names].isna().all(axis=1)] if names else frame
 
 
 def psi(current: np.ndarray, previous: np.ndarray, bins: int = PSI_BINS) -> float:
@@ -189,10 +202,16 @@ def check_partition(
     cur = current.to_pandas()
     prev = previous.to_pandas() if previous is not None and previous.num_rows else None
     required = set(required_columns(dataset, expected))
+    checked = live_rows(dataset, cur)
+    checked_before = live_rows(dataset, prev) if prev is not None else None
     for name in cur.columns:
-        rate = float(cur[name].isna().mean())
+        rate = float(checked[name].isna().mean()) if len(checked) else 0.0
         report.null_rates[name] = rate
-        before = float(prev[name].isna().mean()) if prev is not None and name in prev else 0.0
+        before = (
+            float(checked_before[name].isna().mean())
+            if checked_before is not None and len(checked_before) and name in checked_before
+            else 0.0
+        )
         limit = thresholds.null_rate_max if name in required else before + thresholds.null_rate_max
         if rate > limit:
             report.findings.append(

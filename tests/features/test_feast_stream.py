@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from feedrank import feature_spec as spec
@@ -50,8 +51,9 @@ def test_window_counters_count_positive_heads_and_slide() -> None:
     rows = counters.changed_rows()
     tweet = rows["tweet_realtime"].set_index("tweet_id").loc[7]
     assert (tweet["tweet_engagements_30m"], tweet["tweet_engagements_1h"]) == (1, 1)
+    # User 1 has nothing left in the hour: a tombstone (null), as in the offline table.
     user1 = rows["user_realtime"].set_index("user_id").loc[1]
-    assert user1["user_engagements_1h"] == 0
+    assert user1["user_engagements_1h"] is pd.NA
     assert counters.replay_offsets() == {0: 11, 1: 5}
     assert (rows["tweet_realtime"]["event_timestamp"] == T0 + dt.timedelta(minutes=70)).all()
 

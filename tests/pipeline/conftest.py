@@ -16,12 +16,18 @@ from feedrank.config import Settings
 def pipeline_run(
     spark, settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> PipelineRun:
-    """A 3-day world written to a fresh lake, its feature tables and its training run."""
+    """A 3-day world written to a fresh lake, its feature tables and its training run.
+
+    About 80 requests of 35 candidates: the training run has 1,264 rows, more than the
+    1,000 the parity test must compare. The rows come from candidates rather than requests:
+    Spark's cost is mostly per job, the parity test's mostly per request (a materialization
+    and an online read each).
+    """
     from jobs import features, synthetic, training_data
 
     cfg = settings_at(settings, tmp_path_factory.mktemp("pipeline"))
     world = synthetic.generate_world(
-        START, (END - START).days + 1, users=14, seed=3, requests_per_user_day=2.0, candidates=5
+        START, (END - START).days + 1, users=14, seed=3, requests_per_user_day=2.0, candidates=35
     )
     add_edge_cases(world)
     synthetic.write_world(cfg.paths.lake, world)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
+from collections import Counter, defaultdict
 
 import pyarrow.parquet as pq
 import pytest
@@ -105,20 +105,25 @@ def test_user_daily_values_match_plain_python(pipeline_run):
 
 @pytest.mark.integration
 def test_tweet_realtime_counters_match_plain_python(pipeline_run):
-    """Counter at step T = positive engagements in [T - window, T); zero rows close bursts."""
+    """Counter at step T = positive engagements in [T - window, T); a tombstone (all null)
+    closes each burst at the step where every counter is back to zero."""
     world, cfg = pipeline_run.world, pipeline_run.settings
     positives = [e for e in world["engagements"] if e["head"] in POSITIVE_HEADS]
+    engaged_at = defaultdict(list)
+    for e in positives:
+        engaged_at[e["tweet_id"]].append(e["engaged_at"])
     rows = _view_rows(cfg, "tweet_realtime")
-    assert any(r["tweet_engagements_1h"] == 0 for r in rows)
+    tombstones = 0
     for row in rows:
         at = row["event_timestamp"]
-        mine = [e["engaged_at"] for e in positives if e["tweet_id"] == row["tweet_id"]]
-        assert row["tweet_engagements_30m"] == sum(
-            at - dt.timedelta(minutes=30) <= e < at for e in mine
-        )
-        assert row["tweet_engagements_1h"] == sum(
-            at - dt.timedelta(hours=1) <= e < at for e in mine
-        )
+        mine = engaged_at[row["tweet_id"]]
+        n30 = sum(at - dt.timedelta(minutes=30) <= e < at for e in mine)
+        n60 = sum(at - dt.timedelta(hours=1) <= e < at for e in mine)
+        expected = (n30, n60) if n60 else (None, None)
+        assert (row["tweet_engagements_30m"], row["tweet_engagements_1h"]) == expected
+        tombstones += n60 == 0
+    assert 0 < tombstones < len(rows)
+    assert any(r["tweet_engagements_30m"] == 0 for r in rows)  # 0 only beside a live hour
     # Every step with a non-zero count in the covered days has a row.
     lo = lake.midnight(FEATURE_START)
     hi = lake.midnight(END + dt.timedelta(days=1))

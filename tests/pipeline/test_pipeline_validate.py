@@ -12,11 +12,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pipeline_helpers import settings_at
+from pipeline_helpers import END, START, settings_at
 
 from feedrank.errors import FeedrankError
+from feedrank.feature_spec import VIEWS
 from jobs import lake, synthetic
-from jobs.validate import gate, psi, validate_date
+from jobs.validate import check_partition, gate, psi, validate_date, view_ranges
 
 DAY0 = dt.date(2026, 11, 1)
 CHECKED = DAY0 + dt.timedelta(days=2)
@@ -114,6 +115,55 @@ def test_gate_is_quiet_on_clean_data(settings, tmp_path, seed):
         # Drift was actually measured (not skipped for lack of rows).
         assert any(r.psi for r in reports)
         assert json.loads(path.read_text())["ok"] is True
+
+
+@pytest.mark.unit
+def test_stream_tombstones_are_not_nulls_but_a_null_beside_a_count_is(settings):
+    """A stream view closes each burst with a tombstone (every counter null): expected, so
+    the null-rate limit applies to the other rows, where a counter must not be null."""
+    view = "tweet_realtime"
+    at = dt.datetime(2026, 11, 3, 10, tzinfo=dt.UTC)
+
+    def table(counters: list[tuple[int | None, int | None]]) -> pa.Table:
+        rows = [
+            {
+                "tweet_id": i,
+                "event_timestamp": at,
+                "created_timestamp": at,
+                "tweet_engagements_30m": n30,
+                "tweet_engagements_1h": n60,
+            }
+            for i, (n30, n60) in enumerate(counters)
+        ]
+        return pa.Table.from_pylist(rows, schema=lake.view_schema(view))
+
+    def null_findings(counters: list[tuple[int | None, int | None]]) -> list[str]:
+        report = check_partition(
+            view,
+            table(counters),
+            None,
+            lake.view_schema(view),
+            settings.monitoring,
+            view_ranges(view),
+            enforce_drift=False,
+        )
+        return [f.line() for f in report.findings if f.check == "null rate"]
+
+    live = [(1, 2), (0, 1), (3, 3)]
+    assert null_findings([*live, (None, None)]) == []  # 1 row in 4 is a tombstone
+    assert null_findings([*live, (None, 1)]) == [
+        "null rate in tweet_realtime.tweet_engagements_30m: 25.0% null (limit 5.0%)"
+    ]
+
+
+@pytest.mark.integration
+def test_gate_is_quiet_on_the_pipeline_worlds_stream_tables(pipeline_run):
+    cfg = pipeline_run.settings
+    views = [name for name, v in VIEWS.items() if v.kind == "stream"]
+    for day in (START, END):
+        reports, _ = validate_date(cfg, day, views)
+        assert [r.dataset for r in reports] == views
+        assert [f.line() for r in reports for f in r.findings] == []
 
 
 @pytest.mark.unit
