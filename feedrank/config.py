@@ -210,6 +210,12 @@ class ServingConfig(Section):
     feature_log_sample: float = Field(
         default=1.0, ge=0, le=1, description="Share of impressions logged with features."
     )
+    model_nthread: int = Field(
+        default=1,
+        ge=1,
+        description="XGBoost threads per serve process when scoring (training.nthread is for "
+        "training): several processes share the cores, so one each avoids oversubscription.",
+    )
     feed_cache_ttl_s: int = Field(default=600, ge=1, description="Ranked feed cache TTL.")
     max_request_bytes: int = Field(default=262_144, description="Larger requests are refused.")
 

@@ -387,12 +387,16 @@ def check_contract(metadata: Mapping[str, Any], name: str) -> None:
         raise FeedrankError(f"model {name}: heads {metadata.get('heads')} != {list(HEADS)}")
 
 
-def load_model(path_or_version: str | Path, settings: Settings) -> LoadedModel:
+def load_model(
+    path_or_version: str | Path, settings: Settings, *, nthread: int | None = None
+) -> LoadedModel:
     """Load and verify a model version.
 
     Args:
         path_or_version: A version name under ``paths.models``, ``"champion"``, or a path.
-        settings: Resolved settings (``paths.models``; ``training.nthread`` for prediction).
+        settings: Resolved settings (``paths.models``; ``training.nthread`` for prediction
+            unless ``nthread`` is given).
+        nthread: XGBoost prediction threads; serving passes ``serving.model_nthread``.
 
     Returns:
         The verified :class:`LoadedModel`.
@@ -435,7 +439,7 @@ def load_model(path_or_version: str | Path, settings: Settings) -> LoadedModel:
                 f"model {name}: {path.name} expects {booster.num_features()} "
                 f"features, the contract has {n_features}"
             )
-        booster.set_param({"nthread": settings.training.nthread})
+        booster.set_param({"nthread": settings.training.nthread if nthread is None else nthread})
         boosters[head] = booster
     try:
         light = LightRanker.from_json(json.loads((model_dir / LIGHT_RANKER_FILE).read_text()))

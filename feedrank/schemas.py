@@ -239,8 +239,12 @@ def table_schema(table: str) -> pa.Schema:
 
 
 def encode(event: Event) -> bytes:
-    """The Kafka wire form of an event: compact UTF-8 JSON."""
-    return event.model_dump_json().encode()
+    """The Kafka wire form of an event: compact UTF-8 JSON.
+
+    The bytes of ``event.model_dump_json()``, straight from the model's serializer (no round
+    trip through ``str``): the serving loop encodes ~50 impressions per feed.
+    """
+    return event.__pydantic_serializer__.to_json(event)
 
 
 def decode(topic: str, payload: bytes | None) -> Event | DeadLetter:

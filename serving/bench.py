@@ -8,8 +8,8 @@ One run measures, on the same requests:
   throughput, deadline misses and the degraded share;
 * **naive path** — Feast ``get_online_features(ranker_v1)`` + a DMatrix ``predict`` per head,
   what a first implementation would do;
-* **model floor** — ``inplace_predict`` of every head on a ready matrix: the cost no
-  serving design can remove.
+* **model floor** — ``inplace_predict`` of every head on a ready matrix, with the serve
+  processes' thread count (``serving.model_nthread``): the cost no serving design can remove.
 
 The world: the run folder's champion model and Feast store when both exist (after
 ``make demo``); otherwise a synthetic one is built under ``<paths.home>/bench/serving``
@@ -403,7 +403,7 @@ def _offline_paths(world: Settings, sample: list[tuple[int, list[int], str]]) ->
     from feedrank.registry import load_model
     from serving.hydration import FeatureHydrator, online_features_matrix
 
-    model = load_model("champion", world)
+    model = load_model("champion", world, nthread=world.serving.model_nthread)
     hydrator = FeatureHydrator(world)
     now = time.time()
     naive_ms, fast_ms, floor_ms = [], [], []

@@ -89,7 +89,7 @@ def build_scorer(settings: Settings) -> Scorer:
             f"no champion model under {settings.paths.models}; run 'feedrank train' and "
             "'feedrank promote' first"
         )
-    model = load_model(version, settings)
+    model = load_model(version, settings, nthread=settings.serving.model_nthread)
     hooks = experiment_hooks(settings)
     return Scorer(
         settings, ModelSlot(model), FeatureHydrator(settings), open_feed_cache(settings), **hooks
@@ -151,6 +151,9 @@ class _ServingLoop:
                 settings.kafka.topics[REQUESTS_TOPIC].max_message_bytes, 1_048_576
             )
             * 2,
+            # kafka-python's client-side sensors are never read here (serving exports its own
+            # Prometheus metrics) and cost Python time on every request and response.
+            metrics_enabled=False,
         )
         self.producer = KafkaProducer(
             bootstrap_servers=bootstrap,
@@ -162,6 +165,7 @@ class _ServingLoop:
             linger_ms=5,
             batch_size=512 * 1024,
             max_request_size=settings.kafka.topics[IMPRESSIONS_TOPIC].max_message_bytes,
+            metrics_enabled=False,
         )
         # Know the topic's partitions before joining: a member that joins first gets an empty
         # assignment and must rejoin when the metadata arrives, which is slow and has been

@@ -196,7 +196,9 @@ def read_shadow_log(path: Path) -> list[dict]:
 def experiment_hooks(settings: Settings) -> dict:
     """Keyword arguments for :class:`Scorer`: arm assignment, policies, shadow hook."""
     version = settings.experiment.challenger_version
-    challenger = load_model(version, settings) if version else None
+    challenger = (
+        load_model(version, settings, nthread=settings.serving.model_nthread) if version else None
+    )
     if settings.experiment.shadow and challenger is None:
         raise FeedrankError("shadow mode needs experiment.challenger_version")
     return {

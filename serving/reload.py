@@ -74,7 +74,7 @@ class ModelWatcher:
 
     def _load(self, version: str) -> None:
         try:
-            model = load_model(version, self.settings)
+            model = load_model(version, self.settings, nthread=self.settings.serving.model_nthread)
         except Exception as exc:  # any failure to load means: refuse, keep the old model
             self._refuse(version, str(exc).strip().splitlines()[0] if str(exc) else repr(exc))
             model = None

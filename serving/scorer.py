@@ -440,26 +440,30 @@ class Scorer:
         self, feed: RankedFeed, X: np.ndarray, chosen: np.ndarray, log_features: bool
     ) -> list[Impression]:
         sample = self.settings.serving.feature_log_sample
-        out = []
-        for item, row in zip(feed.items, chosen, strict=True):
-            features = None
-            if log_features and _sampled(feed.request_id, item.tweet_id, sample):
-                features = [None if math.isnan(v) else v for v in X[row].tolist()]
-            out.append(
-                Impression(
-                    request_id=feed.request_id,
-                    user_id=feed.user_id,
-                    tweet_id=item.tweet_id,
-                    author_id=item.author_id,
-                    position=item.position,
-                    served_at=feed.served_at,
-                    model_version=feed.model_version,
-                    arm=feed.arm,
-                    score=item.score,
-                    features=features,
-                )
+        vectors: list[list[float | None] | None] = [None] * len(feed.items)
+        if log_features:
+            logged = [
+                k
+                for k, item in enumerate(feed.items)
+                if _sampled(feed.request_id, item.tweet_id, sample)
+            ]
+            for k, vector in zip(logged, _feature_lists(X[chosen[logged]]), strict=True):
+                vectors[k] = vector
+        return [
+            Impression(
+                request_id=feed.request_id,
+                user_id=feed.user_id,
+                tweet_id=item.tweet_id,
+                author_id=item.author_id,
+                position=item.position,
+                served_at=feed.served_at,
+                model_version=feed.model_version,
+                arm=feed.arm,
+                score=item.score,
+                features=vector,
             )
-        return out
+            for item, vector in zip(feed.items, vectors, strict=True)
+        ]
 
 
 def _observe(stage: str, started: float) -> float:
@@ -481,6 +485,17 @@ def _clean_author_ids(authors: np.ndarray) -> np.ndarray:
         return np.where(a >= 0, a, 0).astype(np.int64)
     a = a.astype(np.float64)
     return np.where(np.isfinite(a) & (a >= 0), a, 0).astype(np.int64)
+
+
+def _feature_lists(rows: np.ndarray) -> list[list[float | None]]:
+    """Feature rows as the impression logs them: Python floats, ``None`` where NaN (missing).
+
+    One vectorised pass: a Python-level NaN test per value (~50 rows × 74 features per feed)
+    was a visible share of the serving loop.
+    """
+    values = rows.astype(object)
+    values[np.isnan(rows)] = None
+    return values.tolist()
 
 
 def _sampled(request_id: str, tweet_id: int, share: float) -> bool:

@@ -272,7 +272,8 @@ def test_hot_reload_under_load_refuses_corrupted_model(group_settings, producer,
         REGISTRY.get_sample_value("feedrank_serving_model_reloads_total", {"outcome": "refused"})
         or 0.0
     )
-    server = ServingThread(settings, make_scorer(settings, hydrator_factory))
+    scorer = make_scorer(settings, hydrator_factory)
+    server = ServingThread(settings, scorer)
     bad = _corrupt_model(settings, f"serve-bad-{uuid.uuid4().hex[:6]}")
     good = train_throwaway_model(settings, seed=9, version=f"serve-v2-{uuid.uuid4().hex[:6]}")
     requests = []
@@ -319,6 +320,13 @@ def test_hot_reload_under_load_refuses_corrupted_model(group_settings, producer,
         "feedrank_serving_model_reloads_total", {"outcome": "refused"}
     )
     assert refused_after == refused_before + 1
+    # The watcher loads with the serving thread count, not training's.
+    assert scorer.models.current.version == good
+    threads = {
+        json.loads(b.save_config())["learner"]["generic_param"]["nthread"]
+        for b in scorer.models.current.boosters.values()
+    }
+    assert threads == {str(settings.serving.model_nthread)}
 
 
 def test_two_consumers_and_rebalances_lose_nothing(group_settings, producer, hydrator_factory):

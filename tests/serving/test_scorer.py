@@ -175,6 +175,25 @@ def test_empty_candidate_set_after_dedupe_is_an_empty_feed(scorer_parts) -> None
     assert RankedFeed.model_validate_json(second.payload) == second.feed
 
 
+def test_sampled_impressions_log_their_own_rows(scorer_parts) -> None:
+    settings, model, cache = scorer_parts
+    settings = with_serving(settings, feature_log_sample=0.5)
+    hydrator = TableHydrator()
+    scorer = Scorer(settings, ModelSlot(model), hydrator, cache)
+    tweets = list(range(600, 660))
+    answer = scorer.score(make_request(51, tweets))
+    X = hydrator.hydrate(51, tweets, 0.0, "mobile")
+    logged = [imp for imp in answer.impressions if imp.features is not None]
+    assert [imp.tweet_id for imp in logged] == [
+        imp.tweet_id for imp in answer.impressions if _sampled(imp.request_id, imp.tweet_id, 0.5)
+    ]
+    assert 0 < len(logged) < len(answer.impressions)
+    for imp in logged:
+        row = X[tweets.index(imp.tweet_id)]
+        assert imp.features == [None if np.isnan(v) else float(v) for v in row]
+    scorer.close()
+
+
 def test_feature_log_sampling_is_deterministic() -> None:
     picks = [_sampled("req-1", t, 0.3) for t in range(2000)]
     assert picks == [_sampled("req-1", t, 0.3) for t in range(2000)]

@@ -56,6 +56,20 @@ def test_saved_model_loads_and_predicts_like_the_boosters(
         model.predict_heads(X[:, :5])
 
 
+def test_prediction_threads_default_to_training_and_can_be_chosen(
+    train_settings: Settings, trained
+) -> None:
+    def threads(model: registry.LoadedModel) -> set[str]:
+        return {
+            json.loads(b.save_config())["learner"]["generic_param"]["nthread"]
+            for b in model.boosters.values()
+        }
+
+    default = registry.load_model(trained.version, train_settings)
+    assert threads(default) == {str(train_settings.training.nthread)}
+    assert threads(registry.load_model(trained.version, train_settings, nthread=1)) == {"1"}
+
+
 def test_changed_file_is_refused_with_checksum_mismatch(
     train_settings: Settings, model_copy: Path
 ) -> None:
