@@ -351,14 +351,6 @@ class _RedisStreamMirror:
             len(keys), len(empty)
         )
 
-    @property
-    def stream_reads(self) -> str:
-        """Where the pushed views are read from now: ``sqlite`` (rescanned on change),
-        ``mirror`` (Redis, in memory) or ``live`` (Redis, every request)."""
-        if self._mirror is None:
-            return "sqlite" if isinstance(self._reader, _SqliteReader) else "live"
-        return "mirror" if self._mirror.ready.is_set() else "live"
-
     def sync(self, timeout_s: float = 10.0) -> None:
         """Return once every write acknowledged before this call is in the mirror.
 
