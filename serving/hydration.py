@@ -397,6 +397,10 @@ class _RedisStreamMirror:
                         message = pubsub.get_message(timeout=0.0)
                     if message is not None:
                         batch.append(message)
+                    if any(m["type"] in ("subscribe", "psubscribe") for m in batch):
+                        # redis-py resubscribed after a dropped connection by itself: writes
+                        # in the gap sent no notification here, so scan again.
+                        raise FeedrankError("the keyspace subscription was re-established")
                     if batch:
                         self._apply(batch)
             except Exception as exc:  # a broken connection: read live, then start over
