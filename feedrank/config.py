@@ -195,6 +195,12 @@ class RankingConfig(Section):
     heavy_ranker_cap: int = Field(
         default=1_000, ge=1, description="Light ranker prunes to this many before the heavy one."
     )
+    heavy_ranker_floor: int = Field(
+        default=200,
+        ge=1,
+        description="Fewest candidates the light ranker prunes to when it prunes harder to "
+        "meet serving.aim_ms.",
+    )
 
     @model_validator(mode="after")
     def _weights_cover_heads(self) -> RankingConfig:
@@ -205,6 +211,13 @@ class RankingConfig(Section):
 
 class ServingConfig(Section):
     budget_ms: int = Field(default=300, ge=300, le=400, description="Deadline after request.")
+    aim_ms: int = Field(
+        default=100,
+        ge=1,
+        description="Latency aim inside the deadline: when the heavy ranker on every "
+        "candidate would answer later than requested_at + aim_ms (a backlog), the light ranker "
+        "prunes harder, down to ranking.heavy_ranker_floor, so that it does not.",
+    )
     metrics_port: int = Field(default=19100, description="prometheus /metrics port.")
     group_id: str = Field(default="feedrank-serving", description="Consumer group.")
     feature_log_sample: float = Field(

@@ -207,6 +207,30 @@ def _start_server(
 
 # ------------------------------------------------------------------ the run
 
+_HEAVY_SAMPLES = (
+    "feedrank_serving_heavy_rows_sum",
+    "feedrank_serving_heavy_rows_count",
+    "feedrank_serving_heavy_pruned_for_aim_total",
+)
+
+
+def _scrape_heavy(world: Settings, servers: int) -> dict[str, float]:
+    """The servers' heavy-ranker counters, summed (from their Prometheus ``/metrics``)."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals = dict.fromkeys(_HEAVY_SAMPLES, 0.0)
+    for index in range(servers):
+        url = f"http://127.0.0.1:{world.serving.metrics_port + index}/metrics"
+        with urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in totals:
+                    totals[sample.name] += sample.value
+    return totals
+
 
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
@@ -329,10 +353,15 @@ def run_bench(
 
         sender = threading.Thread(target=produce, name="bench-producer", daemon=True)
         sender.start()
+        heavy_before: dict[str, float] | None = None
         while sender.is_alive():
             collect({r.request_id for r in sent}, time.monotonic() + 0.2)
+            if heavy_before is None and measured_from:
+                heavy_before = _scrape_heavy(world, servers)
         sender.join()
         collect({r.request_id for r in sent}, time.monotonic() + DRAIN_TIMEOUT_S)
+        heavy_after = _scrape_heavy(world, servers)
+        heavy = {k: heavy_after[k] - (heavy_before or {}).get(k, 0.0) for k in heavy_after}
     finally:
         for server in procs:
             if server.poll() is None:
@@ -390,6 +419,13 @@ def run_bench(
         "requested_to_served_p50_ms": _percentile(server_ms, 50),
         "requested_to_served_p99_ms": _percentile(server_ms, 99),
         "served_to_consumed_p50_ms": _percentile(delivery_ms, 50),
+        # From the servers' /metrics over the measured load: candidates the heavy ranker
+        # scored per heavy-ranked request, and requests pruned below the cap for aim_ms.
+        "heavy_rows_mean": heavy["feedrank_serving_heavy_rows_sum"]
+        / max(heavy["feedrank_serving_heavy_rows_count"], 1.0),
+        "heavy_pruned_for_aim": int(heavy["feedrank_serving_heavy_pruned_for_aim_total"]),
+        "heavy_ranker_cap": world.ranking.heavy_ranker_cap,
+        "aim_ms": world.serving.aim_ms,
     }
     figures.update(_offline_paths(world, planned[:naive_requests]))
     return figures
@@ -457,6 +493,14 @@ def print_table(figures: dict[str, Any]) -> None:
         ("answered / sent", f"{figures['answered']} / {figures['requests']}"),
         ("deadline misses", str(figures["deadline_misses"])),
         ("degraded share", f"{figures['degraded']:.1%}"),
+        (
+            f"heavy-ranked candidates per request, mean (cap {figures['heavy_ranker_cap']})",
+            f"{figures['heavy_rows_mean']:.0f}",
+        ),
+        (
+            f"pruned below the cap for the {figures['aim_ms']} ms aim",
+            f"{figures['heavy_pruned_for_aim']} of {figures['answered']}",
+        ),
         ("naive path p50 (ms): get_online_features + DMatrix", f"{figures['naive_p50_ms']:.1f}"),
         ("fast hydration p50 (ms)", f"{figures['fast_hydrate_p50_ms']:.1f}"),
         (

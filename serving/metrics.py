@@ -53,6 +53,15 @@ DEGRADED = Counter(
     "Feeds answered by the light ranker instead of the heavy ranker, by reason.",
     ["reason"],
 )
+HEAVY_ROWS = Histogram(
+    "feedrank_serving_heavy_rows",
+    "Candidates the heavy ranker scored per request.",
+    buckets=(50, 100, 200, 300, 400, 500, 600, 800, 1000, 1500, 2000, 5000),
+)
+HEAVY_PRUNED_FOR_AIM = Counter(
+    "feedrank_serving_heavy_pruned_for_aim_total",
+    "Requests whose candidates the light ranker pruned below heavy_ranker_cap to meet aim_ms.",
+)
 DEADLINE_MISSES = Counter(
     "feedrank_serving_deadline_misses_total",
     "Feeds answered after requested_at + budget_ms.",

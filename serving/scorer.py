@@ -268,9 +268,10 @@ class Scorer:
         t = time.perf_counter()
         self._delay("light")
         light = model.light_scores(X)
-        if n > cap:
+        keep = min(n, cap, self._rows_within_aim(ctx, min(n, cap)))
+        if keep < n:
             # Stable: ties keep candidate order, so a replay prunes identically.
-            index = np.sort(np.argsort(-light, kind="stable")[:cap])
+            index = np.sort(np.argsort(-light, kind="stable")[:keep])
         timings["light"] = _observe("light", t)
 
         def light_answer(reason: str) -> PolicyResult:
@@ -308,7 +309,28 @@ class Scorer:
             log.exception("heavy ranker failed for %s", ctx.request.request_id)
             return light_answer("heavy_error")
         timings["heavy"] = _observe("heavy", t)
+        metrics.HEAVY_ROWS.observe(len(index))
         return PolicyResult(index=index, scores=heavy, model_version=model.version)
+
+    def _rows_within_aim(self, ctx: PolicyContext, rows: int) -> int:
+        """How many candidates the heavy ranker can score and still answer by the aim.
+
+        ``requested_at + serving.aim_ms`` minus the finishing reserve is the time the heavy
+        ranker may take; at the learned cost per row that fits so many rows (never fewer
+        than ``ranking.heavy_ranker_floor``). Without a backlog everything fits and this
+        changes nothing; with one, requests get cheaper until it drains, instead of each
+        waiting behind full-cost ones until the deadline forces a light-only answer.
+        """
+        if self._heavy_ms_per_row is None or self._heavy_ms_per_row <= 0:
+            return rows
+        floor = self.settings.ranking.heavy_ranker_floor
+        aim_s = ctx.request.requested_at.timestamp() + self.settings.serving.aim_ms / 1000.0
+        left_ms = (aim_s - time.time()) * 1000.0 - self._finish_ms
+        if self._estimate_heavy_ms(rows) <= left_ms or rows <= floor:
+            return rows
+        fit = int((left_ms - self._heavy_fixed_ms) / self._heavy_ms_per_row)
+        metrics.HEAVY_PRUNED_FOR_AIM.inc()
+        return max(fit, floor)
 
     # ------------------------------------------------------------------ request
 

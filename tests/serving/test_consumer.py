@@ -11,6 +11,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from kafka.errors import KafkaTimeoutError
+from kafka.future import Future
 from prometheus_client import REGISTRY
 from serving_helpers import (
     TopicReader,
@@ -25,7 +27,7 @@ from feedrank import ranking
 from feedrank.config import Settings
 from feedrank.registry import load_model, set_champion
 from feedrank.schemas import RankedFeed
-from serving.consumer import ServingStats, run_serving
+from serving.consumer import ServingStats, _ServingLoop, run_serving
 from serving.feed_cache import open_feed_cache
 from serving.scorer import FALLBACK_VERSION, ModelSlot, Scorer
 
@@ -362,4 +364,61 @@ def test_two_consumers_and_rebalances_lose_nothing(group_settings, producer, hyd
     # Duplicates (a batch redone by the new owner) are identical answers.
     feeds = feeds_by_id(values)
     for copies in feeds.values():
+        assert all(c.items == copies[0].items for c in copies)
+
+
+class _FailedSend(Future):
+    """A producer future the broker never acknowledged (kafka-python's shape, with get)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failure(KafkaTimeoutError("injected: output never acknowledged"))
+
+    def get(self, timeout: float | None = None) -> None:
+        raise self.exception
+
+
+def test_unacknowledged_output_redoes_every_unsettled_batch(
+    group_settings, producer, hydrator_factory, monkeypatch
+):
+    # The one fault the real broker cannot be made to produce on cue: an output of a
+    # request that is never acknowledged. The loop must not commit past it.
+    settings = group_settings
+    reader = TopicReader(settings, "ranked_feeds")
+    requests = [make_request(i % 7, range(3 * i, 3 * i + 3)) for i in range(60)]
+    unlucky = requests[10].request_id
+    handle = _ServingLoop.handle
+    failed_once: list[str] = []
+
+    def handle_failing_once(self, value, where=""):
+        futures, cached = handle(self, value, where)
+        if value is not None and unlucky.encode() in value and not failed_once:
+            failed_once.append(where)
+            futures = [*futures, _FailedSend()]
+        return futures, cached
+
+    monkeypatch.setattr(_ServingLoop, "handle", handle_failing_once)
+    server = ServingThread(settings, make_scorer(settings, hydrator_factory))
+    try:
+        warm_up(settings, producer, reader)
+        for i in range(0, len(requests), 10):
+            send_requests(producer, requests[i : i + 10])
+            time.sleep(0.05)
+        ids = {r.request_id for r in requests}
+        values: list[bytes] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            values += reader.read(1, 1, accept=lambda v: json.loads(v)["request_id"] in ids)
+            answered = Counter(request_ids_of(values))
+            if set(answered) == ids and answered[unlucky] >= 2:
+                break
+    finally:
+        stats = server.stop()
+        reader.close()
+    assert failed_once, "the fault was never injected"
+    assert stats.redeliveries >= 1
+    answered = Counter(request_ids_of(values))
+    assert set(answered) == ids
+    assert answered[unlucky] >= 2  # answered, not acknowledged, so redone
+    for copies in feeds_by_id(values).values():
         assert all(c.items == copies[0].items for c in copies)

@@ -16,7 +16,7 @@ from serving_helpers import TopicReader, fresh_group, make_request, send_request
 
 from feedrank.config import Settings
 from feedrank.schemas import RankedFeed
-from serving.consumer import MAX_POLL_RECORDS
+from serving.consumer import MAX_UNSETTLED_RECORDS
 
 pytestmark = pytest.mark.integration
 
@@ -92,8 +92,8 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(
     assert set(answered) == ids  # 0 lost
     assert not letters
     duplicates = sum(answered.values()) - len(answered)
-    # Only the batch in flight at the kill was uncommitted: at most one poll's worth.
-    assert duplicates <= MAX_POLL_RECORDS, duplicates
+    # Only the messages answered but unsettled at the kill were uncommitted.
+    assert duplicates <= MAX_UNSETTLED_RECORDS, duplicates
     feeds: dict[str, list[RankedFeed]] = {}
     for value in values:
         feed = RankedFeed.model_validate_json(value)

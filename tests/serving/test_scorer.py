@@ -6,6 +6,7 @@ import datetime as dt
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 from serving_helpers import TableHydrator, make_request, with_serving
 
 from feedrank import ranking
@@ -79,6 +80,35 @@ def test_light_ranker_prunes_to_the_heavy_cap(scorer_parts) -> None:
     served = {item.tweet_id for item in answer.feed.items}
     assert served <= {tweets[i] for i in kept}
     assert len(served) == 20 and "light" in answer.feed.timings_ms
+
+
+def test_backlogged_request_is_heavy_scored_on_fewer_candidates(scorer_parts) -> None:
+    settings, model, cache = scorer_parts
+    settings = with_serving(settings, aim_ms=50)
+    settings = settings.model_copy(
+        update={"ranking": settings.ranking.model_copy(update={"heavy_ranker_floor": 20})}
+    )
+    hydrator = TableHydrator()
+    scorer = Scorer(settings, ModelSlot(model), hydrator, cache)
+    tweets = list(range(3000, 3080))
+    on_time = scorer.score(make_request(5, tweets))  # teaches the scorer the cost per row
+    assert not on_time.feed.degraded
+    pruned_before = REGISTRY.get_sample_value("feedrank_serving_heavy_pruned_for_aim_total")
+    # Waited 150 ms in a backlog: past the 50 ms aim, well inside the 300 ms deadline.
+    late = make_request(6, tweets, requested_at=dt.datetime.now(dt.UTC) - dt.timedelta(0, 0.15))
+    answer = scorer.score(late)
+    assert not answer.feed.degraded and not answer.missed
+    assert answer.feed.model_version == model.version
+    X = hydrator.hydrate(6, tweets, 0.0, "mobile")
+    kept = np.sort(np.argsort(-model.light_scores(X), kind="stable")[:20])
+    served = [item.tweet_id for item in answer.feed.items]
+    assert len(served) == 20 and set(served) == {tweets[i] for i in kept}
+    # ... and ranked by the heavy ranker, not the light one.
+    sub = X[kept]
+    order = offline_order(model, sub, hydrator.author_ids([tweets[i] for i in kept]), settings)
+    assert served == [tweets[kept[i]] for i in order]
+    pruned_after = REGISTRY.get_sample_value("feedrank_serving_heavy_pruned_for_aim_total")
+    assert pruned_after == pruned_before + 1
 
 
 def test_slow_heavy_ranker_degrades_to_light_within_deadline(scorer_parts) -> None:
