@@ -13,7 +13,10 @@ The funnel per request (each stage timed and checked against the request's deadl
    answered in candidate order (``model_version="fallback"``, degraded, a counted miss) so
    a backlog drains fast;
 4. **light** — the light ranker prunes to ``ranking.heavy_ranker_cap`` when there are more
-   candidates, and is the fallback answer when the heavy ranker cannot finish in time;
+   candidates — and further, down to ``ranking.heavy_ranker_floor``, when the request has
+   waited so long that the heavy ranker on all of them would answer after
+   ``requested_at + serving.aim_ms`` — and is the fallback answer when the heavy ranker
+   cannot finish before the deadline;
 5. **heavy** — every head in one batch (``LoadedModel.predict_heads``), then
    :func:`feedrank.ranking.weighted_score`; runs on a worker thread so a slow model can be
    abandoned at the deadline (XGBoost releases the GIL) and the light answer served instead,
@@ -270,7 +273,8 @@ class Scorer:
         light = model.light_scores(X)
         keep = min(n, cap, self._rows_within_aim(ctx, min(n, cap)))
         if keep < n:
-            # Stable: ties keep candidate order, so a replay prunes identically.
+            # Stable: ties keep candidate order, so a replay with the same time left prunes
+            # identically.
             index = np.sort(np.argsort(-light, kind="stable")[:keep])
         timings["light"] = _observe("light", t)
 
