@@ -436,10 +436,10 @@ def _offline_paths(world: Settings, sample: list[tuple[int, list[int], str]]) ->
     import xgboost as xgb
 
     from feedrank.ranking import weighted_score
-    from feedrank.registry import load_model
     from serving.hydration import FeatureHydrator, online_features_matrix
+    from serving.scorer import load_serving_model
 
-    model = load_model("champion", world, nthread=world.serving.model_nthread)
+    model = load_serving_model("champion", world)
     hydrator = FeatureHydrator(world)
     now = time.time()
     naive_ms, fast_ms, floor_ms = [], [], []

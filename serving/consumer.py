@@ -50,7 +50,7 @@ from feedrank.schemas import DeadLetter, FeedRequest, decode, encode
 from serving import metrics
 from serving.feed_cache import open_feed_cache
 from serving.reload import ModelWatcher
-from serving.scorer import ModelSlot, Scorer
+from serving.scorer import ModelSlot, Scorer, load_serving_model
 
 log = logging.getLogger("feedrank.serving")
 
@@ -78,9 +78,8 @@ class _InFlight:
 
     futures: list[Any] = field(default_factory=list)
     to_cache: list[Any] = field(default_factory=list)
-    offsets: dict[TopicPartition, OffsetAndMetadata] = field(default_factory=dict)
-    first: dict[TopicPartition, int] = field(default_factory=dict)
-    records: int = 0
+    first: dict[TopicPartition, int] = field(default_factory=dict)  # offset of its first
+    next: dict[TopicPartition, int] = field(default_factory=dict)  # after its last
 
 
 @dataclass
@@ -106,7 +105,7 @@ def build_scorer(settings: Settings) -> Scorer:
     Raises:
         FeedrankError: There is no champion yet, or it fails verification.
     """
-    from feedrank.registry import champion_version, load_model
+    from feedrank.registry import champion_version
     from serving.experiment import experiment_hooks
     from serving.hydration import FeatureHydrator
 
@@ -116,7 +115,7 @@ def build_scorer(settings: Settings) -> Scorer:
             f"no champion model under {settings.paths.models}; run 'feedrank train' and "
             "'feedrank promote' first"
         )
-    model = load_model(version, settings, nthread=settings.serving.model_nthread)
+    model = load_serving_model(version, settings)
     hooks = experiment_hooks(settings)
     return Scorer(
         settings, ModelSlot(model), FeatureHydrator(settings), open_feed_cache(settings), **hooks
@@ -302,11 +301,10 @@ class _ServingLoop:
                     if cached is not None:
                         answered.to_cache.append(cached)
                     answered.first.setdefault(tp, record.offset)
-                    answered.offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+                    answered.next[tp] = record.offset + 1
                     self.base.setdefault(tp, record.offset)
                     self.answered[tp] = record.offset + 1
                     n += 1
-            answered.records = n
             self.in_flight.append(answered)
             self.stats.consumed += n
             self._settle()
@@ -363,8 +361,7 @@ class _ServingLoop:
             self.in_flight.popleft()
             if oldest.to_cache and self.scorer.feed_cache is not None:
                 self.scorer.feed_cache.put_many(oldest.to_cache)
-            for tp, om in oldest.offsets.items():
-                self.positions[tp] = om.offset
+            self.positions.update(oldest.next)
 
     def _commit(self, force: bool = False) -> None:
         """Commit the settled offsets of partitions still assigned, at most every

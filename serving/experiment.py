@@ -28,7 +28,7 @@ from feedrank.config import Settings
 from feedrank.errors import FeedrankError
 from feedrank.experiment import assign_arm
 from feedrank.feature_spec import model_features
-from feedrank.registry import LoadedModel, load_model
+from feedrank.registry import LoadedModel
 from feedrank.schemas import DEVICES, FeedRequest
 from serving.scorer import (
     PolicyContext,
@@ -37,6 +37,7 @@ from serving.scorer import (
     Scorer,
     champion_policy,
     chronological_policy,
+    load_serving_model,
 )
 
 log = logging.getLogger(__name__)
@@ -196,9 +197,7 @@ def read_shadow_log(path: Path) -> list[dict]:
 def experiment_hooks(settings: Settings) -> dict:
     """Keyword arguments for :class:`Scorer`: arm assignment, policies, shadow hook."""
     version = settings.experiment.challenger_version
-    challenger = (
-        load_model(version, settings, nthread=settings.serving.model_nthread) if version else None
-    )
+    challenger = load_serving_model(version, settings) if version else None
     if settings.experiment.shadow and challenger is None:
         raise FeedrankError("shadow mode needs experiment.challenger_version")
     return {

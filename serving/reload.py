@@ -16,9 +16,9 @@ import time
 
 from feedrank.config import Settings
 from feedrank.errors import FeedrankError
-from feedrank.registry import LoadedModel, champion_version, load_model
+from feedrank.registry import LoadedModel, champion_version
 from serving import metrics
-from serving.scorer import ModelSlot
+from serving.scorer import ModelSlot, load_serving_model
 
 log = logging.getLogger("feedrank.serving")
 
@@ -74,7 +74,7 @@ class ModelWatcher:
 
     def _load(self, version: str) -> None:
         try:
-            model = load_model(version, self.settings, nthread=self.settings.serving.model_nthread)
+            model = load_serving_model(version, self.settings)
         except Exception as exc:  # any failure to load means: refuse, keep the old model
             self._refuse(version, str(exc).strip().splitlines()[0] if str(exc) else repr(exc))
             model = None

@@ -49,7 +49,7 @@ import numpy as np
 from feedrank import ranking
 from feedrank.config import Settings
 from feedrank.feature_spec import model_features
-from feedrank.registry import LoadedModel
+from feedrank.registry import LoadedModel, load_model
 from feedrank.schemas import FeedRequest, Impression, RankedFeed, RankedItem, encode
 from serving import metrics
 from serving.feed_cache import FeedCache
@@ -75,6 +75,12 @@ class Hydrator(Protocol):
     ) -> np.ndarray: ...
 
     def author_ids(self, tweet_ids: list[int]) -> np.ndarray: ...
+
+
+def load_serving_model(version: str, settings: Settings) -> LoadedModel:
+    """:func:`feedrank.registry.load_model` with the serving thread count
+    (``serving.model_nthread``): every model a serve process scores with is loaded here."""
+    return load_model(version, settings, nthread=settings.serving.model_nthread)
 
 
 class ModelSlot:
@@ -271,7 +277,7 @@ class Scorer:
         t = time.perf_counter()
         self._delay("light")
         light = model.light_scores(X)
-        keep = min(n, cap, self._rows_within_aim(ctx, min(n, cap)))
+        keep = self._rows_within_aim(ctx, min(n, cap))
         if keep < n:
             # Stable: ties keep candidate order, so a replay with the same time left prunes
             # identically.
