@@ -41,6 +41,10 @@ class Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     schema_version: Literal[1] = SCHEMA_VERSION
 
+    def lake_rows(self) -> list[Event]:
+        """The rows this event lands as in its topic's lake table: itself, by default."""
+        return [self]
+
 
 class User(Event):
     """A user's public profile (the users table; a snapshot per simulated day)."""
@@ -101,6 +105,21 @@ class Impression(Event):
     arm: str = Field(default="control", min_length=1, max_length=32)
     score: float | None = None
     features: list[float | None] | None = None
+
+
+class ServedImpressions(Event):
+    """The impressions of one served feed in one message (topic ``impressions``, keyed by user).
+
+    The serving loop sends a feed's ~50 impressions as one record: encoding and sending them
+    one by one took 2.8 ms of the loop per feed (kafka-python's ``send`` is pure Python), one
+    message 0.4 ms, and the broker and the producer's sender thread handle 1 record, not 50.
+    The landing job lands each impression as a row of the ``impressions`` table.
+    """
+
+    impressions: list[Impression] = Field(min_length=1, max_length=5_000)
+
+    def lake_rows(self) -> list[Event]:
+        return list(self.impressions)
 
 
 class Engagement(Event):
@@ -168,13 +187,15 @@ TOPIC_EVENTS: dict[str, type[Event]] = {
     "tweets": Tweet,
     "follows": Follow,
     "feed_requests": FeedRequest,
-    "impressions": Impression,
+    "impressions": ServedImpressions,
     "engagements": Engagement,
     "ranked_feeds": RankedFeed,
 }
+# Lake table name -> its row; a topic's table holds the ``lake_rows()`` of its events.
 LAKE_TABLES: dict[str, type[Event]] = {
     "users": User,
     **{name: model for name, model in TOPIC_EVENTS.items() if name != "ranked_feeds"},
+    "impressions": Impression,
     "oracle": OracleRow,
 }
 # The event-time column of each table; it decides the table's date= partition.

@@ -52,7 +52,10 @@ _DECODED = T.StructType(
 
 
 def decode_batch(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """``mapInPandas`` body: validate each Kafka value with the contract's ``decode``."""
+    """``mapInPandas`` body: validate each Kafka value with the contract's ``decode``.
+
+    One output row per lake row of a good record, one per bad record (with its reason).
+    """
     for batch in batches:
         out = {name: [] for name in _DECODED.names}
         for topic, partition, offset, value in zip(
@@ -60,19 +63,18 @@ def decode_batch(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         ):
             payload = bytes(value) if value is not None else None
             result = decode(topic, payload)
-            out["topic"].append(topic)
-            out["partition"].append(int(partition))
-            out["offset"].append(int(offset))
             if isinstance(result, DeadLetter):
-                out["ok"].append(False)
-                out["json"].append(None)
-                out["reason"].append(result.reason)
-                out["payload"].append(result.payload)
+                rows = [(False, None, result.reason, result.payload)]
             else:
-                out["ok"].append(True)
-                out["json"].append(result.model_dump_json())
-                out["reason"].append(None)
-                out["payload"].append(None)
+                rows = [(True, row.model_dump_json(), None, None) for row in result.lake_rows()]
+            for ok, json, reason, bad_payload in rows:
+                out["topic"].append(topic)
+                out["partition"].append(int(partition))
+                out["offset"].append(int(offset))
+                out["ok"].append(ok)
+                out["json"].append(json)
+                out["reason"].append(reason)
+                out["payload"].append(bad_payload)
         yield pd.DataFrame(out)
 
 

@@ -5,9 +5,9 @@ start several and they share the partitions. Delivery is at-least-once:
 
 1. poll a small batch (auto-commit is off);
 2. for each message: size check, :func:`feedrank.schemas.decode`, score; the ranked feed goes
-   to ``ranked_feeds`` and its impressions to ``impressions`` (both keyed by user); anything
-   that cannot be answered goes to ``feed_requests.dlq`` with the reason — no input stops
-   the loop;
+   to ``ranked_feeds`` and its impressions to ``impressions`` (one message per feed; both
+   keyed by user); anything that cannot be answered goes to ``feed_requests.dlq`` with the
+   reason — no input stops the loop;
 3. once the producer has every output of the batch acknowledged (``acks=all``), record
    the answered feeds in the feed cache (from now on a redelivery is a replay of the cached
    feed) and
@@ -40,13 +40,12 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
-from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from feedrank.config import Settings
 from feedrank.errors import FeedrankError
 from feedrank.logs import setup_logging
-from feedrank.schemas import DeadLetter, FeedRequest, decode, encode
+from feedrank.schemas import DeadLetter, FeedRequest, Impression, ServedImpressions, decode, encode
 from serving import metrics
 from serving.feed_cache import open_feed_cache
 from serving.reload import ModelWatcher
@@ -70,6 +69,7 @@ COMMIT_INTERVAL_S = 0.2
 ACK_TIMEOUT_S = 30.0
 LAG_REFRESH_S = 1.0
 OVERSIZED_PREFIX_BYTES = 4096
+RECORD_OVERHEAD_BYTES = 1024  # key, headers and batch framing around a record's value
 
 
 @dataclass
@@ -149,6 +149,21 @@ class _RebalanceListener(ConsumerRebalanceListener):
         # Evicted: the partitions already belong to someone else; committing would fail.
         log.warning("partitions lost %s", sorted(lost))
         self.loop.forget(lost)
+
+
+def impression_messages(impressions: list[Impression], max_bytes: int) -> list[bytes]:
+    """A served feed's impressions as :class:`ServedImpressions` values of at most ``max_bytes``.
+
+    One message per feed; a feed too large for the topic's message limit (long, with feature
+    vectors) is halved until each part fits.
+    """
+    value = encode(ServedImpressions(impressions=impressions))
+    if len(value) <= max_bytes or len(impressions) == 1:
+        return [value]
+    half = len(impressions) // 2
+    return impression_messages(impressions[:half], max_bytes) + impression_messages(
+        impressions[half:], max_bytes
+    )
 
 
 class _ServingLoop:
@@ -248,12 +263,10 @@ class _ServingLoop:
         key = str(event.user_id).encode()
         futures = [self.producer.send(FEEDS_TOPIC, key=key, value=answer.payload)]
         if answer.impressions:
-            partition = self._partition_of(IMPRESSIONS_TOPIC, key)
+            limit = self.settings.kafka.topics[IMPRESSIONS_TOPIC].max_message_bytes
             futures += [
-                self.producer.send(
-                    IMPRESSIONS_TOPIC, key=key, value=encode(imp), partition=partition
-                )
-                for imp in answer.impressions
+                self.producer.send(IMPRESSIONS_TOPIC, key=key, value=value)
+                for value in impression_messages(answer.impressions, limit - RECORD_OVERHEAD_BYTES)
             ]
         if answer.replayed:
             self.stats.replayed += 1
@@ -262,15 +275,6 @@ class _ServingLoop:
         self.stats.degraded += int(answer.feed.degraded)
         self.stats.missed += int(answer.missed)
         return futures, (answer.feed, answer.payload)
-
-    def _partition_of(self, topic: str, key: bytes) -> int:
-        """The partition the default partitioner gives ``key`` (murmur2, as the Java client).
-
-        Computed once per feed for its ~50 impressions: kafka-python hashes in pure Python,
-        and per-message hashing was a measurable share of the serving loop.
-        """
-        partitions = sorted(self.producer.partitions_for(topic))
-        return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
 
     # ------------------------------------------------------------------ one batch
 

@@ -9,9 +9,9 @@ from collections import Counter
 import pyarrow.dataset as pads
 import pytest
 
-from feedrank.schemas import Follow, encode
+from feedrank.schemas import Follow, Impression, ServedImpressions, encode
 from jobs import lake
-from jobs.land import QUARANTINE, land
+from jobs.land import QUARANTINE, decode_records, land, write_batch
 
 # Spark on a shared 2-core machine: streaming start-up needs headroom.
 pytestmark = pytest.mark.timeout(900)
@@ -91,3 +91,41 @@ def test_landing_restarts_without_duplicates_or_gaps(spark, kafka, tmp_path, mon
     # Nothing new: a further run lands nothing twice.
     land(spark, cfg, ["follows"], checkpoint)
     assert _landed(cfg.paths.lake, everyone) == Counter({f: 1 for f in everyone})
+
+
+@pytest.mark.integration
+def test_a_served_feed_lands_as_one_row_per_impression(spark, settings, tmp_path):
+    """Serving logs a feed's impressions as one message; the lake gets one row for each."""
+    from pipeline_helpers import read_rows, settings_at
+
+    cfg = settings_at(settings, tmp_path)
+    at = dt.datetime(2026, 11, 2, 12, tzinfo=dt.UTC)
+    served = [
+        Impression(
+            request_id="req-1",
+            user_id=3,
+            tweet_id=100 + i,
+            author_id=9,
+            position=i,
+            served_at=at,
+            model_version="v1",
+            score=1.0 - i / 10,
+            features=[0.5, None, float(i)],
+        )
+        for i in range(3)
+    ]
+    empty = b'{"schema_version": 1, "impressions": []}'
+    records = spark.createDataFrame(
+        [
+            ("impressions", 0, 10, bytearray(encode(ServedImpressions(impressions=served)))),
+            ("impressions", 0, 11, bytearray(empty)),
+        ],
+        "topic string, partition int, offset long, value binary",
+    )
+    write_batch(decode_records(records), 0, cfg, ["impressions"], at.date())
+
+    rows = sorted(read_rows(cfg.paths.lake / "impressions"), key=lambda r: r["position"])
+    assert [r.pop(lake.DATE_COLUMN) for r in rows] == ["2026-11-02"] * 3
+    assert [Impression.model_validate(r) for r in rows] == served
+    (bad,) = read_rows(cfg.paths.lake / QUARANTINE / "impressions")
+    assert bad["offset"] == 11 and bad["reason"].startswith("impressions:")

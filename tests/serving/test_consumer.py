@@ -109,11 +109,13 @@ def test_end_to_end_order_equals_offline_scoring(group_settings, producer, hydra
         feeds = feeds_by_id(
             feeds_reader.read(len(ids), 60, accept=lambda v: json.loads(v)["request_id"] in ids)
         )
+        # One impressions message per served feed, each holding the feed's rows.
         imps = [
-            json.loads(v)
+            imp
             for v in imps_reader.read(
-                20 * len(ids), 60, accept=lambda v: json.loads(v)["request_id"] in ids
+                len(ids), 60, accept=lambda v: json.loads(v)["impressions"][0]["request_id"] in ids
             )
+            for imp in json.loads(v)["impressions"]
         ]
     finally:
         stats = server.stop()

@@ -12,7 +12,8 @@ from serving_helpers import TableHydrator, make_request, with_serving
 from feedrank import ranking
 from feedrank.config import Settings
 from feedrank.registry import load_model
-from feedrank.schemas import Impression, RankedFeed, decode, encode
+from feedrank.schemas import Impression, RankedFeed, ServedImpressions, decode, encode
+from serving.consumer import impression_messages
 from serving.feed_cache import SqliteFeedCache
 from serving.scorer import (
     CONTROL_ARM,
@@ -62,8 +63,9 @@ def test_order_equals_offline_scoring_and_impressions_carry_features(scorer_part
     row = X[tweets.index(first.tweet_id)]
     assert first.features is not None and first.features[1] is None  # NaN -> null
     assert np.allclose([v for v in first.features if v is not None], row[~np.isnan(row)])
-    # The logged vector survives the wire (NaN as null) and validates at the boundary.
-    assert decode("impressions", encode(first)) == first
+    # The logged vectors survive the wire (NaN as null) and validate at the boundary.
+    logged = ServedImpressions(impressions=answer.impressions)
+    assert decode("impressions", encode(logged)).lake_rows() == answer.impressions
 
 
 def test_light_ranker_prunes_to_the_heavy_cap(scorer_parts) -> None:
@@ -243,7 +245,29 @@ def test_impression_with_missing_features_round_trips() -> None:
         model_version="v",
         features=[1.5, None, 2.0],
     )
-    assert decode("impressions", encode(imp)) == imp
+    assert decode("impressions", encode(ServedImpressions(impressions=[imp]))).lake_rows() == [imp]
+
+
+def test_a_feed_too_large_for_one_message_is_split_without_losing_an_impression() -> None:
+    at = dt.datetime.now(dt.UTC)
+    served = [
+        Impression(
+            request_id="r",
+            user_id=1,
+            tweet_id=100 + i,
+            author_id=3,
+            position=i,
+            served_at=at,
+            model_version="v",
+            features=[0.25] * 40,
+        )
+        for i in range(50)
+    ]
+    (whole,) = impression_messages(served, 1_000_000)
+    parts = impression_messages(served, len(whole) // 3)
+    assert len(parts) > 3 and all(len(part) <= len(whole) // 3 for part in parts)
+    rows = [row for part in parts for row in decode("impressions", part).lake_rows()]
+    assert rows == served
 
 
 def test_failing_heavy_model_falls_back_to_the_light_ranker(scorer_parts) -> None:
