@@ -22,6 +22,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 PROFILES = ("local", "redis", "cluster")
 HEADS: tuple[str, ...] = ("like", "reply", "retweet", "click", "negative")
+# Timeout of every consumer-group poll (serving, streaming features). A poll returns as soon
+# as records arrive; the timeout only bounds an idle wait. Not short: kafka-python 3.0.12
+# throws away a group join that completes while no poll is waiting for it and joins again,
+# and with 5 ms polls that left serving members that never got their partitions back.
+GROUP_POLL_TIMEOUT_MS = 500
 
 
 class Section(BaseModel):
@@ -81,6 +86,9 @@ class TopicConfig(Section):
 def _default_topics() -> dict[str, TopicConfig]:
     names = ("tweets", "follows", "feed_requests", "impressions", "engagements", "ranked_feeds")
     topics = {name: TopicConfig() for name in names}
+    # The serving group's unit of scale-out: 6 splits evenly over 1, 2, 3 or 6 `feedrank serve`
+    # processes (with 3, two processes got 2 and 1 partitions: twice the load on one).
+    topics["feed_requests"] = TopicConfig(partitions=6)
     for name in names:
         topics[f"{name}.dlq"] = TopicConfig(partitions=1)
     return topics

@@ -41,7 +41,7 @@ from typing import Any
 import pandas as pd
 
 from feedrank import feature_spec as spec
-from feedrank.config import Settings, get_settings
+from feedrank.config import GROUP_POLL_TIMEOUT_MS, Settings, get_settings
 from feedrank.errors import FeedrankError
 from feedrank.schemas import DeadLetter, Engagement, decode
 
@@ -209,7 +209,7 @@ def run_stream_features(
     *,
     max_messages: int | None = None,
     idle_timeout_s: float | None = None,
-    poll_timeout_ms: int = 100,
+    poll_timeout_ms: int = GROUP_POLL_TIMEOUT_MS,
     progress: bool = False,
     store: Any = None,
     group_id: str = GROUP_ID,
@@ -223,7 +223,7 @@ def run_stream_features(
         settings: Kafka address and Feast profile (default: process settings).
         max_messages: stop after consuming this many new (not replayed) messages.
         idle_timeout_s: stop after this long without a message (None: never).
-        poll_timeout_ms: longest wait of one poll; bounds the push delay.
+        poll_timeout_ms: longest wait of a poll that finds nothing (so of a stop request).
         progress: show a live counter on stderr.
         store: an existing FeatureStore (default: built from ``settings``).
         group_id: consumer group holding the committed offsets (the restart point).

@@ -42,7 +42,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from feedrank.config import Settings
+from feedrank.config import GROUP_POLL_TIMEOUT_MS, Settings
 from feedrank.errors import FeedrankError
 from feedrank.logs import setup_logging
 from feedrank.schemas import DeadLetter, FeedRequest, Impression, ServedImpressions, decode, encode
@@ -60,11 +60,6 @@ DLQ_TOPIC = "feed_requests.dlq"
 MAX_POLL_RECORDS = 32  # small batches: a request never waits long behind its batch-mates
 # Answered but not yet acknowledged and committed: the window a crash redelivers.
 MAX_UNSETTLED_RECORDS = 2 * MAX_POLL_RECORDS
-# poll returns as soon as records arrive; the timeout only bounds an idle wait (and so how
-# late an idle member settles its last outputs). Not short: kafka-python 3.0.12 throws away
-# a group join that completes while no poll is waiting for it and joins again, and with
-# 5 ms polls that left members that never got their partitions back in our tests.
-POLL_TIMEOUT_MS = 500
 COMMIT_INTERVAL_S = 0.2
 ACK_TIMEOUT_S = 30.0
 LAG_REFRESH_S = 1.0
@@ -203,10 +198,9 @@ class _ServingLoop:
             bootstrap_servers=bootstrap,
             client_id=f"{client_id}-out",
             acks="all",
-            # Outputs are flushed at the end of every poll batch, so linger only bounds the
-            # wait of a half-full batch; large batches keep the ~50 impressions of a feed in
-            # one produce request instead of waking the sender thread for every few of them.
-            linger_ms=5,
+            # A feed's two outputs (the feed, its impressions message) go out at once: waiting
+            # for more records would only delay the answer.
+            linger_ms=0,
             batch_size=512 * 1024,
             max_request_size=settings.kafka.topics[IMPRESSIONS_TOPIC].max_message_bytes,
             metrics_enabled=False,
@@ -230,12 +224,15 @@ class _ServingLoop:
         self.stats.dead_lettered += 1
         return self.producer.send(DLQ_TOPIC, value=letter.model_dump_json().encode())
 
-    def handle(self, value: bytes | None, where: str = "") -> tuple[list[Any], Any]:
+    def handle(
+        self, value: bytes | None, where: str = "", waiting: int = 0
+    ) -> tuple[list[Any], Any]:
         """Answer one message; returns its producer futures and the feed to cache (or None).
 
         Args:
             value: The message value.
             where: ``topic/partition@offset`` of the message, for dead-letter reasons.
+            waiting: Messages of the same poll still to be answered after this one.
         """
         max_bytes = self.settings.serving.max_request_bytes
         if value is not None and len(value) > max_bytes:
@@ -255,7 +252,7 @@ class _ServingLoop:
             return [self.producer.send(DLQ_TOPIC, value=event.model_dump_json().encode())], None
         assert isinstance(event, FeedRequest)
         try:
-            answer = self.scorer.score(event)
+            answer = self.scorer.score(event, waiting=waiting)
         except Exception as exc:  # a request we cannot score must not stop the others
             log.exception("scoring failed for %s", event.request_id)
             reason = f"scoring failed: {type(exc).__name__}: {exc}".splitlines()[0][:500]
@@ -292,15 +289,16 @@ class _ServingLoop:
             self._settle(wait=True)
             if not self._commit_failed:
                 self._commit(force=True)
-        batch = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=max_records)
+        batch = self.consumer.poll(timeout_ms=GROUP_POLL_TIMEOUT_MS, max_records=max_records)
         n = 0
         if batch:
             answered = _InFlight()
+            polled = sum(len(records) for records in batch.values())
             for tp, records in batch.items():
                 for record in records:
                     self.watcher.maybe_swap()
                     where = f"{tp.topic}/{tp.partition}@{record.offset}"
-                    record_futures, cached = self.handle(record.value, where)
+                    record_futures, cached = self.handle(record.value, where, polled - n - 1)
                     answered.futures += record_futures
                     if cached is not None:
                         answered.to_cache.append(cached)
@@ -496,6 +494,7 @@ def run_serving(
         loop.close()
         if own_scorer:
             scorer.close()
+            scorer.hydrator.close()  # the Redis mirror's thread
             if scorer.feed_cache is not None:
                 scorer.feed_cache.close()
     log.info("serving stopped: %s", loop.stats.as_dict())

@@ -127,6 +127,7 @@ class PolicyContext:
     model: LoadedModel
     budget: Budget
     timings_ms: dict[str, float]
+    waiting: int = 0  # requests already polled by this process and queued behind this one
 
 
 @dataclass
@@ -325,17 +326,19 @@ class Scorer:
     def _rows_within_aim(self, ctx: PolicyContext, rows: int) -> int:
         """How many candidates the heavy ranker can score and still answer by the aim.
 
-        ``requested_at + serving.aim_ms`` minus the finishing reserve is the time the heavy
-        ranker may take; at the learned cost per row that fits so many rows (never fewer
-        than ``ranking.heavy_ranker_floor``). Without a backlog everything fits and this
-        changes nothing; with one, requests get cheaper until it drains, instead of each
-        waiting behind full-cost ones until the deadline forces a light-only answer.
+        The time until ``requested_at + serving.aim_ms`` is shared with the requests queued
+        behind this one (``ctx.waiting``, polled with it, so their aims are about as near):
+        this request's share minus the finishing reserve is the time
+        the heavy ranker may take, and at the learned cost per row that fits so many rows
+        (never fewer than ``ranking.heavy_ranker_floor``). Without a backlog everything fits
+        and this changes nothing; with one, requests get cheaper until it drains, instead of
+        each waiting behind full-cost ones until the deadline forces a light-only answer.
         """
         if self._heavy_ms_per_row is None or self._heavy_ms_per_row <= 0:
             return rows
         floor = self.settings.ranking.heavy_ranker_floor
         aim_s = ctx.request.requested_at.timestamp() + self.settings.serving.aim_ms / 1000.0
-        left_ms = (aim_s - time.time()) * 1000.0 - self._finish_ms
+        left_ms = (aim_s - time.time()) * 1000.0 / (1 + ctx.waiting) - self._finish_ms
         if self._estimate_heavy_ms(rows) <= left_ms or rows <= floor:
             return rows
         fit = int((left_ms - self._heavy_fixed_ms) / self._heavy_ms_per_row)
@@ -344,8 +347,13 @@ class Scorer:
 
     # ------------------------------------------------------------------ request
 
-    def score(self, request: FeedRequest) -> ScoredRequest:
+    def score(self, request: FeedRequest, waiting: int = 0) -> ScoredRequest:
         """Answer one validated feed request.
+
+        Args:
+            request: The request.
+            waiting: Requests this process has already polled that queue behind this one
+                (they share the time until the latency aim; see ``_rows_within_aim``).
 
         Raises:
             Exception: whatever hydration or a model raises; the consumer turns it into a
@@ -401,6 +409,7 @@ class Scorer:
             model=model,
             budget=budget,
             timings_ms=timings,
+            waiting=waiting,
         )
         if not tweet_ids:
             result = PolicyResult(np.empty(0, dtype=np.int64), np.empty(0), model.version)

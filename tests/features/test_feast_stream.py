@@ -107,7 +107,6 @@ class _StreamJob:
                     store=feature_store(settings),
                     group_id=group_id,
                     new_group_from_latest=True,
-                    poll_timeout_ms=50,
                     stop=self.stop,
                 )
             except BaseException as exc:  # re-raised by wait_for / finish in the test thread

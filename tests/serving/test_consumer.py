@@ -392,8 +392,8 @@ def test_unacknowledged_output_redoes_every_unsettled_batch(
     handle = _ServingLoop.handle
     failed_once: list[str] = []
 
-    def handle_failing_once(self, value, where=""):
-        futures, cached = handle(self, value, where)
+    def handle_failing_once(self, value, where="", waiting=0):
+        futures, cached = handle(self, value, where, waiting)
         if value is not None and unlucky.encode() in value and not failed_once:
             failed_once.append(where)
             futures = [*futures, _FailedSend()]

@@ -113,6 +113,23 @@ def test_backlogged_request_is_heavy_scored_on_fewer_candidates(scorer_parts) ->
     assert pruned_after == pruned_before + 1
 
 
+def test_requests_queued_behind_share_the_time_to_the_aim(scorer_parts) -> None:
+    settings, model, cache = scorer_parts
+    settings = with_serving(settings, aim_ms=50)
+    settings = settings.model_copy(
+        update={"ranking": settings.ranking.model_copy(update={"heavy_ranker_floor": 10})}
+    )
+    scorer = Scorer(settings, ModelSlot(model), TableHydrator(), cache)
+    tweets = list(range(5000, 5040))  # fewer than top_k: every scored one is served
+    scorer.score(make_request(5, tweets))  # teaches the scorer the cost per row
+    alone = scorer.score(make_request(6, tweets))
+    assert len(alone.feed.items) == len(tweets)  # on time and nothing queued: all scored
+    # Just as fresh, but 500 requests were polled with it: its share of the 50 ms is tiny.
+    crowded = scorer.score(make_request(7, tweets), waiting=500)
+    assert not crowded.feed.degraded and crowded.feed.model_version == model.version
+    assert len(crowded.feed.items) == 10
+
+
 def test_slow_heavy_ranker_degrades_to_light_within_deadline(scorer_parts) -> None:
     settings, model, cache = scorer_parts
     hydrator = TableHydrator()
