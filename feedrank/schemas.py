@@ -88,7 +88,8 @@ class FeedRequest(Event):
 
 
 class Impression(Event):
-    """A tweet shown at a position of a served feed (topic ``impressions``, keyed by user).
+    """A tweet shown at a position of a served feed (a row of the ``impressions`` table; on
+    Kafka, a feed's impressions travel together as one :class:`ServedImpressions`).
 
     ``features`` is the exact feature vector the scorer used (ordered as the model's
     contract), present for sampled impressions of a model-ranked feed only. A missing value
