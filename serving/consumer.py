@@ -194,6 +194,7 @@ class _ServingLoop:
             # Prometheus metrics) and cost Python time on every request and response.
             metrics_enabled=False,
         )
+        self._impressions_max_bytes = settings.kafka.topics[IMPRESSIONS_TOPIC].max_message_bytes
         self.producer = KafkaProducer(
             bootstrap_servers=bootstrap,
             client_id=f"{client_id}-out",
@@ -202,7 +203,7 @@ class _ServingLoop:
             # for more records would only delay the answer.
             linger_ms=0,
             batch_size=512 * 1024,
-            max_request_size=settings.kafka.topics[IMPRESSIONS_TOPIC].max_message_bytes,
+            max_request_size=self._impressions_max_bytes,
             metrics_enabled=False,
         )
         # Know the topic's partitions before joining: a member that joins first gets an empty
@@ -260,10 +261,10 @@ class _ServingLoop:
         key = str(event.user_id).encode()
         futures = [self.producer.send(FEEDS_TOPIC, key=key, value=answer.payload)]
         if answer.impressions:
-            limit = self.settings.kafka.topics[IMPRESSIONS_TOPIC].max_message_bytes
+            limit = self._impressions_max_bytes - RECORD_OVERHEAD_BYTES
             futures += [
                 self.producer.send(IMPRESSIONS_TOPIC, key=key, value=value)
-                for value in impression_messages(answer.impressions, limit - RECORD_OVERHEAD_BYTES)
+                for value in impression_messages(answer.impressions, limit)
             ]
         if answer.replayed:
             self.stats.replayed += 1

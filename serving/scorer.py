@@ -76,6 +76,8 @@ class Hydrator(Protocol):
 
     def author_ids(self, tweet_ids: list[int]) -> np.ndarray: ...
 
+    def close(self) -> None: ...
+
 
 def load_serving_model(version: str, settings: Settings) -> LoadedModel:
     """:func:`feedrank.registry.load_model` with the serving thread count

@@ -173,3 +173,6 @@ class TableHydrator:
 
     def author_ids(self, tweet_ids: list[int]) -> np.ndarray:
         return np.asarray([tid % 4 for tid in tweet_ids], dtype=np.int64)
+
+    def close(self) -> None:
+        pass
