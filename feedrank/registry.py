@@ -4,7 +4,7 @@ Layout under ``settings.paths.models``::
 
     <version>/
         like.ubj reply.ubj retweet.ubj click.ubj negative.ubj   # XGBoost UBJ, one per head
-        light_ranker.json                                       # logistic regression, JSON
+        light_ranker.json                                       # linear model, JSON
         metadata.json                                           # contract, rates, checksums
     champion.json                                               # {"version": ..., ...}
 
@@ -90,13 +90,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+LIGHT_RANKER_KINDS = ("linear_regression", "logistic_regression")
+
+
 @dataclass(frozen=True)
 class LightRanker:
-    """The funnel's cheap first stage: logistic regression on a few features, as plain data.
+    """The funnel's cheap first stage: a linear model on a few features, as plain data.
 
-    ``score = sigmoid(intercept + Σ coef_i · (x_i − mean_i)/scale_i)`` with NaN inputs
-    replaced by ``fill_values`` (the training medians) before standardising, then
-    recalibrated for negative downsampling with ``keep_rate``.
+    ``z = intercept + Σ coef_i · (x_i − mean_i)/scale_i`` with NaN inputs replaced by
+    ``fill_values`` (the training medians) before standardising. ``kind`` says what ``z`` is:
+
+    * ``linear_regression`` (what ``feedrank train`` makes): ``z`` itself, an estimate of the
+      heavy ranker's weighted score (``target`` ``heavy_weighted_score``), so pruning keeps
+      what the heavy ranker would rank high and a degraded answer is on the same scale;
+    * ``logistic_regression`` (models trained before): ``sigmoid(z)`` recalibrated for
+      negative downsampling with ``keep_rate``, the probability of ``target``.
     """
 
     features: tuple[str, ...]
@@ -107,8 +115,11 @@ class LightRanker:
     fill_values: tuple[float, ...]
     keep_rate: float = 1.0
     target: str = "any_positive"
+    kind: str = "logistic_regression"
 
     def __post_init__(self) -> None:
+        if self.kind not in LIGHT_RANKER_KINDS:
+            raise ValueError(f"unknown light ranker kind {self.kind!r}")
         n = len(self.features)
         lengths = {len(self.coef), len(self.mean), len(self.scale), len(self.fill_values)}
         if lengths != {n}:
@@ -118,18 +129,20 @@ class LightRanker:
             raise ValueError(f"light ranker features {sorted(unknown)} missing from schema")
 
     def predict(self, X_light: np.ndarray) -> np.ndarray:
-        """Probability of the target for rows of ``X_light`` (columns = ``self.features``)."""
+        """Score of the rows of ``X_light`` (columns = ``self.features``; see ``kind``)."""
         X = np.array(X_light, dtype=np.float64, copy=True)
         nan = np.isnan(X)
         if nan.any():
             X[nan] = np.take(np.asarray(self.fill_values), np.nonzero(nan)[1])
         z = ((X - np.asarray(self.mean)) / np.asarray(self.scale)) @ np.asarray(self.coef)
+        if self.kind == "linear_regression":
+            return z + self.intercept
         p = 1.0 / (1.0 + np.exp(-(z + self.intercept)))
         return recalibrate(p, self.keep_rate)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "kind": "logistic_regression",
+            "kind": self.kind,
             "target": self.target,
             "features": list(self.features),
             "coef": list(self.coef),
@@ -142,7 +155,7 @@ class LightRanker:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LightRanker:
-        if data.get("kind") != "logistic_regression":
+        if data.get("kind") not in LIGHT_RANKER_KINDS:
             raise ValueError(f"unknown light ranker kind {data.get('kind')!r}")
         return cls(
             features=tuple(data["features"]),
@@ -153,6 +166,7 @@ class LightRanker:
             fill_values=tuple(float(v) for v in data["fill_values"]),
             keep_rate=float(data.get("keep_rate", 1.0)),
             target=str(data.get("target", "any_positive")),
+            kind=str(data["kind"]),
         )
 
 
@@ -223,7 +237,7 @@ class LoadedModel:
         return weighted_score(self.predict_heads(X), self.weights)
 
     def light_scores(self, X: np.ndarray) -> np.ndarray:
-        """Light-ranker probability for each row of the full ``model_features()`` matrix."""
+        """Light-ranker score for each row of the full ``model_features()`` matrix."""
         X = self._check(X)
         return self.light.predict(X[:, self._light_idx])
 

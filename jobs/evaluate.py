@@ -18,7 +18,7 @@ Rankers compared by per-request NDCG@10 of the weighted-engagement order (gain
 
 * ``chronological`` — the old feed: logged ``position`` ascending.
 * ``popularity`` — the tweet's positive engagements so far (daily totals + last hour).
-* ``light`` — the logistic-regression light ranker.
+* ``light`` — the light ranker (a linear estimate of the model's weighted score).
 * ``model`` — the weighted score of the recalibrated XGBoost heads.
 * ``model_diversity`` — the same after the author-diversity discount (what serving shows).
 * ``oracle`` — the weighted score of the simulator's true probabilities.

@@ -74,7 +74,9 @@ def _train_bench_model(settings: Settings) -> str:
     import xgboost as xgb
 
     from feedrank.feature_spec import LIGHT_RANKER_FEATURES, model_features
-    from feedrank.registry import LightRanker, save_model, set_champion
+    from feedrank.ranking import weighted_score
+    from feedrank.registry import save_model, set_champion
+    from jobs.train import distill_light_ranker
 
     rng = np.random.default_rng(11)
     n, f = 20_000, len(model_features())
@@ -94,8 +96,12 @@ def _train_bench_model(settings: Settings) -> str:
             xgb.DMatrix(X, label=y),
             num_boost_round=BENCH_MODEL_TREES,
         )
-    m = len(LIGHT_RANKER_FEATURES)
-    light = LightRanker(LIGHT_RANKER_FEATURES, (0.5,) * m, -2.0, (0.0,) * m, (1.0,) * m, (0.0,) * m)
+    # The light ranker is distilled from these heads, as ``feedrank train`` does.
+    heavy = weighted_score(
+        {head: b.inplace_predict(X) for head, b in boosters.items()}, settings.ranking.weights
+    )
+    light_idx = [model_features().index(name) for name in LIGHT_RANKER_FEATURES]
+    light = distill_light_ranker(X[:, light_idx], heavy)
     version = f"bench-{uuid.uuid4().hex[:8]}"
     save_model(
         settings,

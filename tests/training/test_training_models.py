@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from synthetic_examples import write_training_run
 
-from feedrank import registry
+from feedrank import ranking, registry
 from feedrank.config import Settings
 from feedrank.errors import FeedrankError
 from feedrank.feature_spec import KEEP_PROB_COLUMN, model_features
@@ -144,3 +144,22 @@ def test_search_keeps_the_candidate_with_the_lowest_validation_logloss(
         assert result.params["max_depth"] == best["max_depth"]
         assert result.params["min_child_weight"] == best["min_child_weight"]
         assert result.validation_logloss == best["validation_logloss"]
+
+
+def test_light_ranker_pruning_keeps_what_the_heavy_ranker_ranks_high(model, validation) -> None:
+    # The funnel's contract: pruning a request's candidates to half by light score keeps most
+    # of the heavy ranker's top 5; random pruning keeps half of it on average (measured here:
+    # 0.72 with the distilled light ranker).
+    X = feature_matrix(validation)
+    heavy = ranking.weighted_score(model.predict_heads(X), model.weights)
+    light = model.light_scores(X)
+    kept_shares = []
+    for rows in validation.groupby("request_id").indices.values():
+        if len(rows) < 10:
+            continue
+        top = set(rows[np.argsort(-heavy[rows], kind="stable")[:5]])
+        kept = set(rows[np.argsort(-light[rows], kind="stable")[: len(rows) // 2]])
+        kept_shares.append(len(top & kept) / 5)
+    assert len(kept_shares) > 500
+    assert model.light.target == "heavy_weighted_score"
+    assert np.mean(kept_shares) > 0.65, np.mean(kept_shares)
