@@ -465,9 +465,7 @@ def train_heads_distributed(
 # --------------------------------------------------------------------------- light ranker
 
 
-def distill_light_ranker(
-    X_light: np.ndarray, heavy_scores: np.ndarray, sample_weight: np.ndarray | None = None
-) -> registry.LightRanker:
+def distill_light_ranker(X_light: np.ndarray, heavy_scores: np.ndarray) -> registry.LightRanker:
     """A linear light ranker fitted to the heavy ranker's weighted score of the same rows.
 
     The light ranker's job is to prune the candidates the heavy ranker would rank low, so it
@@ -484,7 +482,6 @@ def distill_light_ranker(
     Args:
         X_light: ``(n, len(LIGHT_RANKER_FEATURES))`` rows, NaN for missing.
         heavy_scores: The heavy ranker's weighted score of each row.
-        sample_weight: Row weights (undoing negative downsampling); ``None`` weighs all alike.
     """
     from sklearn.linear_model import Ridge
 
@@ -495,7 +492,7 @@ def distill_light_ranker(
     mean, scale = X.mean(axis=0), X.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
     model = Ridge(alpha=1.0)
-    model.fit((X - mean) / scale, heavy_scores, sample_weight=sample_weight)
+    model.fit((X - mean) / scale, heavy_scores)
     return registry.LightRanker(
         features=tuple(feature_spec.LIGHT_RANKER_FEATURES),
         coef=tuple(float(c) for c in model.coef_),
