@@ -22,6 +22,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 PROFILES = ("local", "redis", "cluster")
 HEADS: tuple[str, ...] = ("like", "reply", "retweet", "click", "negative")
+# The heads whose engagement is positive (every head but negative feedback).
+POSITIVE_HEADS: tuple[str, ...] = tuple(h for h in HEADS if h != "negative")
 # Timeout of every consumer-group poll (serving, streaming features). A poll returns as soon
 # as records arrive; the timeout only bounds an idle wait. Not short: kafka-python 3.0.12
 # throws away a group join that completes while no poll is waiting for it and joins again,

@@ -40,11 +40,11 @@ import numpy as np
 import pandas as pd
 
 from feedrank import feature_spec, registry
-from feedrank.config import HEADS, Settings
+from feedrank.config import HEADS, POSITIVE_HEADS, Settings
 from feedrank.errors import FeedrankError
 from feedrank.metrics import head_metrics
 from feedrank.ranking import author_diversity, engagement_relevance, grouped_ndcg, weighted_score
-from jobs.train import POSITIVE_HEADS, TrainingData, feature_matrix, load_training_data, resolve_run
+from jobs.train import TrainingData, feature_matrix, load_training_data, resolve_run
 
 log = logging.getLogger("feedrank.evaluate")
 

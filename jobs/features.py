@@ -38,13 +38,12 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from feedrank.config import HEADS, Settings
+from feedrank.config import HEADS, POSITIVE_HEADS, Settings
 from feedrank.feature_spec import ENTITIES, TARGET_ENCODING_SMOOTHING, VIEWS, View
 from jobs import lake
 
 log = logging.getLogger("feedrank.features")
 
-POSITIVE_HEADS: tuple[str, ...] = tuple(h for h in HEADS if h != "negative")
 STREAM_STEP_S = 300
 # How far back each job reads the lake: the longest window (28 d) plus the stream lookback.
 LOOKBACK_DAYS = 28

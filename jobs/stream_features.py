@@ -41,7 +41,7 @@ from typing import Any
 import pandas as pd
 
 from feedrank import feature_spec as spec
-from feedrank.config import GROUP_POLL_TIMEOUT_MS, Settings, get_settings
+from feedrank.config import GROUP_POLL_TIMEOUT_MS, POSITIVE_HEADS, Settings, get_settings
 from feedrank.errors import FeedrankError
 from feedrank.schemas import DeadLetter, Engagement, decode
 
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 TOPIC = "engagements"
 DLQ_TOPIC = f"{TOPIC}.dlq"
 GROUP_ID = "feedrank-stream-features"
-POSITIVE_HEADS = frozenset({"like", "reply", "retweet", "click"})
 TWEET_WINDOWS_S = {"tweet_engagements_30m": 1800.0, "tweet_engagements_1h": 3600.0}
 USER_WINDOWS_S = {"user_engagements_1h": 3600.0}
 _LONGEST_S = max(*TWEET_WINDOWS_S.values(), *USER_WINDOWS_S.values())

@@ -49,8 +49,6 @@ log = logging.getLogger("feedrank.train")
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "validation")
-# Heads whose engagement is positive.
-POSITIVE_HEADS: tuple[str, ...] = ("like", "reply", "retweet", "click")
 LIGHT_TARGET = "heavy_weighted_score"
 SEED = 7
 

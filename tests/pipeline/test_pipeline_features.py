@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 from pipeline_helpers import END, FEATURE_START, read_rows
 
-from feedrank.config import HEADS
+from feedrank.config import HEADS, POSITIVE_HEADS
 from feedrank.feature_spec import TARGET_ENCODING_SMOOTHING, VIEWS
 from jobs import lake
-from jobs.features import POSITIVE_HEADS, STREAM_STEP_S
+from jobs.features import STREAM_STEP_S
 
 # Spark on a shared 2-core machine: the session-wide pipeline build needs headroom.
 pytestmark = pytest.mark.timeout(900)
