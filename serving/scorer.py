@@ -61,6 +61,10 @@ CONTROL_ARM = "control"
 # Least time kept back for ranking, building and handing the answer to the producer once
 # the heavy ranker is done or abandoned; raised to twice the measured cost when that is more.
 PUBLISH_RESERVE_MS = 25.0
+# Fewest rows a heavy call must have to teach the cost per row. Below that the per-call
+# overhead and noise dominate: in `make demo` a one-candidate probe taught 5.4 ms per row,
+# ~500 times the true cost, and the next 26 full requests skipped the heavy ranker.
+MIN_ROWS_TO_LEARN = 32
 # model_version of feeds answered without any model (already past the deadline on arrival).
 FALLBACK_VERSION = "fallback"
 _FEATURE_INDEX = {name: i for i, name in enumerate(model_features())}
@@ -248,6 +252,8 @@ class Scorer:
         return self._heavy_fixed_ms + self._heavy_ms_per_row * rows
 
     def _learn_heavy_ms(self, rows: int, elapsed_ms: float) -> None:
+        if rows < MIN_ROWS_TO_LEARN:
+            return
         per_row = max(elapsed_ms - self._heavy_fixed_ms, 0.0) / max(rows, 1)
         prev = self._heavy_ms_per_row
         self._heavy_ms_per_row = per_row if prev is None else 0.8 * prev + 0.2 * per_row

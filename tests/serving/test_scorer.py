@@ -298,3 +298,19 @@ def test_failing_heavy_model_falls_back_to_the_light_ranker(scorer_parts) -> Non
     answer = scorer.score(make_request(61, range(600, 630)))
     assert answer.feed.degraded and not answer.missed
     assert len(answer.feed.items) == 30
+
+
+def test_a_tiny_request_does_not_teach_a_cost_that_skips_the_heavy_ranker(scorer_parts) -> None:
+    # Every heavy call takes 30 ms more. Learned from a one-candidate request, that would be
+    # 29 ms per row: 200 candidates would look like 6 s and the next request would be
+    # answered by the light ranker alone.
+    settings, model, cache = scorer_parts
+    scorer = Scorer(
+        settings, ModelSlot(model), TableHydrator(), cache, stage_delays_ms={"heavy": 30}
+    )
+    probe = scorer.score(make_request(5, [6000]))
+    assert not probe.feed.degraded and "heavy" in probe.feed.timings_ms
+    full = scorer.score(make_request(6, list(range(6100, 6300))))
+    assert not full.feed.degraded and "heavy" in full.feed.timings_ms
+    assert full.feed.model_version == model.version
+    scorer.close()
