@@ -254,7 +254,7 @@ class Scorer:
     def _learn_heavy_ms(self, rows: int, elapsed_ms: float) -> None:
         if rows < MIN_ROWS_TO_LEARN:
             return
-        per_row = max(elapsed_ms - self._heavy_fixed_ms, 0.0) / max(rows, 1)
+        per_row = max(elapsed_ms - self._heavy_fixed_ms, 0.0) / rows
         prev = self._heavy_ms_per_row
         self._heavy_ms_per_row = per_row if prev is None else 0.8 * prev + 0.2 * per_row
 
