@@ -90,6 +90,18 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def head_probabilities(
+    boosters: Mapping[str, Any], X: np.ndarray, keep_rates: Mapping[str, float] | None = None
+) -> dict[str, np.ndarray]:
+    """Every head's probability for the rows of ``X``, recalibrated with ``keep_rates``
+    (``None``: the raw booster output); ``{head: float64 array (n,)}``."""
+    out: dict[str, np.ndarray] = {}
+    for head, booster in boosters.items():
+        p = np.asarray(booster.inplace_predict(X), dtype=np.float64)
+        out[head] = p if keep_rates is None else recalibrate(p, keep_rates[head])
+    return out
+
+
 LIGHT_RANKER_KINDS = ("linear_regression", "logistic_regression")
 
 
@@ -225,12 +237,9 @@ class LoadedModel:
         Returns:
             ``{head: float64 array (n,)}`` for every head.
         """
-        X = self._check(X)
-        out: dict[str, np.ndarray] = {}
-        for head, booster in self.boosters.items():
-            p = np.asarray(booster.inplace_predict(X), dtype=np.float64)
-            out[head] = recalibrate(p, self.keep_rates[head]) if calibrated else p
-        return out
+        return head_probabilities(
+            self.boosters, self._check(X), self.keep_rates if calibrated else None
+        )
 
     def weighted_scores(self, X: np.ndarray) -> np.ndarray:
         """The ranking score :func:`feedrank.ranking.weighted_score` with this model's weights."""

@@ -463,7 +463,7 @@ def train_heads_distributed(
 # --------------------------------------------------------------------------- light ranker
 
 
-def distill_light_ranker(X_light: np.ndarray, heavy_scores: np.ndarray) -> registry.LightRanker:
+def distill_light_ranker(X: np.ndarray, heavy_scores: np.ndarray) -> registry.LightRanker:
     """A linear light ranker fitted to the heavy ranker's weighted score of the same rows.
 
     The light ranker's job is to prune the candidates the heavy ranker would rank low, so it
@@ -479,13 +479,16 @@ def distill_light_ranker(X_light: np.ndarray, heavy_scores: np.ndarray) -> regis
     identically. Inputs are standardised so the stored coefficients are comparable.
 
     Args:
-        X_light: ``(n, len(LIGHT_RANKER_FEATURES))`` rows, NaN for missing.
+        X: ``(n, len(model_features()))`` rows in that order, NaN for missing; the light
+            ranker reads its ``LIGHT_RANKER_FEATURES`` columns.
         heavy_scores: The heavy ranker's weighted score of each row.
     """
     from sklearn.linear_model import Ridge
 
-    X = np.asarray(X_light, dtype=np.float64)
-    fill = np.nanmedian(X, axis=0) if len(X) else np.zeros(X.shape[1])
+    names = feature_spec.LIGHT_RANKER_FEATURES
+    columns = [feature_spec.model_features().index(name) for name in names]
+    X = np.asarray(X[:, columns], dtype=np.float64)
+    fill = np.nanmedian(X, axis=0)
     fill = np.where(np.isnan(fill), 0.0, fill)
     X = np.where(np.isnan(X), fill, X)
     mean, scale = X.mean(axis=0), X.std(axis=0)
@@ -493,7 +496,7 @@ def distill_light_ranker(X_light: np.ndarray, heavy_scores: np.ndarray) -> regis
     model = Ridge(alpha=1.0)
     model.fit((X - mean) / scale, heavy_scores)
     return registry.LightRanker(
-        features=tuple(feature_spec.LIGHT_RANKER_FEATURES),
+        features=tuple(names),
         coef=tuple(float(c) for c in model.coef_),
         intercept=float(model.intercept_),
         mean=tuple(float(v) for v in mean),
@@ -517,15 +520,8 @@ def train_light_ranker(
     from feedrank.ranking import weighted_score
 
     X = feature_matrix(data.train)
-    rates = data.recalibration_rates()
-    probs = {
-        head: registry.recalibrate(np.asarray(b.inplace_predict(X), np.float64), rates[head])
-        for head, b in boosters.items()
-    }
-    heavy = weighted_score(probs, settings.ranking.weights)
-    return distill_light_ranker(
-        data.train[list(feature_spec.LIGHT_RANKER_FEATURES)].to_numpy(dtype=np.float64), heavy
-    )
+    probs = registry.head_probabilities(boosters, X, data.recalibration_rates())
+    return distill_light_ranker(X, weighted_score(probs, settings.ranking.weights))
 
 
 # --------------------------------------------------------------------------- entry point

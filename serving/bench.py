@@ -73,9 +73,9 @@ def _train_bench_model(settings: Settings) -> str:
     """A model of trained-champion size on synthetic rows (5 heads × 100 trees, depth 6)."""
     import xgboost as xgb
 
-    from feedrank.feature_spec import LIGHT_RANKER_FEATURES, model_features
+    from feedrank.feature_spec import model_features
     from feedrank.ranking import weighted_score
-    from feedrank.registry import save_model, set_champion
+    from feedrank.registry import head_probabilities, save_model, set_champion
     from jobs.train import distill_light_ranker
 
     rng = np.random.default_rng(11)
@@ -96,12 +96,10 @@ def _train_bench_model(settings: Settings) -> str:
             xgb.DMatrix(X, label=y),
             num_boost_round=BENCH_MODEL_TREES,
         )
-    # The light ranker is distilled from these heads, as ``feedrank train`` does.
-    heavy = weighted_score(
-        {head: b.inplace_predict(X) for head, b in boosters.items()}, settings.ranking.weights
-    )
-    light_idx = [model_features().index(name) for name in LIGHT_RANKER_FEATURES]
-    light = distill_light_ranker(X[:, light_idx], heavy)
+    # The light ranker is distilled from these heads, as ``feedrank train`` does (keep rates
+    # 1.0: the raw probabilities are the calibrated ones).
+    heavy = weighted_score(head_probabilities(boosters, X), settings.ranking.weights)
+    light = distill_light_ranker(X, heavy)
     version = f"bench-{uuid.uuid4().hex[:8]}"
     save_model(
         settings,

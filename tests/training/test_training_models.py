@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from synthetic_examples import write_training_run
 
-from feedrank import ranking, registry
+from feedrank import registry
 from feedrank.config import Settings
 from feedrank.errors import FeedrankError
 from feedrank.feature_spec import KEEP_PROB_COLUMN, model_features
@@ -151,7 +151,7 @@ def test_light_ranker_pruning_keeps_what_the_heavy_ranker_ranks_high(model, vali
     # of the heavy ranker's top 5; random pruning keeps half of it on average (measured here:
     # 0.72 with the distilled light ranker).
     X = feature_matrix(validation)
-    heavy = ranking.weighted_score(model.predict_heads(X), model.weights)
+    heavy = model.weighted_scores(X)
     light = model.light_scores(X)
     kept_shares = []
     for rows in validation.groupby("request_id").indices.values():
