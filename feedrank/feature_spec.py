@@ -10,10 +10,13 @@ Grain and window are in every name (``user_like_rate_7d``). Daily views are snap
 snapshot of day D is computed from events strictly before D+1 00:00 UTC and carries
 ``event_timestamp`` = D+1 00:00 UTC, the moment it becomes knowable. Missing values (unknown
 entity, no snapshot within the TTL) are ``NaN`` for the model: XGBoost routes them natively,
-and offline and online paths agree on it. Stream counters have no zero state: an entity with
-no positive engagement in its view's longest window is missing (a tombstone row offline, a
-tombstone push online), so that a counter that went quiet longer than the TTL ago reads the
-same in training (row dropped by the TTL) as online (Feast's online read ignores the TTL).
+and offline and online paths agree on it. Views whose entities can leave them (``leaves``)
+have no zero state: a stream counter with no positive engagement in its longest window, a
+user×author or user×topic pair with no activity in 28 days, a tweet older than its 28-day
+window, is missing. The snapshot or step at which it leaves is a tombstone row (every
+feature null), materialized or pushed online like any other row, so that an entity that left
+longer than the TTL ago reads the same in training (row dropped by the TTL) as online
+(Feast's online read ignores the TTL, and would serve its last values forever).
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ class View:
     description: str
     features: tuple[Feature, ...]
     in_model: bool = True
+    # An entity leaves the view when its activity window empties (a quiet user×author pair,
+    # a tweet past its 28 days, a stream counter back to zero): the snapshot or step at which
+    # it leaves is a tombstone row, every feature null (see the module docstring).
+    leaves: bool = False
 
     @property
     def feature_names(self) -> list[str]:
@@ -186,6 +193,7 @@ VIEWS: dict[str, View] = {
             2,
             "Engagement a tweet has collected so far.",
             _tweet_stats_features,
+            leaves=True,
         ),
         View(
             "user_author_affinity_daily",
@@ -194,6 +202,7 @@ VIEWS: dict[str, View] = {
             2,
             "Twitter's real graph: a reader's history with an author.",
             _user_author_features,
+            leaves=True,
         ),
         View(
             "user_topic_affinity_daily",
@@ -202,6 +211,7 @@ VIEWS: dict[str, View] = {
             2,
             "A reader's history with a topic.",
             _user_topic_features,
+            leaves=True,
         ),
         View(
             "tweet_realtime",
@@ -210,6 +220,7 @@ VIEWS: dict[str, View] = {
             1,
             "Intraday tweet counters pushed from the engagements stream.",
             _tweet_realtime_features,
+            leaves=True,
         ),
         View(
             "user_realtime",
@@ -218,6 +229,7 @@ VIEWS: dict[str, View] = {
             1,
             "Intraday user counters pushed from the engagements stream.",
             _user_realtime_features,
+            leaves=True,
         ),
         # Not a model input: serving resolves each candidate's author (and so the author,
         # user×author rows) from it. Same rows and timestamps as tweet_attributes.

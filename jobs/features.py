@@ -6,7 +6,10 @@ shell that reads the lake for an explicit date interval and writes date partitio
 Time semantics (the point-in-time contract Feast relies on):
 
 - daily views: the snapshot of day D counts events strictly before D+1 00:00 UTC and carries
-  ``event_timestamp`` = D+1 00:00 UTC (partition ``date=D``);
+  ``event_timestamp`` = D+1 00:00 UTC (partition ``date=D``). In a view entities can leave
+  (``View.leaves``: a user×author or user×topic pair with no activity in 28 days, a tweet
+  past its 28 days), the first snapshot at which an entity is no longer in the view is a
+  tombstone row (all features null), for the reason given for stream views below;
 - ``tweet_attributes``: one row per tweet, ``event_timestamp`` = the tweet's ``created_at``;
 - stream views: a row at every :data:`STREAM_STEP_S` step T while a counter is non-zero; the
   value at T counts positive engagements in [T - window, T), i.e. strictly before T, and
@@ -48,6 +51,7 @@ STREAM_STEP_S = 300
 # How far back each job reads the lake: the longest window (28 d) plus the stream lookback.
 LOOKBACK_DAYS = 28
 SPARK_TYPES = {"int64": "bigint", "float64": "double"}
+_TOMBSTONE = "_tombstone"  # daily rows whose features :func:`_finish_daily` nulls
 
 
 def _snapshots(spark: SparkSession, days: list[dt.date]) -> DataFrame:
@@ -104,20 +108,56 @@ def _target_encoding(pos: str, n: str, prior: str) -> Column:
     return ((F.col(pos) + F.lit(m) * F.col(prior)) / (F.col(n) + F.lit(m))).cast("double")
 
 
-def _finish(df: DataFrame, view: View, event_ts: Column) -> DataFrame:
-    """Exactly the contract's columns, types and order, plus the ``date`` partition column."""
+def _finish(
+    df: DataFrame, view: View, event_ts: Column, tombstone: Column | None = None
+) -> DataFrame:
+    """Exactly the contract's columns, types and order, plus the ``date`` partition column;
+    every feature null on the rows where ``tombstone`` holds."""
+
+    def value(name: str) -> Column:
+        return F.col(name) if tombstone is None else F.when(~tombstone, F.col(name))
+
     keys = list(ENTITIES[view.entity].join_keys)
     return df.select(
         *[F.col(k).cast("bigint").alias(k) for k in keys],
         event_ts.alias("event_timestamp"),
         event_ts.alias("created_timestamp"),
-        *[F.col(f.name).cast(SPARK_TYPES[f.dtype]).alias(f.name) for f in view.features],
+        *[value(f.name).cast(SPARK_TYPES[f.dtype]).alias(f.name) for f in view.features],
         F.col("date"),
     )
 
 
 def _finish_daily(df: DataFrame, view: View) -> DataFrame:
-    return _finish(df.withColumn("date", F.col("snap")), view, _cutoff())
+    tombstone = F.col(_TOMBSTONE) if _TOMBSTONE in df.columns else None
+    return _finish(df.withColumn("date", F.col("snap")), view, _cutoff(), tombstone)
+
+
+
+def _and_day_before(snaps: DataFrame) -> DataFrame:
+    """The snapshot days and the day before each (:func:`_leaving` looks one day back)."""
+    return snaps.unionByName(snaps.select(F.date_sub("snap", 1).alias("snap"))).distinct()
+
+
+def _leaving(windowed: DataFrame, snaps: DataFrame, keys: list[str], active: Column) -> DataFrame:
+    """The rows of ``snaps`` whose entity is ``active``, plus a tombstone (flagged
+    ``_tombstone``; :func:`_finish_daily` nulls its features) at the first snapshot where it
+    no longer is.
+
+    ``windowed`` comes from :func:`_windowed` over :func:`_and_day_before` of ``snaps``: it
+    has a row for every entity with any event up to each day, so "active the day before" is
+    known for every snapshot, the first one of a run included.
+    """
+    flagged = windowed.withColumn("_active", active)
+    before = flagged.select(
+        *keys, F.date_add("snap", 1).alias("snap"), F.col("_active").alias("_was_active")
+    )
+    return (
+        flagged.join(F.broadcast(snaps), "snap", "left_semi")
+        .join(before, [*keys, "snap"], "left")
+        .where(F.col("_active") | F.coalesce(F.col("_was_active"), F.lit(False)))
+        .withColumn(_TOMBSTONE, ~F.col("_active"))
+        .drop("_active", "_was_active")
+    )
 
 
 def global_rates(impressions: DataFrame, engagements: DataFrame, snaps: DataFrame) -> DataFrame:
@@ -325,7 +365,8 @@ def tweet_stats_daily(
         "tweet_impressions_total": ("imps", None),
         **{f"tweet_{h}_total": (f"e_{h}", None) for h in HEADS},
     }
-    out = _windowed(daily, snaps, ["tweet_id"], sums).where("posted_28d > 0")
+    windowed = _windowed(daily, _and_day_before(snaps), ["tweet_id"], sums)
+    out = _leaving(windowed, snaps, ["tweet_id"], F.col("posted_28d") > 0)
     return _finish_daily(out, view)
 
 
@@ -370,10 +411,12 @@ def user_author_affinity_daily(
         **{f"ua_{h}_count_28d": (f"e_{h}", 28) for h in HEADS},
         **{f"e_{h}_all": (f"e_{h}", None) for h in ("like", "click")},
     }
-    out = _windowed(daily, snaps, keys, sums, {"last_engaged_at": ("last_engaged_at", None)})
-    active = F.col("ua_impressions_28d") + sum(F.col(f"ua_{h}_count_28d") for h in HEADS)
+    windowed = _windowed(
+        daily, _and_day_before(snaps), keys, sums, {"last_engaged_at": ("last_engaged_at", None)}
+    )
+    activity = F.col("ua_impressions_28d") + sum(F.col(f"ua_{h}_count_28d") for h in HEADS)
     out = (
-        out.where((F.col("follows_all") > 0) | (active > 0))
+        _leaving(windowed, snaps, keys, (F.col("follows_all") > 0) | (activity > 0))
         .join(
             F.broadcast(
                 prior if prior is not None else global_rates(impressions, engagements, snaps)
@@ -424,8 +467,12 @@ def user_topic_affinity_daily(
         "clicks_28d": ("clicks", 28),
     }
     out = (
-        _windowed(daily, snaps, keys, sums)
-        .where("ut_impressions_28d > 0")
+        _leaving(
+            _windowed(daily, _and_day_before(snaps), keys, sums),
+            snaps,
+            keys,
+            F.col("ut_impressions_28d") > 0,
+        )
         .withColumn("ut_engagement_rate_28d", _rate("pos_28d", "ut_impressions_28d"))
         .withColumn("ut_like_rate_28d", _rate("likes_28d", "ut_impressions_28d"))
         .withColumn("ut_click_rate_28d", _rate("clicks_28d", "ut_impressions_28d"))

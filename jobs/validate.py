@@ -106,7 +106,7 @@ def view_ranges(view_name: str) -> dict[str, tuple[float | None, float | None]]:
 def required_columns(dataset: str, schema: pa.Schema) -> list[str]:
     """Columns that must not be null: non-nullable contract fields; counts and encodings.
 
-    A stream view's counters are required outside its tombstones (see :func:`live_rows`).
+    A view's features are required outside its tombstones (see :func:`live_rows`).
     """
     if dataset in VIEWS:
         view = VIEWS[dataset]
@@ -115,10 +115,10 @@ def required_columns(dataset: str, schema: pa.Schema) -> list[str]:
 
 
 def live_rows(dataset: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows whose null rates are checked: for a stream view, all but its tombstones
-    (every feature null: the entity left the view, see :func:`jobs.features.stream_counters`);
-    for any other dataset, every row."""
-    if dataset not in VIEWS or VIEWS[dataset].kind != "stream":
+    """The rows whose null rates are checked: for a view entities can leave
+    (``View.leaves``), all but its tombstones (every feature null: the entity left the view,
+    see :mod:`jobs.features`); for any other dataset, every row."""
+    if dataset not in VIEWS or not VIEWS[dataset].leaves:
         return frame
     names = [n for n in VIEWS[dataset].feature_names if n in frame]  # a missing one: a finding
     return frame[~frame[names].isna().all(axis=1)] if names else frame

@@ -387,3 +387,110 @@ def test_counter_quiet_for_longer_than_the_ttl_reads_the_same_in_training_and_on
     for view in key_of:
         for name in ("quiet", "recent", "never"):
             assert training[(view, name)] == (None,) * len(spec.VIEWS[view].features)
+
+
+@pytest.mark.integration
+def test_pair_quiet_for_longer_than_its_window_reads_the_same_in_training_and_online(
+    spark, settings, tmp_path
+) -> None:
+    """A user×author pair, a user×topic pair and a tweet whose only activity is one
+    impression on day L: each leaves its daily view when the 28-day window empties.
+
+    The feature job writes a snapshot for L..L+27, a tombstone (every feature null) at L+28
+    and nothing after. Online: the store is materialized forward from those tables (first to
+    L+20, then to L+32), never cleared, as production's is, and read with
+    ``get_online_features``. Training: the training job's as-of join (and the plain-Python
+    reference) at each moment. Without the tombstone the store kept serving day L+27's
+    counts forever, while the training join read null once that snapshot was older than the
+    TTL (2 days).
+    """
+    from feedrank.featurestore import apply_repo, feature_store, materialize
+    from jobs import features
+    from jobs.training_data import asof_join
+
+    day = dt.date(2026, 9, 1)
+    user, author, tweet, topic = 7, 70, 700, 3
+    shown = lake.midnight(day) + dt.timedelta(hours=9)
+    last = day + dt.timedelta(days=31)
+    snaps = features._snapshots(spark, lake.days_between(day, last))
+    tweets = spark.createDataFrame(
+        [(tweet, author, topic, shown - dt.timedelta(hours=1))],
+        "tweet_id long, author_id long, topic long, created_at timestamp",
+    )
+    impressions = spark.createDataFrame(
+        [(user, tweet, author, shown)],
+        "user_id long, tweet_id long, author_id long, served_at timestamp",
+    )
+    engagements = spark.createDataFrame(
+        [], "user_id long, tweet_id long, author_id long, head string, engaged_at timestamp"
+    )
+    follows = spark.createDataFrame([], "follower_id long, followee_id long, created_at timestamp")
+    tables = {
+        "tweet_stats_daily": features.tweet_stats_daily(tweets, impressions, engagements, snaps),
+        "user_author_affinity_daily": features.user_author_affinity_daily(
+            follows, impressions, engagements, snaps
+        ),
+        "user_topic_affinity_daily": features.user_topic_affinity_daily(
+            tweets, impressions, engagements, snaps
+        ),
+    }
+    keys = {
+        "tweet_stats_daily": {"tweet_id": tweet},
+        "user_author_affinity_daily": {"user_id": user, "author_id": author},
+        "user_topic_affinity_daily": {"user_id": user, "topic": topic},
+    }
+    cfg = settings_at(settings, tmp_path)
+    rows: dict[str, list[dict]] = {}
+    for view, frame in tables.items():
+        names = spec.VIEWS[view].feature_names
+        rows[view] = sorted(
+            (r.asDict() for r in frame.collect()), key=lambda r: r["event_timestamp"]
+        )
+        for r in rows[view]:
+            for ts in ("event_timestamp", "created_timestamp"):  # collected naive (UTC)
+                r[ts] = r[ts].replace(tzinfo=dt.UTC)
+        # A snapshot for L..L+27, the tombstone at L+28, then nothing.
+        assert [r["date"] for r in rows[view]] == lake.days_between(
+            day, day + dt.timedelta(days=28)
+        ), view
+        assert all(r[names[0]] is not None for r in rows[view][:-1]), view
+        assert all(r[n] is None for n in names for r in rows[view][-1:]), view
+        lake.write_date_partitions(frame, cfg.paths.features, view, lake.days_between(day, last))
+
+    apply_repo(cfg)
+    store = feature_store(cfg)
+    left_at = lake.midnight(day + dt.timedelta(days=29))  # the tombstone's event time
+    filled_to = lake.midnight(day)
+    for moment in (
+        lake.midnight(day + dt.timedelta(days=20)) + dt.timedelta(hours=10),  # counted
+        left_at + dt.timedelta(hours=10),  # the tombstone, within the TTL
+        left_at + dt.timedelta(days=3),  # older than the TTL: the training join drops it
+    ):
+        materialize(cfg, start=filled_to, end=moment, views=list(tables))
+        filled_to = moment
+        for view, frame in tables.items():
+            names = spec.VIEWS[view].feature_names
+            got = store.get_online_features(
+                features=[f"{view}:{n}" for n in names], entity_rows=[keys[view]]
+            ).to_dict()
+            online = tuple(got[n][0] for n in names)
+            points = spark.createDataFrame(
+                [(*keys[view].values(), moment)],
+                ", ".join(f"{k} long" for k in keys[view]) + ", requested_at timestamp",
+            )
+            joined = asof_join(
+                points,
+                frame.drop("date"),
+                spec.VIEWS[view],
+                ts_column="requested_at",
+                id_columns=tuple(keys[view]),
+            ).collect()
+            training = tuple(joined[0][n] for n in names)
+            hit = AsOfIndex(spec.VIEWS[view], rows[view]).lookup(tuple(keys[view].values()), moment)
+            reference = tuple(None if hit is None else hit[n] for n in names)
+            assert training == reference, (view, moment)
+            assert online == pytest.approx(training, nan_ok=True), (view, moment, online)
+            if moment < left_at:
+                assert training[0] is not None, (view, moment)
+            else:
+                assert training == (None,) * len(names), (view, moment)
