@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -17,7 +18,7 @@ from pipeline_helpers import END, START, settings_at
 from feedrank.errors import FeedrankError
 from feedrank.feature_spec import VIEWS
 from jobs import lake, synthetic
-from jobs.validate import check_partition, gate, psi, validate_date, view_ranges
+from jobs.validate import check_partition, gate, live_rows, psi, validate_date, view_ranges
 
 DAY0 = dt.date(2026, 11, 1)
 CHECKED = DAY0 + dt.timedelta(days=2)
@@ -154,6 +155,18 @@ def test_stream_tombstones_are_not_nulls_but_a_null_beside_a_count_is(settings):
     assert null_findings([*live, (None, 1)]) == [
         "null rate in tweet_realtime.tweet_engagements_30m: 25.0% null (limit 5.0%)"
     ]
+
+
+@pytest.mark.unit
+def test_an_all_null_row_is_a_tombstone_only_in_a_view_entities_can_leave():
+    """Daily views whose entities leave (a quiet pair, an old tweet) have tombstones like
+    the stream views; in any other view an all-null row is nulls, and is checked."""
+    assert any(v.leaves and v.kind == "daily" for v in VIEWS.values())
+    for name, view in VIEWS.items():
+        frame = pd.DataFrame(
+            [dict.fromkeys(view.feature_names), dict.fromkeys(view.feature_names, 1)]
+        )
+        assert len(live_rows(name, frame)) == (1 if view.leaves else 2), name
 
 
 @pytest.mark.integration
