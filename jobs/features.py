@@ -132,7 +132,6 @@ def _finish_daily(df: DataFrame, view: View) -> DataFrame:
     return _finish(df.withColumn("date", F.col("snap")), view, _cutoff(), tombstone)
 
 
-
 def _and_day_before(snaps: DataFrame) -> DataFrame:
     """The snapshot days and the day before each (:func:`_leaving` looks one day back)."""
     return snaps.unionByName(snaps.select(F.date_sub("snap", 1).alias("snap"))).distinct()

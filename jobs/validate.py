@@ -106,7 +106,7 @@ def view_ranges(view_name: str) -> dict[str, tuple[float | None, float | None]]:
 def required_columns(dataset: str, schema: pa.Schema) -> list[str]:
     """Columns that must not be null: non-nullable contract fields; counts and encodings.
 
-    A view's features are required outside its tombstones (see :func:`live_rows`).
+    Required outside the tombstones of a view entities can leave (see :func:`live_rows`).
     """
     if dataset in VIEWS:
         view = VIEWS[dataset]
