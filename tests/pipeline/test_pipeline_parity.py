@@ -188,6 +188,15 @@ def _describe(
     )
 
 
+def _feature_rows(frame: Any) -> list[dict[str, Any]]:
+    """A Spark feature table's rows as dicts, timestamps made aware (collected naive, UTC)."""
+    rows = [row.asDict() for row in frame.collect()]
+    for values in rows:
+        for ts in ("event_timestamp", "created_timestamp"):
+            values[ts] = values[ts].replace(tzinfo=dt.UTC)
+    return rows
+
+
 @pytest.mark.integration
 def test_training_data_equals_online_features_after_materializing_the_request_time(
     pipeline_run: PipelineRun,
@@ -365,12 +374,7 @@ def test_counter_quiet_for_longer_than_the_ttl_reads_the_same_in_training_and_on
         )
         for row in joined.collect():
             training[(view, name_of[row[key]])] = tuple(row[n] for n in names)
-        feature_rows = []
-        for row in tables[view].drop("date").collect():
-            values = row.asDict()
-            for ts in ("event_timestamp", "created_timestamp"):  # collected naive (UTC)
-                values[ts] = values[ts].replace(tzinfo=dt.UTC)
-            feature_rows.append(values)
+        feature_rows = _feature_rows(tables[view].drop("date"))
         index = AsOfIndex(spec.VIEWS[view], feature_rows)
         for i, name in name_of.items():
             hit = index.lookup((i,), requested)
@@ -443,12 +447,7 @@ def test_pair_quiet_for_longer_than_its_window_reads_the_same_in_training_and_on
     rows: dict[str, list[dict]] = {}
     for view, frame in tables.items():
         names = spec.VIEWS[view].feature_names
-        rows[view] = sorted(
-            (r.asDict() for r in frame.collect()), key=lambda r: r["event_timestamp"]
-        )
-        for r in rows[view]:
-            for ts in ("event_timestamp", "created_timestamp"):  # collected naive (UTC)
-                r[ts] = r[ts].replace(tzinfo=dt.UTC)
+        rows[view] = sorted(_feature_rows(frame), key=lambda r: r["event_timestamp"])
         # A snapshot for L..L+27, the tombstone at L+28, then nothing.
         assert [r["date"] for r in rows[view]] == lake.days_between(
             day, day + dt.timedelta(days=28)
