@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -88,36 +87,40 @@ def _read_feeds(settings: Settings, start_offsets: dict, consumer) -> list:
     return feeds
 
 
-def _wait_until_serving(settings: Settings, timeout_s: float = 300.0) -> None:
-    """Send probe requests until the scorer answers one (its consumer group has joined)."""
-    from kafka import KafkaProducer
+def _wait_until_serving(
+    settings: Settings, server: subprocess.Popen, timeout_s: float = 300.0
+) -> None:
+    """Wait until ``feedrank serve`` owns every ``feed_requests`` partition: its readiness
+    gauge on ``/metrics`` (no probe request: one would be served, logged and counted as a
+    session of the experiment)."""
+    from urllib.error import URLError
+    from urllib.request import urlopen
 
-    from feedrank.schemas import FeedRequest, encode
+    from prometheus_client.parser import text_string_to_metric_families
 
-    consumer, ends = _end_offsets(settings, "ranked_feeds")
-    consumer.assign(list(ends))
-    for tp, offset in ends.items():
-        consumer.seek(tp, offset)
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    if settings.serving.metrics_port <= 0:
+        raise FeedrankError("the demo needs serving.metrics_port > 0: it reads /metrics")
+    consumer, ends = _end_offsets(settings, "feed_requests")
+    consumer.close()
+    url = f"http://127.0.0.1:{settings.serving.metrics_port}/metrics"
     deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            probe = FeedRequest(
-                request_id=f"probe-{uuid.uuid4().hex[:8]}",
-                user_id=0,
-                requested_at=dt.datetime.now(dt.UTC),
-                device="mobile",
-                candidate_tweet_ids=[1],
-            )
-            producer.send("feed_requests", key=b"0", value=encode(probe))
-            producer.flush()
-            for records in consumer.poll(timeout_ms=3000).values():
-                if any(probe.request_id.encode() in r.value for r in records):
-                    return
-        raise FeedrankError("the scorer did not answer within 5 minutes")
-    finally:
-        producer.close()
-        consumer.close(autocommit=False)
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise FeedrankError(f"feedrank serve exited ({server.returncode}) before serving")
+        try:
+            text = urlopen(url, timeout=2).read().decode()
+        except (URLError, OSError):
+            text = ""  # not listening yet
+        owned = [
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "feedrank_serving_assigned_partitions"
+        ]
+        if owned and owned[0] >= len(ends):
+            return
+        time.sleep(0.5)
+    raise FeedrankError(f"feedrank serve did not own the partitions within {timeout_s:.0f} s")
 
 
 def closed_loop(settings: Settings, duration_s: float, rate_rps: float) -> tuple[list, dict]:
@@ -132,7 +135,7 @@ def closed_loop(settings: Settings, duration_s: float, rate_rps: float) -> tuple
             [str(exe), "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
     try:
-        _wait_until_serving(settings)
+        _wait_until_serving(settings, server)
         consumer, start = _end_offsets(settings, "ranked_feeds")
         stats = run_live(settings, rate_rps, duration_s, closed_loop=True, lake=settings.paths.lake)
         wanted = set(stats.request_ids)

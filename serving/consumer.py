@@ -132,6 +132,7 @@ class _RebalanceListener(ConsumerRebalanceListener):
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         log.info("partitions revoked %s", sorted(revoked))
+        metrics.ASSIGNED_PARTITIONS.set(0)  # set again by the loop's first poll after
         self.loop.forget(revoked)
         for tp in revoked:
             with contextlib.suppress(KeyError):
@@ -143,6 +144,7 @@ class _RebalanceListener(ConsumerRebalanceListener):
     def on_partitions_lost(self, lost: Any) -> None:
         # Evicted: the partitions already belong to someone else; committing would fail.
         log.warning("partitions lost %s", sorted(lost))
+        metrics.ASSIGNED_PARTITIONS.set(0)
         self.loop.forget(lost)
 
 
@@ -291,6 +293,8 @@ class _ServingLoop:
             if not self._commit_failed:
                 self._commit(force=True)
         batch = self.consumer.poll(timeout_ms=GROUP_POLL_TIMEOUT_MS, max_records=max_records)
+        # After a poll the member has joined and knows where to fetch its partitions from.
+        metrics.ASSIGNED_PARTITIONS.set(len(self.consumer.assignment()))
         n = 0
         if batch:
             answered = _InFlight()

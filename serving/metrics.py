@@ -76,6 +76,11 @@ CONSUMER_LAG = Gauge(
     "Messages behind the partition's high watermark (this consumer's assignment).",
     ["partition"],
 )
+ASSIGNED_PARTITIONS = Gauge(
+    "feedrank_serving_assigned_partitions",
+    "feed_requests partitions this process owns and fetches from (0 until it has joined the "
+    "group and polled, and during a rebalance): its readiness.",
+)
 MODEL_RELOADS = Counter(
     "feedrank_serving_model_reloads_total",
     "Champion changes seen by the model watcher, by outcome (loaded or refused).",

@@ -117,6 +117,9 @@ def test_end_to_end_order_equals_offline_scoring(group_settings, producer, hydra
             )
             for imp in json.loads(v)["impressions"]
         ]
+        # Readiness on /metrics: the only member owns every partition.
+        owned = REGISTRY.get_sample_value("feedrank_serving_assigned_partitions")
+        assert owned == settings.kafka.topics["feed_requests"].partitions
     finally:
         stats = server.stop()
         feeds_reader.close()
