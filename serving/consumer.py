@@ -132,7 +132,7 @@ class _RebalanceListener(ConsumerRebalanceListener):
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         log.info("partitions revoked %s", sorted(revoked))
-        metrics.ASSIGNED_PARTITIONS.set(0)  # set again by the loop's first poll after
+        metrics.ASSIGNED_PARTITIONS.set(0)  # until the loop polls with the new assignment
         self.loop.forget(revoked)
         for tp in revoked:
             with contextlib.suppress(KeyError):
