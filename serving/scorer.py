@@ -62,8 +62,9 @@ CONTROL_ARM = "control"
 # the heavy ranker is done or abandoned; raised to twice the measured cost when that is more.
 PUBLISH_RESERVE_MS = 25.0
 # Fewest rows a heavy call must have to teach the cost per row. Below that the per-call
-# overhead and noise dominate: in `make demo` a one-candidate probe taught 5.4 ms per row,
-# ~500 times the true cost, and the next 26 full requests skipped the heavy ranker.
+# overhead and noise dominate: in `make demo` a one-candidate request (its readiness probe
+# then) taught 5.4 ms per row, ~500 times the true cost, and the next 26 full requests
+# skipped the heavy ranker.
 MIN_ROWS_TO_LEARN = 32
 # model_version of feeds answered without any model (already past the deadline on arrival).
 FALLBACK_VERSION = "fallback"
