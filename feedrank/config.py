@@ -26,8 +26,8 @@ HEADS: tuple[str, ...] = ("like", "reply", "retweet", "click", "negative")
 POSITIVE_HEADS: tuple[str, ...] = tuple(h for h in HEADS if h != "negative")
 # Timeout of every consumer-group poll (serving, streaming features). A poll returns as soon
 # as records arrive; the timeout only bounds an idle wait. Not short: kafka-python 3.0.12
-# throws away a group join that completes while no poll is waiting for it and joins again,
-# and with 5 ms polls that left serving members that never got their partitions back.
+# (used before 2.3) threw away a group join that completed while no poll waited for it and
+# joined again, and with 5 ms polls that left serving members without their partitions.
 GROUP_POLL_TIMEOUT_MS = 500
 
 

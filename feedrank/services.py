@@ -46,11 +46,16 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from feedrank.config import PROJECT_ROOT, Settings, get_settings
 from feedrank.errors import FeedrankError
+
+if TYPE_CHECKING:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
 
 log = logging.getLogger("feedrank.services")
 
@@ -396,7 +401,7 @@ def kafka_ready(settings: Settings | None = None, timeout_s: float = 0.0) -> boo
                 admin = KafkaAdminClient(
                     bootstrap_servers=settings.kafka.bootstrap_servers,
                     client_id="feedrank-ready",
-                    bootstrap_timeout_ms=max(min(remaining_ms, 3000), 1000),
+                    api_version_auto_timeout_ms=max(min(remaining_ms, 3000), 1000),
                     request_timeout_ms=5000,
                 )
                 try:
@@ -413,6 +418,30 @@ def kafka_ready(settings: Settings | None = None, timeout_s: float = 0.0) -> boo
         kafka_logger.setLevel(level)
 
 
+def topic_partition_counts(admin: KafkaAdminClient) -> dict[str, int]:
+    """Partitions per topic in the cluster, as a ``KafkaAdminClient`` sees them."""
+    return {t["topic"]: len(t["partitions"]) for t in admin.describe_topics()}
+
+
+def create_topics(admin: KafkaAdminClient, topics: list[NewTopic], timeout_s: float = 30.0) -> None:
+    """Create ``topics`` (``kafka.admin.NewTopic``) and wait until the cluster's metadata lists
+    every one with all its partitions, so producers and consumers find them at once.
+
+    Raises:
+        kafka.errors.KafkaError: the broker refused a topic (the admin client raises it).
+        FeedrankError: the topics did not show up in the metadata within ``timeout_s``.
+    """
+    admin.create_topics(topics)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts = topic_partition_counts(admin)
+        if all(counts.get(t.name) == t.num_partitions for t in topics):
+            return
+        if time.monotonic() >= deadline:
+            raise FeedrankError(f"topics {[t.name for t in topics]} not in the metadata yet")
+        time.sleep(0.1)
+
+
 def ensure_topics(settings: Settings | None = None) -> list[str]:
     """Create every topic of ``settings.kafka.topics``; align existing ones. Idempotent.
 
@@ -423,7 +452,7 @@ def ensure_topics(settings: Settings | None = None) -> list[str]:
         The names of the topics created by this call.
     """
     from kafka import KafkaAdminClient
-    from kafka.admin import ConfigResource, ConfigResourceType
+    from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
 
     settings = _settings(settings)
     declared = settings.kafka.topics
@@ -431,22 +460,23 @@ def ensure_topics(settings: Settings | None = None) -> list[str]:
         bootstrap_servers=settings.kafka.bootstrap_servers, client_id="feedrank-topics"
     )
     try:
-        existing = {t["name"]: len(t["partitions"]) for t in admin.describe_topics()}
-        missing = {
-            name: {
-                "num_partitions": topic.partitions,
-                "replication_factor": 1,
-                "configs": {
+        existing = topic_partition_counts(admin)
+        missing = [
+            NewTopic(
+                name,
+                num_partitions=topic.partitions,
+                replication_factor=1,
+                topic_configs={
                     "retention.ms": str(topic.retention_ms),
                     "max.message.bytes": str(topic.max_message_bytes),
                 },
-            }
+            )
             for name, topic in declared.items()
             if name not in existing
-        }
+        ]
         if missing:
-            admin.create_topics(missing, wait_for_metadata=True)
-            log.info("created topics %s", sorted(missing))
+            create_topics(admin, missing)
+            log.info("created topics %s", sorted(t.name for t in missing))
         present = [name for name in declared if name in existing]
         if present:
             admin.alter_configs(
@@ -464,7 +494,7 @@ def ensure_topics(settings: Settings | None = None) -> list[str]:
             )
         grow = {n: declared[n].partitions for n in present if existing[n] < declared[n].partitions}
         if grow:
-            admin.create_partitions(grow)
+            admin.create_partitions({n: NewPartitions(count) for n, count in grow.items()})
             log.info("grew partitions of %s", grow)
         for name in present:
             if existing[name] > declared[name].partitions:
@@ -472,7 +502,7 @@ def ensure_topics(settings: Settings | None = None) -> list[str]:
                     "topic %s has %d partitions, config declares %d (Kafka cannot shrink)",
                     name, existing[name], declared[name].partitions,
                 )  # fmt: skip
-        return sorted(missing)
+        return sorted(t.name for t in missing)
     finally:
         admin.close()
 

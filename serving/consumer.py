@@ -120,11 +120,11 @@ def build_scorer(settings: Settings) -> Scorer:
 class _RebalanceListener(ConsumerRebalanceListener):
     """Forgets the offsets of partitions taken away.
 
-    Nothing is committed here: the callback may run on kafka-python's IO thread, where a
-    blocking commit is not allowed. What this member answered since its last commit (at
-    most ``MAX_UNSETTLED_RECORDS`` messages under load) is redone by the new owner: replays
-    from the feed cache, or recomputed copies. The loop only reads snapshots of the offset
-    maps this changes.
+    Nothing is committed here: an evicted member's partitions already belong to someone
+    else (kafka-python reports them as revoked when it rejoins), so a commit would fail. What
+    this member answered since its last commit (at most ``MAX_UNSETTLED_RECORDS`` messages
+    under load) is redone by the new owner: replays from the feed cache, or recomputed
+    copies. The loop only reads snapshots of the offset maps this changes.
     """
 
     def __init__(self, loop: _ServingLoop) -> None:
@@ -140,12 +140,6 @@ class _RebalanceListener(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions assigned %s", sorted(assigned))
-
-    def on_partitions_lost(self, lost: Any) -> None:
-        # Evicted: the partitions already belong to someone else; committing would fail.
-        log.warning("partitions lost %s", sorted(lost))
-        metrics.ASSIGNED_PARTITIONS.set(0)
-        self.loop.forget(lost)
 
 
 def impression_messages(impressions: list[Impression], max_bytes: int) -> list[bytes]:
@@ -209,8 +203,8 @@ class _ServingLoop:
             metrics_enabled=False,
         )
         # Know the topic's partitions before joining: a member that joins first gets an empty
-        # assignment and must rejoin when the metadata arrives, which is slow and has been
-        # seen to stall the join on kafka-python 3.0.
+        # assignment and must rejoin when the metadata arrives, which is slow (and stalled
+        # the join on kafka-python 3.0, used before 2.3).
         if not self.consumer.partitions_for_topic(REQUESTS_TOPIC):
             raise FeedrankError(f"topic {REQUESTS_TOPIC} does not exist; run 'make up' first")
         self.consumer.subscribe([REQUESTS_TOPIC], listener=_RebalanceListener(self))

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
 from feedrank import services
 from feedrank.config import Settings
@@ -24,9 +24,7 @@ def _admin(settings: Settings) -> KafkaAdminClient:
 def test_keyed_messages_reach_one_partition_per_key_and_offsets_commit(kafka: Settings) -> None:
     topic = f"foundation-keyed-{uuid.uuid4().hex[:8]}"
     admin = _admin(kafka)
-    admin.create_topics(
-        {topic: {"num_partitions": 3, "replication_factor": 1}}, wait_for_metadata=True
-    )
+    services.create_topics(admin, [NewTopic(topic, num_partitions=3, replication_factor=1)])
     admin.close()
 
     producer = KafkaProducer(bootstrap_servers=kafka.kafka.bootstrap_servers, acks="all")
@@ -76,7 +74,7 @@ def test_configured_topics_are_provisioned_idempotently(kafka: Settings) -> None
 
     admin = _admin(kafka)
     try:
-        described = {t["name"]: len(t["partitions"]) for t in admin.describe_topics()}
+        described = services.topic_partition_counts(admin)
         resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in kafka.kafka.topics]
         configs = admin.describe_configs(resources)
     finally:

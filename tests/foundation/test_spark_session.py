@@ -9,7 +9,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
 
+from feedrank import services
 from feedrank.config import Settings
 
 UTC = dt.UTC
@@ -39,9 +41,7 @@ def test_parquet_timestamps_round_trip_to_the_microsecond(spark, tmp_path: Path)
 def test_spark_reads_a_kafka_topic_through_the_connector(spark, kafka: Settings) -> None:
     topic = f"foundation-spark-{uuid.uuid4().hex[:8]}"
     admin = KafkaAdminClient(bootstrap_servers=kafka.kafka.bootstrap_servers)
-    admin.create_topics(
-        {topic: {"num_partitions": 2, "replication_factor": 1}}, wait_for_metadata=True
-    )
+    services.create_topics(admin, [NewTopic(topic, num_partitions=2, replication_factor=1)])
     admin.close()
     producer = KafkaProducer(bootstrap_servers=kafka.kafka.bootstrap_servers, acks="all")
     expected = {(f"k{i}", f"v{i}") for i in range(50)}
