@@ -162,6 +162,15 @@ class SimulatorConfig(Section):
     live_rate_rps: float = Field(default=20.0, gt=0, description="Live feed requests per s.")
 
 
+class ClockConfig(Section):
+    offset_s: int = Field(
+        default=0,
+        description="Seconds added to the wall clock wherever an event time is stamped (live "
+        "simulator, serving's requested/served times and deadlines): the demo sets it to run "
+        "its live phase on its --today when that is not the wall clock's day.",
+    )
+
+
 class TrainingDataConfig(Section):
     attribution_window_s: int = Field(default=3600, ge=1, description="Engagement window.")
     negative_keep_rate: float = Field(
@@ -299,6 +308,7 @@ class Settings(BaseSettings):
     feast: FeastConfig = FeastConfig()
     airflow: AirflowConfig = AirflowConfig()
     simulator: SimulatorConfig = SimulatorConfig()
+    clock: ClockConfig = ClockConfig()
     training_data: TrainingDataConfig = TrainingDataConfig()
     training: TrainingConfig = TrainingConfig()
     ranking: RankingConfig = RankingConfig()

@@ -49,7 +49,7 @@ from feedrank.schemas import DeadLetter, FeedRequest, Impression, ServedImpressi
 from serving import metrics
 from serving.feed_cache import open_feed_cache
 from serving.reload import ModelWatcher
-from serving.scorer import ModelSlot, Scorer, load_serving_model
+from serving.scorer import NO_CHAMPION_RANKER, ModelSlot, Scorer, load_serving_model
 
 log = logging.getLogger("feedrank.serving")
 
@@ -97,24 +97,31 @@ class ServingStats:
 def build_scorer(settings: Settings) -> Scorer:
     """The production scorer: champion model, Feast hydrator, the profile's feed cache.
 
+    With no champion yet (none promoted, or the gate refused the first model) it answers with
+    the fallback ranker (:data:`serving.scorer.NO_CHAMPION_RANKER`, feeds flagged
+    ``degraded``) until the model watcher sees a champion and swaps it in.
+
     Raises:
-        FeedrankError: There is no champion yet, or it fails verification.
+        FeedrankError: The champion fails verification.
     """
     from feedrank.registry import champion_version
     from serving.experiment import experiment_hooks
     from serving.hydration import FeatureHydrator
 
     version = champion_version(settings)
-    if version is None:
-        raise FeedrankError(
-            f"no champion model under {settings.paths.models}; run 'feedrank train' and "
-            "'feedrank promote' first"
-        )
-    model = load_serving_model(version, settings)
+    model = None if version is None else load_serving_model(version, settings)
     hooks = experiment_hooks(settings)
-    return Scorer(
+    scorer = Scorer(
         settings, ModelSlot(model), FeatureHydrator(settings), open_feed_cache(settings), **hooks
     )
+    if version is None:
+        log.warning(
+            "no champion model under %s: answering with the %s fallback (degraded) until one "
+            "is promoted",
+            settings.paths.models,
+            NO_CHAMPION_RANKER,
+        )
+    return scorer
 
 
 class _RebalanceListener(ConsumerRebalanceListener):
@@ -479,7 +486,7 @@ def run_serving(
         REQUESTS_TOPIC,
         client_id,
         settings.serving.group_id,
-        scorer.models.current.version,
+        scorer.models.version or f"none ({NO_CHAMPION_RANKER} fallback)",
     )
     try:
         while not (stop_event is not None and stop_event.is_set()):

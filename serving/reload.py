@@ -52,7 +52,7 @@ class ModelWatcher:
             return None
         old = self.slot.swap(staged)
         metrics.MODEL_RELOADS.labels(outcome="loaded").inc()
-        log.info("model swapped: %s -> %s", old.version, staged.version)
+        log.info("model swapped: %s -> %s", old.version if old else None, staged.version)
         return staged.version
 
     def _check_pointer(self) -> None:
@@ -61,7 +61,7 @@ class ModelWatcher:
         except FeedrankError as exc:
             self._refuse("champion.json", str(exc))
             return
-        current = self.slot.current.version
+        current = self.slot.version
         if version is None or version == current or version in self.refused:
             return
         with self._lock:
@@ -88,6 +88,4 @@ class ModelWatcher:
             return
         self.refused[version] = reason
         metrics.MODEL_RELOADS.labels(outcome="refused").inc()
-        log.error(
-            "refused model %s, still serving %s: %s", version, self.slot.current.version, reason
-        )
+        log.error("refused model %s, still serving %s: %s", version, self.slot.version, reason)

@@ -68,6 +68,9 @@ PUBLISH_RESERVE_MS = 25.0
 MIN_ROWS_TO_LEARN = 32
 # model_version of feeds answered without any model (already past the deadline on arrival).
 FALLBACK_VERSION = "fallback"
+# The ranker that answers, degraded, while there is no champion model: the old system, which
+# is also the experiment's control arm (chronological_policy).
+NO_CHAMPION_RANKER = "chronological"
 _FEATURE_INDEX = {name: i for i, name in enumerate(model_features())}
 _CREATED_COL = _FEATURE_INDEX["tweet_created_ts"]
 
@@ -94,23 +97,33 @@ class ModelSlot:
     """The model currently serving; swapped atomically by the model watcher.
 
     The scorer reads :attr:`current` once per request, so a swap takes effect between
-    requests and never changes a model in the middle of one.
+    requests and never changes a model in the middle of one. ``None`` means no champion yet:
+    requests are answered by :data:`NO_CHAMPION_RANKER` until the watcher swaps one in.
     """
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel | None) -> None:
         self._model = model
-        metrics.MODEL_VERSION.labels(version=model.version).set(1)
+        metrics.MODEL_VERSION.labels(version=_version_label(model)).set(1)
 
     @property
-    def current(self) -> LoadedModel:
+    def current(self) -> LoadedModel | None:
         return self._model
 
-    def swap(self, model: LoadedModel) -> LoadedModel:
+    @property
+    def version(self) -> str | None:
+        """The serving model's version; ``None`` while there is no champion."""
+        return None if self._model is None else self._model.version
+
+    def swap(self, model: LoadedModel) -> LoadedModel | None:
         """Serve ``model`` from the next request on; returns the model it replaced."""
         old, self._model = self._model, model
-        metrics.MODEL_VERSION.labels(version=old.version).set(0)
+        metrics.MODEL_VERSION.labels(version=_version_label(old)).set(0)
         metrics.MODEL_VERSION.labels(version=model.version).set(1)
         return old
+
+
+def _version_label(model: LoadedModel | None) -> str:
+    return NO_CHAMPION_RANKER if model is None else model.version
 
 
 @dataclass
@@ -131,7 +144,7 @@ class PolicyContext:
     tweet_ids: np.ndarray  # candidates after dedupe, int64
     author_ids: np.ndarray  # int64, aligned with tweet_ids
     features: np.ndarray  # (n, len(model_features())) float32, NaN missing
-    model: LoadedModel
+    model: LoadedModel | None  # None: no champion yet
     budget: Budget
     timings_ms: dict[str, float]
     waiting: int = 0  # requests already polled by this process and queued behind this one
@@ -227,6 +240,9 @@ class Scorer:
         )
         self.on_scored = on_scored
         self.stage_delays_ms = dict(stage_delays_ms or {})
+        # Event times (requested_at, served_at) are on the wall clock shifted by this (the
+        # demo's day); deadlines are kept on the wall clock, where time passes.
+        self._clock_offset_s = float(settings.clock.offset_s)
         self._heavy_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="heavy-ranker"
         )
@@ -279,6 +295,8 @@ class Scorer:
             heavy ranker was skipped or abandoned for lack of time.
         """
         model, X, timings = ctx.model, ctx.features, ctx.timings_ms
+        if model is None:
+            raise ValueError("the funnel needs a model; the scorer answers without one")
         n = X.shape[0]
         cap = self.settings.ranking.heavy_ranker_cap
         index = np.arange(n)
@@ -346,7 +364,11 @@ class Scorer:
         if self._heavy_ms_per_row is None or self._heavy_ms_per_row <= 0:
             return rows
         floor = self.settings.ranking.heavy_ranker_floor
-        aim_s = ctx.request.requested_at.timestamp() + self.settings.serving.aim_ms / 1000.0
+        aim_s = (
+            ctx.request.requested_at.timestamp()
+            - self._clock_offset_s
+            + self.settings.serving.aim_ms / 1000.0
+        )
         left_ms = (aim_s - time.time()) * 1000.0 / (1 + ctx.waiting) - self._finish_ms
         if self._estimate_heavy_ms(rows) <= left_ms or rows <= floor:
             return rows
@@ -371,7 +393,7 @@ class Scorer:
         t_start = time.perf_counter()
         budget_ms = self.settings.serving.budget_ms
         requested_s = request.requested_at.timestamp()
-        budget = Budget(deadline_s=requested_s + budget_ms / 1000.0)
+        budget = Budget(deadline_s=requested_s - self._clock_offset_s + budget_ms / 1000.0)
         timings: dict[str, float] = {}
 
         if self.feed_cache is not None:
@@ -421,7 +443,9 @@ class Scorer:
             waiting=waiting,
         )
         if not tweet_ids:
-            result = PolicyResult(np.empty(0, dtype=np.int64), np.empty(0), model.version)
+            result = PolicyResult(
+                np.empty(0, dtype=np.int64), np.empty(0), _version_label(model), model is None
+            )
         elif expired:
             metrics.DEGRADED.labels(reason="expired").inc()
             n = len(tweet_ids)
@@ -429,6 +453,18 @@ class Scorer:
                 index=np.arange(n),
                 scores=(n - np.arange(n, dtype=np.float64)) / n,  # candidate order
                 model_version=FALLBACK_VERSION,
+                degraded=True,
+                log_features=False,
+            )
+        elif model is None and policy is champion_policy:
+            # No champion (none trained yet, or the gate refused the first one): the old
+            # system answers, flagged degraded under its own name, never an empty feed.
+            metrics.DEGRADED.labels(reason="no_champion").inc()
+            fallback = chronological_policy(self, ctx)
+            result = PolicyResult(
+                index=fallback.index,
+                scores=fallback.scores,
+                model_version=NO_CHAMPION_RANKER,
                 degraded=True,
                 log_features=False,
             )
@@ -446,8 +482,8 @@ class Scorer:
         chosen = result.index[order]
         timings["rank"] = _observe("rank", t)
 
-        served_at = dt.datetime.now(dt.UTC)
-        missed = served_at.timestamp() > budget.deadline_s
+        served_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._clock_offset_s)
+        missed = served_at.timestamp() - self._clock_offset_s > budget.deadline_s
         timings["total"] = (time.perf_counter() - t_start) * 1000.0
         items = [
             RankedItem(
@@ -467,7 +503,7 @@ class Scorer:
             items=items,
             requested_at=request.requested_at,
             served_at=served_at,
-            deadline_at=dt.datetime.fromtimestamp(budget.deadline_s, dt.UTC),
+            deadline_at=dt.datetime.fromtimestamp(budget.deadline_s + self._clock_offset_s, dt.UTC),
             timings_ms={k: round(v, 3) for k, v in timings.items()},
             deadline_missed=missed,
         )

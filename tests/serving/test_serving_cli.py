@@ -25,7 +25,9 @@ def test_bad_arguments_exit_2_with_one_line(monkeypatch, capsys) -> None:
     assert err.count("\n") == 1 and "--max-requests" in err
 
 
-def test_serve_without_a_champion_exits_1_with_one_line(monkeypatch, capsys, tmp_path) -> None:
+def test_serve_in_an_empty_run_folder_exits_1_with_one_line(monkeypatch, capsys, tmp_path) -> None:
+    # No champion is not an error (serving falls back, see test_no_champion); no feature
+    # store is.
     monkeypatch.setenv("FEEDRANK_PATHS__HOME", str(tmp_path))
     monkeypatch.setenv("FEEDRANK_SERVING__METRICS_PORT", "0")
     get_settings.cache_clear()
@@ -34,4 +36,4 @@ def test_serve_without_a_champion_exits_1_with_one_line(monkeypatch, capsys, tmp
     finally:
         get_settings.cache_clear()
     assert code == 1
-    assert err.count("\n") == 1 and "no champion model" in err
+    assert err.count("\n") == 1 and "no online store" in err
