@@ -1,10 +1,19 @@
 """``feedrank demo``: the whole loop on one machine, with a short summary at the end.
 
-Start Kafka → simulate a backfill whose last day ended at today's midnight → run the retrain
-DAG with ``airflow dags test`` (validate, features, training data, train, evaluate, promote,
-materialize) → serve with ``feedrank serve`` while the closed-loop simulator sends feed
-requests and answers the served feeds from its ground truth (arms: chronological control,
-champion treatment, oracle ceiling) → land what was served → experiment report → summary.
+Start Kafka → make the simulated world reach the demo's day (``--today``, default the wall
+clock's UTC day): a new backfill whose last day ends at that day's midnight, or the lake's
+world extended by the missing days → run the retrain DAG with ``airflow dags test``
+(validate, features, training data, train, evaluate, promote, materialize), following its log
+→ serve with ``feedrank serve`` while the closed-loop simulator sends feed requests and
+answers the served feeds from its ground truth (arms: chronological control, champion
+treatment, oracle ceiling) → land what was served → experiment report → summary.
+
+The day is a setting, not the wall clock: every step uses ``--today`` (backfill end, the
+DAG's logical date, the experiment report's day). The live phase cannot run on a simulated
+day's clock (serving deadlines and engagement delays are real time), so it runs on the wall
+clock shifted by whole days onto ``--today`` (``clock.offset_s``, passed to ``feedrank
+serve`` and the live simulator): the time of day and elapsed times stay real, the event
+dates are the demo's day.
 """
 
 from __future__ import annotations
@@ -12,10 +21,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +54,146 @@ def _feedrank(*args: str, env: dict[str, str] | None = None) -> None:
         raise FeedrankError(f"'feedrank {' '.join(args)}' failed (exit {done.returncode})")
 
 
-def run_retrain_dag(settings: Settings, logical_date: dt.date) -> None:
-    """``airflow dags test feed_ranking_retrain <date>`` in this run folder's Airflow."""
+DAG_ID = "feed_ranking_retrain"
+# A monitoring breach fails its task alone, not training (see the DAG's docstring).
+NON_BLOCKING_TASKS = frozenset({"monitor"})
+# Lines of `airflow dags test` (Airflow 3.3: dag.test() and the Task SDK runner) that mark a
+# task's progress; everything else in the log is detail for the log file.
+_TASK_START = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
+_TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
+_TASK_STATE = re.compile(r"Task instance state updated\b.*\bnew_state=(\w+)")
+_TASK_SKIP = re.compile(r"Skipping task\..*\breason=(['\"])(.*)\1")
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit)): (.+)$")
+_WAITING = re.compile(r"\] waiting for (.+?)\s{2,}\[")
+_COMMAND_REASON = re.compile(r"exited -?\d+: (?:feedrank: error: )?(.*)$")
+
+
+class GateRefused(FeedrankError):
+    """The retrain DAG stopped at a gate (validation failed, promotion refused)."""
+
+
+@dataclass
+class DagProgress:
+    """What the followed ``airflow dags test`` log said so far, task by task."""
+
+    current: str | None = None
+    started_s: float = 0.0
+    state: str | None = None
+    reason: str | None = None
+    states: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    stop: str | None = None  # why the demo ends the run now, if it must
+    retrying: str | None = None  # a task that just ended up for retry (not announced yet)
+
+
+def _one_line_reason(exc_type: str, message: str) -> str:
+    # A failed `feedrank <command>` carries the command line; its own one line is the reason.
+    found = _COMMAND_REASON.search(message)
+    return found.group(1) if found else f"{exc_type}: {message}"
+
+
+def follow_dag_line(progress: DagProgress, line: str) -> list[str]:
+    """Update ``progress`` with one log line; returns what the demo should print about it.
+
+    A task that fails for good (not ``monitor``) or a promotion skipped by the gate sets
+    ``progress.stop``: the demo ends the run there instead of waiting for what follows.
+    """
+    now = time.strftime("%H:%M:%S", time.gmtime())
+    if found := _TASK_START.search(line):
+        progress.current, progress.state, progress.reason = found.group(1), None, None
+        progress.started_s = time.monotonic()
+        return [f"{now}  {progress.current}: started"]
+    if progress.current is None:
+        return []
+    if found := _TASK_STATE.search(line):
+        progress.state = found.group(1)
+    elif found := _TASK_SKIP.search(line):
+        progress.reason = found.group(2)
+    elif found := _EXCEPTION.match(line.strip()):
+        progress.reason = _one_line_reason(found.group(1), found.group(2))
+    elif found := _WAITING.search(line):
+        return [f"{now}  {progress.current}: waiting for {found.group(1)}"]
+    elif found := _TASK_END.search(line):
+        task, state = found.group(1), progress.state or "unknown"
+        took = time.monotonic() - progress.started_s
+        progress.states[task] = state
+        if progress.reason:
+            progress.reasons[task] = progress.reason
+        why = f": {progress.reason}" if progress.reason and state != "success" else ""
+        progress.current = None
+        if state == "failed" and task not in NON_BLOCKING_TASKS:
+            progress.stop = f"{task} failed{why}"
+        elif state == "skipped" and task == "promote":
+            progress.stop = f"promote skipped{why}"
+        elif state == "up_for_retry":
+            progress.retrying = task
+        return [f"{now}  {task}: {state} after {took:.0f} s{why}"]
+    return []
+
+
+def _next_retry_at(settings: Settings, task_id: str, logical_date: dt.date) -> dt.datetime:
+    """When Airflow retries ``task_id`` of this demo's run (its own rule, from its metadata DB)."""
+    from feedrank import services
+
+    os.environ.update(services.airflow_env(settings))  # before airflow is imported
+    from airflow.models.dagrun import DagRun
+    from airflow.models.serialized_dag import SerializedDagModel
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    midnight = dt.datetime.combine(logical_date, dt.time(), tzinfo=dt.UTC)
+    with create_session() as session:
+        ti = session.scalars(
+            select(TaskInstance)
+            .join(TaskInstance.dag_run)
+            .where(
+                TaskInstance.dag_id == DAG_ID,
+                TaskInstance.task_id == task_id,
+                DagRun.logical_date == midnight,
+            )
+            .order_by(TaskInstance.end_date.desc())
+        ).first()
+        if ti is None:
+            raise FeedrankError(f"no task instance {task_id} for {logical_date}")
+        ti.task = SerializedDagModel.get_dag(DAG_ID, session=session).get_task(task_id)
+        return ti.next_retry_datetime()
+
+
+def _announce_retry(settings: Settings, task_id: str, logical_date: dt.date) -> None:
+    # Importing Airflow takes seconds: on a thread, so the log keeps being followed.
+    try:
+        at = _next_retry_at(settings, task_id, logical_date)
+        wait_s = (at - dt.datetime.now(dt.UTC)).total_seconds()
+        console.print(f"          {task_id}: retry at {at:%H:%M:%S} UTC (in {wait_s:.0f} s)")
+    except Exception as exc:  # the announcement is a courtesy; the run goes on regardless
+        console.print(f"          {task_id}: retry time unknown ({exc})")
+
+
+def _stop_process_group(proc: subprocess.Popen) -> None:
+    """End ``airflow dags test`` and everything it started (task commands, Spark JVMs)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def run_retrain_dag(settings: Settings, logical_date: dt.date) -> DagProgress:
+    """``airflow dags test feed_ranking_retrain <date>`` in this run folder's Airflow.
+
+    The log is followed while the DAG runs: each task's start and end is printed within a
+    second, with the one-line reason of a failure, a skip or a retry (and when the retry
+    comes). A gate that stops the run (a task failed for good, promotion refused) ends it at
+    once instead of waiting for the tasks after it.
+
+    Raises:
+        GateRefused: The run stopped at a gate; the message is its reason.
+        FeedrankError: ``airflow dags test`` failed otherwise.
+    """
     from feedrank import services
 
     services.airflow_migrate(settings)
@@ -51,15 +201,63 @@ def run_retrain_dag(settings: Settings, logical_date: dt.date) -> None:
     exe = Path(sys.executable).with_name("airflow")
     log_path = settings.paths.logs / "demo-retrain-dag.log"
     console.print(f"retrain DAG for {logical_date} (log: {log_path})")
-    with log_path.open("w") as out:
-        done = subprocess.run(
-            [str(exe), "dags", "test", "feed_ranking_retrain", logical_date.isoformat()],
+    progress = DagProgress()
+    with log_path.open("w") as out, log_path.open() as follow:
+        proc = subprocess.Popen(
+            [str(exe), "dags", "test", DAG_ID, logical_date.isoformat()],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # one process group: a gate stop ends all of it
         )
-    if done.returncode != 0:
-        raise FeedrankError(f"retrain DAG failed (exit {done.returncode}); see {log_path}")
+        try:
+            pending = ""
+            while True:
+                chunk = follow.readline()
+                if not chunk:
+                    if proc.poll() is not None and not follow.readline():
+                        break
+                    time.sleep(0.2)
+                    continue
+                pending += chunk
+                if not pending.endswith("\n"):
+                    continue  # a line still being written
+                line, pending = pending, ""
+                for message in follow_dag_line(progress, line):
+                    console.print(message)
+                if progress.retrying:
+                    threading.Thread(
+                        target=_announce_retry,
+                        args=(settings, progress.retrying, logical_date),
+                        daemon=True,
+                    ).start()
+                    progress.retrying = None
+                if progress.stop:
+                    console.print(f"[bold red]stopping the retrain DAG: {progress.stop}")
+                    break
+        finally:
+            _stop_process_group(proc)
+    if progress.stop:
+        raise GateRefused(f"retrain DAG stopped at a gate: {progress.stop}; see {log_path}")
+    if proc.returncode != 0:
+        failed = [t for t, s in progress.states.items() if s == "failed"]
+        raise FeedrankError(
+            f"retrain DAG failed (exit {proc.returncode}; failed: {', '.join(failed) or '?'}); "
+            f"see {log_path}"
+        )
+    return progress
+
+
+def gate_reason(settings: Settings) -> str | None:
+    """The newest promotion decision that refused its model: ``"<version>: <failures>"``."""
+    decisions = sorted(
+        settings.paths.reports.glob("*/promotion.json"), key=lambda p: p.stat().st_mtime
+    )
+    for path in reversed(decisions):
+        decision = json.loads(path.read_text())
+        if not decision.get("promoted", True):
+            return f"{decision.get('challenger')}: " + "; ".join(decision.get("failures", []))
+    return None
 
 
 def _end_offsets(settings: Settings, topic: str):
@@ -123,11 +321,30 @@ def _wait_until_serving(
     raise FeedrankError(f"feedrank serve did not own the partitions within {timeout_s:.0f} s")
 
 
-def closed_loop(settings: Settings, duration_s: float, rate_rps: float) -> tuple[list, dict]:
-    """Serve while the closed-loop simulator sends requests; return its feeds and stats."""
+def clock_offset_s(today: dt.date) -> int:
+    """Whole days from the wall clock's UTC day to ``today``, in seconds (``clock.offset_s``)."""
+    return (today - dt.datetime.now(dt.UTC).date()).days * 86_400
+
+
+def closed_loop(
+    settings: Settings, duration_s: float, rate_rps: float, today: dt.date | None = None
+) -> tuple[list, dict]:
+    """Serve while the closed-loop simulator sends requests; return its feeds and stats.
+
+    With ``today``, serving and the simulator stamp event times on that day (the wall clock
+    shifted by whole days, :func:`clock_offset_s`); by default on the wall clock's day.
+    """
     from feedrank.simulator.live import run_live
 
-    env = {**os.environ, "FEEDRANK_EXPERIMENT__ARMS": json.dumps(DEMO_ARMS)}
+    offset_s = clock_offset_s(today) if today is not None else settings.clock.offset_s
+    settings = settings.model_copy(
+        update={"clock": settings.clock.model_copy(update={"offset_s": offset_s})}
+    )
+    env = {
+        **os.environ,
+        "FEEDRANK_EXPERIMENT__ARMS": json.dumps(DEMO_ARMS),
+        "FEEDRANK_CLOCK__OFFSET_S": str(offset_s),
+    }
     log_path = settings.paths.logs / "demo-serve.out"
     exe = Path(sys.executable).with_name("feedrank")
     with log_path.open("w") as out:
@@ -206,12 +423,33 @@ def print_summary(feeds: list, latency: dict, metrics: dict, experiment: dict) -
     print_report(experiment)
 
 
-def run_demo(settings: Settings, users: int, days: int, serve_s: float, rate_rps: float) -> dict:
-    """The whole loop; returns the summary also written to ``<reports>/demo.json``."""
+def run_demo(
+    settings: Settings,
+    users: int,
+    days: int,
+    serve_s: float,
+    rate_rps: float,
+    today: dt.date | None = None,
+) -> dict:
+    """The whole loop; returns the summary also written to ``<reports>/demo.json``.
+
+    Args:
+        settings: Resolved settings (run folder, ports).
+        users: Simulated users.
+        days: Days of simulated history before ``today``.
+        serve_s: Seconds of closed-loop serving.
+        rate_rps: Feed requests per second while serving.
+        today: The demo's day (default: the wall clock's UTC day): the backfill ends at its
+            midnight, the DAG runs with it as logical date, serving plays on it.
+
+    Raises:
+        FeedrankError: A step failed; with no champion after the DAG, the gate's reason.
+    """
     from feedrank import services
     from feedrank.experiment import report_from_lake
     from feedrank.registry import champion_version
-    from feedrank.simulator.backfill import simulate_backfill
+    from feedrank.simulator.backfill import extend_or_start
+    from serving.scorer import NO_CHAMPION_RANKER
 
     started = time.monotonic()
     # Every process of the demo (scorer, DAG tasks) must rebuild the same simulated world.
@@ -219,30 +457,46 @@ def run_demo(settings: Settings, users: int, days: int, serve_s: float, rate_rps
     settings = settings.model_copy(
         update={"simulator": settings.simulator.model_copy(update={"users": users})}
     )
-    today = dt.datetime.now(dt.UTC).date()
-    first_day = today - dt.timedelta(days=days)
+    today = today or dt.datetime.now(dt.UTC).date()
+    last_day = today - dt.timedelta(days=1)
+    console.print(f"demo day {today} ({today:%A}); the lake's last simulated day: {last_day}")
     _step("1/6 services")
     services.kafka_up(settings)
-    _step(f"2/6 simulate {days} days ({first_day} … {today - dt.timedelta(days=1)})")
-    simulate_backfill(settings, settings.paths.lake, days=days, start_date=first_day.isoformat())
+    _step(f"2/6 simulated world: {days} days up to {last_day}")
+    world, backfill = extend_or_start(settings, settings.paths.lake, last_day, days)
+    console.print(f"[bold]{backfill['plan']}")
     _step("3/6 retrain DAG (validate → features → training data → train → evaluate → promote)")
-    run_retrain_dag(settings, today)
+    try:
+        run_retrain_dag(settings, today)
+    except GateRefused as exc:
+        version = champion_version(settings)
+        if version is None:
+            raise GateRefused(
+                f"the retrain DAG promoted no champion ({exc}); `feedrank serve` would answer "
+                f"every feed with the {NO_CHAMPION_RANKER} fallback, flagged degraded"
+            ) from None
+        raise GateRefused(f"{exc}; the champion stays {version}") from None
     version = champion_version(settings)
     if version is None:
-        raise FeedrankError("the retrain DAG promoted no champion")
+        raise GateRefused(
+            "the retrain DAG promoted no champion; gate: "
+            f"{gate_reason(settings) or 'no promotion decision found'}"
+        )
     metrics_path = settings.paths.reports / version / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     _step(f"4/6 serve champion {version} with the closed-loop simulator ({serve_s:.0f} s)")
-    feeds, live = closed_loop(settings, serve_s, rate_rps)
+    feeds, live = closed_loop(settings, serve_s, rate_rps, today)
     _step("5/6 land served impressions and engagements")
     _feedrank("land")
-    experiment = report_from_lake(
-        settings.paths.lake, [today.isoformat()], settings.ranking.weights
-    )
+    # Served on the demo's day; a run that crosses midnight also served on the next one.
+    served_days = sorted({f.served_at.date().isoformat() for f in feeds}) or [today.isoformat()]
+    experiment = report_from_lake(settings.paths.lake, served_days, settings.ranking.weights)
     _step("6/6 summary")
     latency = latency_table(feeds)
     print_summary(feeds, latency, metrics, experiment)
     summary = {
+        "today": today.isoformat(),
+        "world": {"kind": world, "plan": backfill["plan"]},
         "champion": version,
         "live": live,
         "latency": latency,
@@ -265,9 +519,20 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("demo")
     def demo_command(
         users: int = typer.Option(1_000, min=10, help="Simulated users."),
-        days: int = typer.Option(4, min=3, help="Backfill days ending at today's midnight."),
+        days: int = typer.Option(4, min=3, help="Backfill days ending at --today's midnight."),
         serve_s: float = typer.Option(60.0, min=1, help="Seconds of closed-loop serving."),
         rate: float = typer.Option(10.0, min=0.1, help="Feed requests per second."),
+        today: str | None = typer.Option(
+            None,
+            help="The demo's day, YYYY-MM-DD (default: today, UTC): the backfill ends at its "
+            "midnight, the DAG runs for it, serving plays on it.",
+        ),
     ) -> None:
         """Run the whole loop end to end on the embedded defaults and print a summary."""
-        run_demo(get_settings(), users, days, serve_s, rate)
+        day = None
+        if today is not None:
+            try:
+                day = dt.date.fromisoformat(today)
+            except ValueError:
+                raise FeedrankError(f"--today {today!r} is not YYYY-MM-DD") from None
+        run_demo(get_settings(), users, days, serve_s, rate, day)

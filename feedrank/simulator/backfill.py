@@ -12,7 +12,10 @@ a little noise → the positions the user scrolls to become impressions), draws 
 from the ground truth, and adds a few follows that take effect the next day.
 
 Same seed → byte-identical files: every random draw comes from a generator keyed by (seed,
-stage, day, hour), rows have a fixed order and nothing reads the wall clock.
+stage, day, hour), rows have a fixed order and nothing reads the wall clock. So a world can be
+extended by later days (:func:`extend_or_start`): the days already in the lake are replayed
+for the world's state only (tweets and follows, not the feeds), and only the new days are
+served and written, with the same bytes a longer backfill would have written for them.
 """
 
 from __future__ import annotations
@@ -346,6 +349,7 @@ def simulate_backfill(
     candidates: int | None = None,
     start_date: str | None = None,
     progress: bool = True,
+    write_from: str | None = None,
 ) -> dict[str, Any]:
     """Simulate days of the old system and write every lake table under ``out_dir``.
 
@@ -358,6 +362,9 @@ def simulate_backfill(
         candidates: candidates per request (default ``simulator.candidates_per_request``).
         start_date: first simulated day, ``YYYY-MM-DD`` (default ``simulator.start_date``).
         progress: show a progress bar.
+        write_from: first day to serve and write, ``YYYY-MM-DD``; earlier days (and the
+            initial state) are only replayed to bring the world's tweets and follows up to
+            date (default: write every day).
 
     Returns:
         Summary: seed, dates, rows per table, per-head positive rate per impression, seconds
@@ -382,6 +389,11 @@ def simulate_backfill(
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = _Tables()
     day0_us = world.start_us - US_PER_DAY
+    first_written = (
+        0
+        if write_from is None
+        else max(0, (dt.date.fromisoformat(write_from) - world.start_date).days + 1)
+    )
     signup_rng = stage_rng(cfg.seed, _STAGE_SIGNUPS)
     tables.add(
         "users",
@@ -399,11 +411,20 @@ def simulate_backfill(
         tables, followers, followees, day0_us + signup_rng.integers(0, US_PER_DAY, len(followers))
     )
     _add_tweets(world, tables, 0, day0_us)
-    with tqdm(total=cfg.days * 24, desc="simulate", unit="h", disable=not progress) as bar:
+    # The day before the first written one is served again, not written: its late
+    # engagements belong to the first written day's partition.
+    first_served = max(first_written - 1, 1)
+    total_h = (cfg.days + 1 - first_served) * 24
+    with tqdm(total=total_h, desc="simulate", unit="h", disable=not progress) as bar:
         for day in range(1, cfg.days + 1):
+            if day == first_served and first_written > 1:
+                tables = _Tables()  # what came before is state only, already in the lake
             day_start_us = day0_us + day * US_PER_DAY
             _add_tweets(world, tables, day, day_start_us)
-            _serve_day(world, day, day_start_us, cfg.candidates_per_request, tables, bar)
+            if day >= first_served:
+                # Serving a day reads the world and draws from the day's own streams only,
+                # so skipping it for a replayed day leaves later days unchanged.
+                _serve_day(world, day, day_start_us, cfg.candidates_per_request, tables, bar)
             follow_rng = stage_rng(cfg.seed, _STAGE_FOLLOWS, day)
             n_new = follow_rng.poisson(NEW_FOLLOWS_PER_USER_PER_DAY * world.n_users)
             new_from, new_to = world.new_follows(n_new, follow_rng)
@@ -415,9 +436,15 @@ def simulate_backfill(
             )
     generated_s = time.perf_counter() - started
     rows: dict[str, int] = {}
+    write_from_us = day0_us + max(first_written, 1) * US_PER_DAY if first_written > 1 else None
     for name in LAKE_TABLES:
         table = tables.get(name)
+        if write_from_us is not None:
+            event_us = table.column(EVENT_TIME[name]).cast(pa.int64()).to_numpy()
+            table = table.filter(pa.array(event_us >= write_from_us))
         rows[name] = table.num_rows
+        if not table.num_rows:
+            continue  # e.g. users when extending: the lake's partitions stay as they are
         write_partitioned(name, table, out_dir)
     heads = tables.get("engagements").column("head").to_numpy(zero_copy_only=False)
     n_imp = max(rows["impressions"], 1)
@@ -431,6 +458,8 @@ def simulate_backfill(
         "users": cfg.users,
         "authors": world.n_authors,
         "candidates_per_request": cfg.candidates_per_request,
+        "world": _world_key(cfg),
+        "written_from": (first + dt.timedelta(days=max(first_written, 1) - 1)).isoformat(),
         "rows": rows,
         "engagements_per_impression": rates,
     }
@@ -448,3 +477,67 @@ def simulate_backfill(
     }
     log.info("backfill done: %s", json.dumps(summary, sort_keys=True))
     return summary
+
+
+def _world_key(cfg: SimulatorConfig) -> dict[str, Any]:
+    """The settings that shape the world and its days (not which days are simulated)."""
+    return cfg.model_dump(exclude={"days", "start_date", "serving_candidates", "live_rate_rps"})
+
+
+def extend_or_start(
+    settings: Settings, out_dir: Path, end_date: dt.date, days: int, progress: bool = True
+) -> tuple[str, dict[str, Any]]:
+    """Make the lake's simulated world cover ``days`` days ending with ``end_date``.
+
+    The world of the lake's manifest is reused when it is the same world (seed and sizes of
+    ``settings.simulator``) and started early enough: it is extended by the missing days
+    only (same bytes as a fresh backfill of the whole span), or left as it is when it
+    already ends with ``end_date``. Otherwise (no lake, another world, or a lake that ends
+    after ``end_date``, which would put tomorrow's data beside today's run) the lake is
+    deleted and a new world of ``days`` days is simulated.
+
+    Returns:
+        ``"new"``, ``"extended"`` or ``"unchanged"``, and the backfill summary (the manifest
+        when unchanged) whose ``plan`` says in one line what was done and why.
+    """
+    cfg = settings.simulator
+    first_needed = end_date - dt.timedelta(days=days - 1)
+    path = Path(out_dir) / MANIFEST
+    manifest = json.loads(path.read_text()) if path.is_file() else None
+    why_new = "no simulated world in the lake yet"
+    if manifest is not None:
+        start = dt.date.fromisoformat(manifest["start_date"])
+        end = dt.date.fromisoformat(manifest["end_date"])
+        if manifest.get("world") != _world_key(cfg):
+            why_new = "the lake holds another world (seed or sizes differ)"
+        elif start > first_needed:
+            why_new = f"the lake's world starts on {start}, after {first_needed}"
+        elif end > end_date:
+            why_new = f"the lake's world already runs to {end}, after {end_date}"
+        elif end == end_date:
+            return "unchanged", {
+                **manifest,
+                "plan": f"reusing the simulated world {start} … {end} (nothing to add)",
+            }
+        else:
+            summary = simulate_backfill(
+                settings,
+                out_dir,
+                days=(end_date - start).days + 1,
+                start_date=start.isoformat(),
+                write_from=(end + dt.timedelta(days=1)).isoformat(),
+                progress=progress,
+            )
+            added = (end_date - end).days
+            plan = (
+                f"extending the simulated world {start} … {end} by {added} day(s) to "
+                f"{end_date} (same seed {cfg.seed}; only the new days simulated)"
+            )
+            return "extended", {**summary, "plan": plan}
+    if Path(out_dir).exists():
+        shutil.rmtree(out_dir)
+    summary = simulate_backfill(
+        settings, out_dir, days=days, start_date=first_needed.isoformat(), progress=progress
+    )
+    plan = f"starting a new simulated world {first_needed} … {end_date} ({why_new})"
+    return "new", {**summary, "plan": plan}

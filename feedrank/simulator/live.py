@@ -12,6 +12,10 @@ backfill), draws engagements from the ground truth and publishes each to ``engag
 it is due. Engagement delays follow the backfill's distribution multiplied by
 ``delay_scale`` (default 0.05, so a short demo sees most of them; 1.0 is real time).
 The serving layer logs impressions; the simulator only produces engagements.
+
+Event times (requests, tweets, follows, engagements) are the wall clock plus
+``clock.offset_s``, the same shift serving applies, so a live run can play on a simulated day
+other than today (the demo's ``--today``) while time still passes at the real rate.
 """
 
 from __future__ import annotations
@@ -112,6 +116,7 @@ class LiveSimulator:
         self.world = World.build(self.config)
         self.closed_loop = closed_loop
         self.delay_scale = delay_scale
+        self.clock_offset_us = settings.clock.offset_s * 1_000_000
         self.stats = LiveStats()
         self.rng = np.random.default_rng([self.config.seed, 100, _now_us()])
         self.run_tag = f"lv{self.config.seed}-{_now_us() // 1000:x}"
@@ -161,6 +166,10 @@ class LiveSimulator:
         return producer, consumer
 
     # ---------------------------------------------------------------- producing
+
+    def now_us(self) -> int:
+        """The simulated now: the wall clock shifted by ``clock.offset_s``."""
+        return _now_us() + self.clock_offset_us
 
     def _send(self, topic: str, key: int | str, value: bytes) -> None:
         self.producer.send(topic, key=str(key).encode(), value=value)
@@ -377,18 +386,18 @@ def run_live(
         from feedrank.simulator.backfill import read_lake_table
 
         world.load_tweets(read_lake_table(lake, "tweets"))
-        world.load_follows(read_lake_table(lake, "follows"), before_us=_now_us())
+        world.load_follows(read_lake_table(lake, "follows"), before_us=sim.now_us())
         tweets_per_request = 0.0
     try:
         if lake is None:
-            sim.warm_up(_now_us())
+            sim.warm_up(sim.now_us())
         start = time.monotonic()
         sent_requests, tweet_budget, follow_budget = 0, 0.0, 0.0
         with tqdm(
             total=round(duration_s, 1), desc="simulate --live", unit="s", disable=not progress
         ) as bar:
             while (elapsed := time.monotonic() - start) < duration_s:
-                now_us = _now_us()
+                now_us = sim.now_us()
                 due = int(elapsed * rate_rps) + 1 - sent_requests
                 if due > 0:
                     sim.publish_requests(due, now_us)
@@ -403,7 +412,7 @@ def run_live(
                         sim.publish_follows(n_follows, now_us)
                         follow_budget -= n_follows
                 sim.read_feeds()
-                sim.release_due(_now_us())
+                sim.release_due(sim.now_us())
                 bar.n = round(min(elapsed, duration_s), 1)
                 bar.set_postfix(
                     requests=sim.stats.requests,
@@ -417,7 +426,7 @@ def run_live(
             drain_until = time.monotonic() + drain_s
             while time.monotonic() < drain_until and (sim.pending or sim.scheduled):
                 sim.read_feeds()
-                sim.release_due(_now_us())
+                sim.release_due(sim.now_us())
                 time.sleep(TICK_S)
     finally:
         sim.close()

@@ -161,3 +161,49 @@ def test_read_lake_table_by_dates_and_unknown_table(small_lake: Path, settings: 
     assert 0 < one_day.num_rows < read_lake_table(small_lake, "impressions").num_rows
     with pytest.raises(ValueError, match="missing from schema"):
         read_lake_table(small_lake, "no_such_table")
+
+
+def _partition_digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.glob("*/date=*/*.parquet"))
+    }
+
+
+@pytest.mark.unit
+def test_extending_the_world_adds_only_new_days_with_a_full_backfills_bytes(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from feedrank.simulator.backfill import extend_or_start
+
+    world = settings.model_copy(
+        update={
+            "simulator": settings.simulator.model_copy(
+                update={"seed": 5, "users": 120, "candidates_per_request": 30}
+            )
+        }
+    )
+    end = dt.date(2026, 12, 8)
+    full, grown = tmp_path / "full", tmp_path / "grown"
+    simulate_backfill(world, full, days=4, start_date="2026-12-05", progress=False)
+
+    kind, first = extend_or_start(world, grown, end - dt.timedelta(days=1), 3, progress=False)
+    assert kind == "new" and first["start_date"] == "2026-12-05"
+    before = _partition_digests(grown)
+    kind, summary = extend_or_start(world, grown, end, 3, progress=False)
+    assert kind == "extended" and "by 1 day(s)" in summary["plan"]
+    after = _partition_digests(grown)
+    # Old days untouched (the new day's partition held the last day's late engagements),
+    # the new day written, and all of it what one 4-day backfill wrote.
+    old_days = {k: v for k, v in before.items() if "date=2026-12-08" not in k}
+    assert {k: after[k] for k in old_days} == old_days
+    assert {k for k in after if "date=2026-12-08" in k} and after == _partition_digests(full)
+
+    assert extend_or_start(world, grown, end, 3, progress=False)[0] == "unchanged"
+    # Going back a day, or another seed, cannot reuse this world: a new one replaces it.
+    kind, summary = extend_or_start(world, grown, end - dt.timedelta(days=1), 3, progress=False)
+    assert kind == "new" and "after 2026-12-07" in summary["plan"]
+    other = world.model_copy(update={"simulator": world.simulator.model_copy(update={"seed": 6})})
+    kind, summary = extend_or_start(other, grown, end, 3, progress=False)
+    assert kind == "new" and "another world" in summary["plan"]
+    assert not any("date=2026-12-04" in k for k in _partition_digests(grown))
