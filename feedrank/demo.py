@@ -64,8 +64,9 @@ _TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
 _TASK_STATE = re.compile(r"Task instance state updated\b.*\bnew_state=(\w+)")
 _TASK_SKIP = re.compile(r"Skipping task\..*\breason=(['\"])(.*)\1")
 _EXCEPTION = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit)): (.+)$")
-_WAITING = re.compile(r"\] waiting for (.+?)\s{2,}\[")
-_COMMAND_REASON = re.compile(r"exited -?\d+: (?:feedrank: error: )?(.*)$")
+_WAITING = re.compile(r"\] waiting for (.+?)\s+\[[\w.]+\]")
+_COMMAND_REASON = re.compile(r"exited -?\d+: (.*)$")
+_ERROR_PREFIX = "feedrank: error: "
 
 
 class GateRefused(FeedrankError):
@@ -89,7 +90,7 @@ class DagProgress:
 def _one_line_reason(exc_type: str, message: str) -> str:
     # A failed `feedrank <command>` carries the command line; its own one line is the reason.
     found = _COMMAND_REASON.search(message)
-    return found.group(1) if found else f"{exc_type}: {message}"
+    return found.group(1).removeprefix(_ERROR_PREFIX) if found else f"{exc_type}: {message}"
 
 
 def follow_dag_line(progress: DagProgress, line: str) -> list[str]:
@@ -108,7 +109,7 @@ def follow_dag_line(progress: DagProgress, line: str) -> list[str]:
     if found := _TASK_STATE.search(line):
         progress.state = found.group(1)
     elif found := _TASK_SKIP.search(line):
-        progress.reason = found.group(2)
+        progress.reason = found.group(2).removeprefix(_ERROR_PREFIX)
     elif found := _EXCEPTION.match(line.strip()):
         progress.reason = _one_line_reason(found.group(1), found.group(2))
     elif found := _WAITING.search(line):
@@ -131,43 +132,56 @@ def follow_dag_line(progress: DagProgress, line: str) -> list[str]:
     return []
 
 
-def _next_retry_at(settings: Settings, task_id: str, logical_date: dt.date) -> dt.datetime:
-    """When Airflow retries ``task_id`` of this demo's run (its own rule, from its metadata DB)."""
-    from feedrank import services
+def next_retry_at(dag_id: str, task_id: str, logical_date: str) -> str:
+    """When Airflow retries ``task_id`` of the run at ``logical_date`` (ISO, UTC).
 
-    os.environ.update(services.airflow_env(settings))  # before airflow is imported
+    Airflow's own rule (``TaskInstance.next_retry_datetime``: backoff, jitter, cap) on its
+    metadata DB; run in a child process with the run folder's Airflow environment, since
+    Airflow reads its configuration once, at import.
+    """
     from airflow.models.dagrun import DagRun
     from airflow.models.serialized_dag import SerializedDagModel
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    midnight = dt.datetime.combine(logical_date, dt.time(), tzinfo=dt.UTC)
+    midnight = dt.datetime.combine(dt.date.fromisoformat(logical_date), dt.time(), dt.UTC)
     with create_session() as session:
         ti = session.scalars(
             select(TaskInstance)
             .join(TaskInstance.dag_run)
             .where(
-                TaskInstance.dag_id == DAG_ID,
+                TaskInstance.dag_id == dag_id,
                 TaskInstance.task_id == task_id,
                 DagRun.logical_date == midnight,
             )
             .order_by(TaskInstance.end_date.desc())
         ).first()
         if ti is None:
-            raise FeedrankError(f"no task instance {task_id} for {logical_date}")
-        ti.task = SerializedDagModel.get_dag(DAG_ID, session=session).get_task(task_id)
-        return ti.next_retry_datetime()
+            raise FeedrankError(f"no task instance {dag_id}.{task_id} at {logical_date}")
+        ti.task = SerializedDagModel.get_dag(dag_id, session=session).get_task(task_id)
+        return ti.next_retry_datetime().isoformat()
 
 
-def _announce_retry(settings: Settings, task_id: str, logical_date: dt.date) -> None:
+def _announce_retry(env: dict[str, str], dag_id: str, task_id: str, day: dt.date) -> None:
     # Importing Airflow takes seconds: on a thread, so the log keeps being followed.
-    try:
-        at = _next_retry_at(settings, task_id, logical_date)
-        wait_s = (at - dt.datetime.now(dt.UTC)).total_seconds()
-        console.print(f"          {task_id}: retry at {at:%H:%M:%S} UTC (in {wait_s:.0f} s)")
-    except Exception as exc:  # the announcement is a courtesy; the run goes on regardless
-        console.print(f"          {task_id}: retry time unknown ({exc})")
+    code = (
+        "import sys; from feedrank.demo import next_retry_at; print(next_retry_at(*sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, dag_id, task_id, day.isoformat()],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:  # a courtesy; the run goes on regardless
+        tail = (done.stderr.strip().splitlines() or ["?"])[-1]
+        console.print(f"          {task_id}: retry time unknown ({tail})")
+        return
+    at = dt.datetime.fromisoformat(done.stdout.strip())
+    wait_s = (at - dt.datetime.now(dt.UTC)).total_seconds()
+    when = f"in {wait_s:.0f} s" if wait_s >= 0 else f"{-wait_s:.0f} s ago"
+    console.print(f"          {task_id}: retry at {at:%H:%M:%S} UTC ({when})")
 
 
 def _stop_process_group(proc: subprocess.Popen) -> None:
@@ -182,13 +196,24 @@ def _stop_process_group(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def run_retrain_dag(settings: Settings, logical_date: dt.date) -> DagProgress:
+def run_retrain_dag(
+    settings: Settings,
+    logical_date: dt.date,
+    dag_id: str = DAG_ID,
+    dags_folder: Path | None = None,
+) -> DagProgress:
     """``airflow dags test feed_ranking_retrain <date>`` in this run folder's Airflow.
 
     The log is followed while the DAG runs: each task's start and end is printed within a
     second, with the one-line reason of a failure, a skip or a retry (and when the retry
     comes). A gate that stops the run (a task failed for good, promotion refused) ends it at
     once instead of waiting for the tasks after it.
+
+    Args:
+        settings: Resolved settings (the run folder's Airflow).
+        logical_date: The run's logical date (it processes the day before).
+        dag_id: Another DAG (tests).
+        dags_folder: Another DAGs folder (tests; default the repository's ``dags/``).
 
     Raises:
         GateRefused: The run stopped at a gate; the message is its reason.
@@ -198,13 +223,16 @@ def run_retrain_dag(settings: Settings, logical_date: dt.date) -> DagProgress:
 
     services.airflow_migrate(settings)
     env = {**os.environ, **services.airflow_env(settings)}
+    if dags_folder is not None:
+        env["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags_folder)
     exe = Path(sys.executable).with_name("airflow")
     log_path = settings.paths.logs / "demo-retrain-dag.log"
     console.print(f"retrain DAG for {logical_date} (log: {log_path})")
     progress = DagProgress()
+    announcers: list[threading.Thread] = []
     with log_path.open("w") as out, log_path.open() as follow:
         proc = subprocess.Popen(
-            [str(exe), "dags", "test", DAG_ID, logical_date.isoformat()],
+            [str(exe), "dags", "test", dag_id, logical_date.isoformat()],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -226,19 +254,24 @@ def run_retrain_dag(settings: Settings, logical_date: dt.date) -> DagProgress:
                 for message in follow_dag_line(progress, line):
                     console.print(message)
                 if progress.retrying:
-                    threading.Thread(
-                        target=_announce_retry,
-                        args=(settings, progress.retrying, logical_date),
-                        daemon=True,
-                    ).start()
+                    announcers.append(
+                        threading.Thread(
+                            target=_announce_retry,
+                            args=(env, dag_id, progress.retrying, logical_date),
+                            daemon=True,
+                        )
+                    )
+                    announcers[-1].start()
                     progress.retrying = None
                 if progress.stop:
                     console.print(f"[bold red]stopping the retrain DAG: {progress.stop}")
                     break
         finally:
             _stop_process_group(proc)
+            for announcer in announcers:
+                announcer.join(timeout=60)  # say when the retry was due, even if it is over
     if progress.stop:
-        raise GateRefused(f"retrain DAG stopped at a gate: {progress.stop}; see {log_path}")
+        raise GateRefused(f"retrain DAG stopped at a gate: {progress.stop} (log: {log_path})")
     if proc.returncode != 0:
         failed = [t for t, s in progress.states.items() if s == "failed"]
         raise FeedrankError(
@@ -471,9 +504,13 @@ def run_demo(
     except GateRefused as exc:
         version = champion_version(settings)
         if version is None:
+            # Its promotion report names every failed check (the log line only the first).
+            gate = gate_reason(settings) if "promote skipped" in str(exc) else None
             raise GateRefused(
-                f"the retrain DAG promoted no champion ({exc}); `feedrank serve` would answer "
-                f"every feed with the {NO_CHAMPION_RANKER} fallback, flagged degraded"
+                f"no champion: {exc}"
+                + (f"; promotion gate refused {gate}" if gate else "")
+                + f"; `feedrank serve` would answer every feed with the {NO_CHAMPION_RANKER} "
+                "fallback, flagged degraded"
             ) from None
         raise GateRefused(f"{exc}; the champion stays {version}") from None
     version = champion_version(settings)
@@ -529,6 +566,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ),
     ) -> None:
         """Run the whole loop end to end on the embedded defaults and print a summary."""
+
+        def stop(signum: int, frame: object) -> None:
+            # As an exception, so the DAG's process group and `feedrank serve` are stopped on
+            # the way out (a bare SIGTERM would leave them running).
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, stop)
         day = None
         if today is not None:
             try:

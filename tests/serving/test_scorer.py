@@ -314,3 +314,26 @@ def test_a_tiny_request_does_not_teach_a_cost_that_skips_the_heavy_ranker(scorer
     assert not full.feed.degraded and "heavy" in full.feed.timings_ms
     assert full.feed.model_version == model.version
     scorer.close()
+
+
+def test_shifted_clock_serves_on_the_simulated_day_with_real_deadlines(scorer_parts) -> None:
+    settings, model, cache = scorer_parts
+    days_ahead = 3
+    shifted = settings.model_copy(
+        update={"clock": settings.clock.model_copy(update={"offset_s": days_ahead * 86_400})}
+    )
+    scorer = Scorer(shifted, ModelSlot(model), TableHydrator(), cache)
+    # Requested "now" on the simulated day, three days after the wall clock's.
+    requested = dt.datetime.now(dt.UTC) + dt.timedelta(days=days_ahead)
+    answer = scorer.score(make_request(5, range(300, 340), requested_at=requested))
+    feed = answer.feed
+    assert not answer.missed and not feed.degraded and feed.model_version == model.version
+    # Event times on the simulated day; the deadline is the budget after the request.
+    assert dt.timedelta(0) <= feed.served_at - requested < dt.timedelta(seconds=5)
+    budget = dt.timedelta(milliseconds=settings.serving.budget_ms)
+    assert abs(feed.deadline_at - (requested + budget)) < dt.timedelta(milliseconds=1)
+    # Without the shift the same request is far in the future: never late, but its served_at
+    # would be on the wall clock's day, days before it was requested.
+    plain = Scorer(settings, ModelSlot(model), TableHydrator(), cache)
+    other = plain.score(make_request(6, range(300, 340), requested_at=requested)).feed
+    assert other.served_at < requested - dt.timedelta(days=days_ahead - 1)
