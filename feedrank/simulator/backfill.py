@@ -78,13 +78,16 @@ def _date_of_us(us: np.ndarray) -> np.ndarray:
     return np.floor_divide(us, US_PER_DAY)
 
 
-def write_partitioned(table_name: str, table: pa.Table, out_dir: Path) -> list[Path]:
+def write_partitioned(
+    table_name: str, table: pa.Table, out_dir: Path, others_expected: bool = False
+) -> list[Path]:
     """Write ``table`` as ``out_dir/<table_name>/date=.../part-0.parquet``, one per day.
 
     Rows keep their order within a partition. Each partition is written beside the lake and
     published with one rename, replacing that day's old folder, so a reader never sees a
     half-written partition. Partitions of other days are left alone (the lake may hold
-    landed days too) but logged, since they may come from another run.
+    landed days too) but logged, since they may come from another run (unless
+    ``others_expected``: a world extended by new days keeps its earlier ones).
 
     Returns:
         The published part files.
@@ -109,7 +112,7 @@ def write_partitioned(table_name: str, table: pa.Table, out_dir: Path) -> list[P
         written.append(final / folder / part.name)
     shutil.rmtree(staging, ignore_errors=True)
     others = sorted({p.name for p in final.glob("date=*")} - {p.parent.name for p in written})
-    if others:
+    if others and not others_expected:
         log.warning("%s keeps partitions this run did not write: %s", table_name, others)
     return written
 
@@ -445,7 +448,7 @@ def simulate_backfill(
         rows[name] = table.num_rows
         if not table.num_rows:
             continue  # e.g. users when extending: the lake's partitions stay as they are
-        write_partitioned(name, table, out_dir)
+        write_partitioned(name, table, out_dir, others_expected=write_from_us is not None)
     heads = tables.get("engagements").column("head").to_numpy(zero_copy_only=False)
     n_imp = max(rows["impressions"], 1)
     rates = {h: float(np.count_nonzero(heads == h)) / n_imp for h in HEADS}
