@@ -54,7 +54,9 @@ _DECODED = T.StructType(
 def decode_batch(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """``mapInPandas`` body: validate each Kafka value with the contract's ``decode``.
 
-    One output row per lake row of a good record, one per bad record (with its reason).
+    One output row per lake row of a good record, one per bad record (with its reason and a
+    bounded prefix of its payload). ``decode`` returns for any bytes, so no record can stop
+    the query (and then every rerun, at the same offset).
     """
     for batch in batches:
         out = {name: [] for name in _DECODED.names}
@@ -62,7 +64,7 @@ def decode_batch(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             batch["topic"], batch["partition"], batch["offset"], batch["value"], strict=True
         ):
             payload = bytes(value) if value is not None else None
-            result = decode(topic, payload)
+            result = decode(topic, payload, partition=int(partition), offset=int(offset))
             if isinstance(result, DeadLetter):
                 rows = [(False, None, result.reason, result.payload)]
             else:

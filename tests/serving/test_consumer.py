@@ -393,12 +393,12 @@ def test_unacknowledged_output_redoes_every_unsettled_batch(
     requests = [make_request(i % 7, range(3 * i, 3 * i + 3)) for i in range(60)]
     unlucky = requests[10].request_id
     handle = _ServingLoop.handle
-    failed_once: list[str] = []
+    failed_once: list[tuple] = []
 
-    def handle_failing_once(self, value, where="", waiting=0):
-        futures, cached = handle(self, value, where, waiting)
-        if value is not None and unlucky.encode() in value and not failed_once:
-            failed_once.append(where)
+    def handle_failing_once(self, record, tp, waiting=0):
+        futures, cached = handle(self, record, tp, waiting)
+        if record.value is not None and unlucky.encode() in record.value and not failed_once:
+            failed_once.append((tp, record.offset))
             futures = [*futures, _FailedSend()]
         return futures, cached
 
