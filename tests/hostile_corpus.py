@@ -13,6 +13,7 @@ import datetime as dt
 import json
 from typing import Any
 
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from feedrank.schemas import (
@@ -30,7 +31,7 @@ from feedrank.schemas import (
 
 T0 = dt.datetime(2026, 11, 2, 12, tzinfo=dt.UTC)
 # Below the broker's 1 MiB message limit with room for the record's framing.
-LARGEST_VALUE_BYTES = 1_000_000
+LARGEST_VALUE_BYTES = 900_000
 
 
 def template(topic: str, ident: int) -> dict[str, Any]:
@@ -206,5 +207,33 @@ def keys() -> st.SearchStrategy[bytes | None]:
         st.none(),
         st.binary(max_size=64),
         st.integers(0, 10**6).map(lambda i: str(i).encode()),
-        st.integers(1_000, 200_000).map(lambda n: b"\xff" * n),
+        st.integers(1_000, 100_000).map(lambda n: b"\xff" * n),
     )
+
+
+def hostile_records(topic: str) -> st.SearchStrategy[tuple[bytes | None, bytes | None]]:
+    """(value, key) pairs a producer can send: a tombstone needs a key."""
+    return st.tuples(hostile_values(topic), keys()).map(
+        lambda vk: (vk[0], vk[1] if vk[0] is not None or vk[1] is not None else b"tombstone")
+    )
+
+
+def generate(strategy: st.SearchStrategy[Any], n: int, run_seed: int = 0) -> list[Any]:
+    """``n`` examples of ``strategy``, reproducibly (for tests whose one run is expensive,
+    such as a Spark job: the corpus is generated first, then produced and checked once)."""
+    examples: list[Any] = []
+
+    @seed(run_seed)
+    @settings(
+        max_examples=n,
+        phases=[Phase.generate],
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(strategy)
+    def collect(example: Any) -> None:
+        examples.append(example)
+
+    collect()
+    return examples
