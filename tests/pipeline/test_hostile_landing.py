@@ -130,7 +130,7 @@ def test_landing_killed_after_its_first_batch_resumes_without_loss_or_duplicates
     producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap_servers, acks="all")
     at = dt.datetime(2026, 11, 2, 12, tzinfo=dt.UTC)
     for i, follower in enumerate(followers):
-        event = Follow(follower_id=follower, followee_id=7, created_at=at + dt.timedelta(hours=i))
+        event = Follow(follower_id=follower, followee_id=7, created_at=at + dt.timedelta(seconds=i))
         producer.send("follows", encode(event))
         if i % 50 == 0:
             producer.send("follows", b"[" * 300_000)  # the message, now and then
@@ -141,7 +141,7 @@ def test_landing_killed_after_its_first_batch_resumes_without_loss_or_duplicates
     env = {**os.environ, "FEEDRANK_PATHS__HOME": str(cfg.paths.home)}
     exe = Path(sys.executable).with_name("feedrank")
     job = subprocess.Popen(
-        [str(exe), "land", "--topic", "follows", "--batch-records", "120"],
+        [str(exe), "land", "--topic", "follows", "--batch-records", "200"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -161,7 +161,7 @@ def test_landing_killed_after_its_first_batch_resumes_without_loss_or_duplicates
     before = sum(1 for r in _rows(cfg.paths.lake / "follows") if r["follower_id"] in ours)
     assert before < len(followers), "the job was killed before it landed everything"
 
-    land(spark, cfg, ["follows"], checkpoint, batch_records=120)
+    land(spark, cfg, ["follows"], checkpoint, batch_records=200)
     landed = Counter(
         r["follower_id"] for r in _rows(cfg.paths.lake / "follows") if r["follower_id"] in ours
     )
