@@ -304,17 +304,31 @@ def _end_offsets(settings: Settings, topic: str):
 
 
 def _read_feeds(settings: Settings, start_offsets: dict, consumer) -> list:
-    from feedrank.schemas import RankedFeed
+    """The ranked feeds from ``start_offsets`` to the current end; any record that is not a
+    valid feed goes to ``ranked_feeds.dlq`` (the demo reads on, whatever a producer wrote)."""
+    from kafka import KafkaProducer
+
+    from feedrank.schemas import DeadLetter, decode
 
     consumer.assign(list(start_offsets))
     for tp, offset in start_offsets.items():
         consumer.seek(tp, offset)
     ends = consumer.end_offsets(list(start_offsets))
-    feeds = []
+    feeds, letters = [], []
     while any(consumer.position(tp) < end for tp, end in ends.items()):
-        for records in consumer.poll(timeout_ms=500).values():
-            feeds += [RankedFeed.model_validate_json(r.value) for r in records]
+        for tp, records in consumer.poll(timeout_ms=500).items():
+            for r in records:
+                event = decode(
+                    tp.topic, r.value, partition=tp.partition, offset=r.offset, key=r.key
+                )
+                (letters if isinstance(event, DeadLetter) else feeds).append(event)
     consumer.close(autocommit=False)
+    if letters:
+        producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+        for letter in letters:
+            producer.send(letter.dlq_topic, letter.to_bytes())
+        producer.close(timeout=30)
+        console.print(f"{len(letters)} records of ranked_feeds dead-lettered (ranked_feeds.dlq)")
     return feeds
 
 

@@ -3,8 +3,10 @@
 Every event has a pydantic model (validated at each boundary: Kafka producers and consumers,
 the landing job, the CLI) and an Arrow schema derived from that same model for the Parquet
 lake, so the two can never drift. Kafka payloads are JSON objects carrying
-``schema_version``; a payload that fails validation becomes a :class:`DeadLetter` with the
-reason, never a crash and never a silent drop.
+``schema_version``. :func:`decode` is the one reader of Kafka payloads: bounded in size and
+nesting depth, strict about UTF-8 and JSON, it returns the event or a :class:`DeadLetter`
+with the reason and where the record came from, for any bytes and any key; never a crash and
+never a silent drop.
 
 Timestamps are UTC ``datetime`` in Python and ``timestamp[us, UTC]`` in Arrow (Spark rejects
 nanosecond Parquet timestamps).
@@ -14,15 +16,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
+import re
 import types
 import typing
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import pyarrow as pa
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from feedrank.config import HEADS
+from feedrank.config import HEADS, TopicConfig
 
 SCHEMA_VERSION = 1
 Head = Literal["like", "reply", "retweet", "click", "negative"]
@@ -33,6 +38,22 @@ assert typing.get_args(Head) == HEADS
 Int32 = Annotated[int, Field(ge=-(2**31), lt=2**31), "int32"]
 Id = Annotated[int, Field(ge=0, lt=2**63)]
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
+# Event times the lake can hold: Spark refuses Parquet dates before 1582 by default and
+# pandas' nanosecond timestamps end in 2262, so a record dated year 1 or 9999 would land and
+# then break every job that reads its partition.
+EARLIEST_EVENT_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LATEST_EVENT_TIME = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+
+
+def _plausible_time(value: dt.datetime) -> dt.datetime:
+    if not EARLIEST_EVENT_TIME <= value < LATEST_EVENT_TIME:
+        raise ValueError(
+            f"event time outside [{EARLIEST_EVENT_TIME.year}, {LATEST_EVENT_TIME.year})"
+        )
+    return value
+
+
+EventTime = Annotated[AwareDatetime, AfterValidator(_plausible_time)]
 
 
 class Event(BaseModel):
@@ -50,7 +71,7 @@ class User(Event):
     """A user's public profile (the users table; a snapshot per simulated day)."""
 
     user_id: Id
-    created_at: AwareDatetime
+    created_at: EventTime
     tz_offset_hours: Int32 = Field(ge=-12, le=14)
     primary_device: Device
     is_author: bool
@@ -61,7 +82,7 @@ class Tweet(Event):
 
     tweet_id: Id
     author_id: Id
-    created_at: AwareDatetime
+    created_at: EventTime
     topic: Int32 = Field(ge=0)
     has_media: bool
     has_link: bool
@@ -74,7 +95,7 @@ class Follow(Event):
 
     follower_id: Id
     followee_id: Id
-    created_at: AwareDatetime
+    created_at: EventTime
 
 
 class FeedRequest(Event):
@@ -82,7 +103,7 @@ class FeedRequest(Event):
 
     request_id: str = Field(min_length=1, max_length=64)
     user_id: Id
-    requested_at: AwareDatetime
+    requested_at: EventTime
     device: Device
     candidate_tweet_ids: list[Id] = Field(min_length=1, max_length=5_000)
 
@@ -101,7 +122,7 @@ class Impression(Event):
     tweet_id: Id
     author_id: Id
     position: Int32 = Field(ge=0)
-    served_at: AwareDatetime
+    served_at: EventTime
     model_version: str = Field(min_length=1, max_length=64)
     arm: str = Field(default="control", min_length=1, max_length=32)
     score: float | None = None
@@ -131,7 +152,7 @@ class Engagement(Event):
     tweet_id: Id
     author_id: Id
     head: Head
-    engaged_at: AwareDatetime
+    engaged_at: EventTime
 
 
 class OracleRow(Event):
@@ -140,7 +161,7 @@ class OracleRow(Event):
     request_id: str
     user_id: Id
     tweet_id: Id
-    served_at: AwareDatetime
+    served_at: EventTime
     p_like: Prob
     p_reply: Prob
     p_retweet: Prob
@@ -161,26 +182,65 @@ class RankedFeed(Event):
 
     request_id: str = Field(min_length=1, max_length=64)
     user_id: Id
-    model_version: str
-    arm: str = "treatment"
+    model_version: str = Field(min_length=1, max_length=64)
+    arm: str = Field(default="treatment", min_length=1, max_length=32)
     degraded: bool
     items: list[RankedItem]
-    requested_at: AwareDatetime
-    served_at: AwareDatetime
-    deadline_at: AwareDatetime
+    requested_at: EventTime
+    served_at: EventTime
+    deadline_at: EventTime
     timings_ms: dict[str, float] = Field(default_factory=dict)
     # Answered after deadline_at (a miss is counted, never hidden).
     deadline_missed: bool = False
 
 
+DeadLetterKind = Literal[
+    "unknown_topic",
+    "empty",
+    "not_bytes",
+    "oversized",
+    "not_utf8",
+    "too_deep",
+    "not_json",
+    "non_finite",
+    "huge_int",
+    "duplicate_key",
+    "not_object",
+    "schema_version",
+    "invalid",
+    "scoring_failed",
+    "undecodable",
+]
+
+
 class DeadLetter(BaseModel):
-    """A record that could not be accepted, with why (``<topic>.dlq`` or the lake's quarantine)."""
+    """A record that could not be accepted, with why (``<topic>.dlq`` or the lake's quarantine).
+
+    ``payload`` is the value as text (invalid UTF-8 replaced), cut to
+    :data:`DEAD_LETTER_PAYLOAD_BYTES` so a dead letter always fits its topic; ``payload_bytes``
+    is the full size, and ``partition``/``offset`` say where the whole message stays for the
+    topic's retention.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     source: str
     reason: str
     payload: str
     failed_at: AwareDatetime
+    kind: DeadLetterKind = "invalid"
+    partition: int | None = None
+    offset: int | None = None
+    key: str | None = None
+    payload_bytes: int = 0
+
+    @property
+    def dlq_topic(self) -> str:
+        """The dead-letter topic of the record's source topic."""
+        return f"{self.source}.dlq"
+
+    def to_bytes(self) -> bytes:
+        """The wire form of the dead letter (compact UTF-8 JSON)."""
+        return self.__pydantic_serializer__.to_json(self)
 
 
 # Topic name -> the event carried, and the lake table it lands in (same name).
@@ -269,30 +329,208 @@ def encode(event: Event) -> bytes:
     return event.__pydantic_serializer__.to_json(event)
 
 
-def decode(topic: str, payload: bytes | None) -> Event | DeadLetter:
-    """Parse and validate one Kafka payload; return the event or a dead letter with why."""
-    now = dt.datetime.now(dt.UTC)
-    text = payload.decode("utf-8", errors="replace") if payload is not None else ""
-    model = TOPIC_EVENTS.get(topic)
-    if model is None:
-        return DeadLetter(
-            source=topic, reason=f"unknown topic {topic!r}", payload=text, failed_at=now
-        )
+# Decoder bounds. The contracts nest at most 4 deep (ServedImpressions -> impressions ->
+# Impression -> features). Integers need no bound of ours: Python refuses to parse more than
+# sys.get_int_max_str_digits() (4,300) digits, and every int field of the contract is bounded.
+MAX_PAYLOAD_BYTES: int = TopicConfig.model_fields["max_message_bytes"].default
+MAX_DEPTH = 16
+DEAD_LETTER_PAYLOAD_BYTES = 4096
+DEAD_LETTER_KEY_BYTES = 256
+# The depth scan's patterns (run by re in C, linear whatever the input): an escape, then a
+# string once the escapes are gone.
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_JSON_STRING = re.compile(rb'"[^"]*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class _Rejected(ValueError):
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+def nesting_depth(payload: bytes) -> int:
+    """How deep a JSON parser would recurse on ``payload``: the most brackets open at once,
+    outside strings. Linear and without recursion, whatever the bytes."""
+    unescaped = _ESCAPE.sub(b"", payload)
+    brackets = _JSON_STRING.sub(b"", unescaped).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+    return int(np.cumsum(steps).max())
+
+
+def _reject_constant(token: str) -> Any:
+    raise _Rejected("non_finite", f"non_finite: {token} is not a JSON number")
+
+
+def _finite_float(token: str) -> float:
+    number = float(token)
+    if not math.isfinite(number):
+        raise _Rejected("non_finite", f"non_finite: {token[:40]} overflows a float")
+    return number
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _Rejected("duplicate_key", f"duplicate_key: {dup[:64]!r} appears twice")
+    return out
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a parsed (depth-bounded) value holds a string that is not valid Unicode."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _text_prefix(data: bytes | None, limit: int) -> str:
+    if data is None:
+        return ""
+    return bytes(data[:limit]).decode("utf-8", errors="replace")
+
+
+def _parse(model: type[Event], payload: Any, max_bytes: int) -> Event:
+    """The event in ``payload``, or :class:`_Rejected` with the kind and reason."""
     if payload is None:
-        return DeadLetter(source=topic, reason="empty message", payload="", failed_at=now)
+        raise _Rejected("empty", "empty: no value (a tombstone)")
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise _Rejected("not_bytes", f"not_bytes: value of type {type(payload).__name__}")
+    payload = bytes(payload)
+    if not payload:
+        raise _Rejected("empty", "empty: zero-length value")
+    if len(payload) > max_bytes:
+        raise _Rejected("oversized", f"oversized: {len(payload)} bytes > {max_bytes}")
     try:
-        raw = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return DeadLetter(source=topic, reason=f"not JSON: {exc}", payload=text, failed_at=now)
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Rejected("not_utf8", f"not_utf8: {exc.reason} at byte {exc.start}") from None
+    if (depth := nesting_depth(payload)) > MAX_DEPTH:
+        raise _Rejected("too_deep", f"too_deep: nested {depth} levels (> {MAX_DEPTH})")
+    try:
+        raw = json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            object_pairs_hook=_unique_keys,
+        )
+    except _Rejected:
+        raise
+    except json.JSONDecodeError as exc:
+        raise _Rejected("not_json", f"not JSON: {exc}") from None
+    except ValueError as exc:  # Python's own int-digit limit
+        raise _Rejected("huge_int", f"huge_int: {exc}"[:300]) from None
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(raw):
+        raise _Rejected("not_utf8", "not_utf8: a string escapes a lone UTF-16 surrogate")
     if not isinstance(raw, dict):
-        return DeadLetter(source=topic, reason="not a JSON object", payload=text, failed_at=now)
+        raise _Rejected("not_object", f"not_object: a JSON {type(raw).__name__}, not an object")
     if raw.get("schema_version") != SCHEMA_VERSION:
-        reason = f"unsupported schema_version {raw.get('schema_version')!r}"
-        return DeadLetter(source=topic, reason=reason, payload=text, failed_at=now)
+        version = repr(raw.get("schema_version"))[:40]
+        raise _Rejected("schema_version", f"unsupported schema_version {version}")
     try:
-        return model.model_validate(raw)
+        # Strict, from the vetted text: the wire types are the contract's own (a number is no
+        # timestamp, "1" no id, 1 no boolean), which lax coercion of the parsed dict allowed.
+        return model.model_validate_json(payload, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "record"
-        reason = f"{where}: {first['msg']} ({exc.error_count()} error(s))"
-        return DeadLetter(source=topic, reason=reason, payload=text, failed_at=now)
+        raise _Rejected(
+            "invalid", f"{where}: {first['msg']} ({exc.error_count()} error(s))"[:500]
+        ) from None
+
+
+def decode(
+    topic: str,
+    payload: bytes | None,
+    *,
+    partition: int | None = None,
+    offset: int | None = None,
+    key: bytes | None = None,
+    max_bytes: int = MAX_PAYLOAD_BYTES,
+) -> Event | DeadLetter:
+    """Parse and validate one Kafka record; the event, or a dead letter saying why.
+
+    Total: returns for any ``payload`` and ``key`` (the key is only copied into a dead
+    letter, cut to :data:`DEAD_LETTER_KEY_BYTES`). The checks, cheapest first: size
+    (``max_bytes``), strict UTF-8, nesting depth (:data:`MAX_DEPTH`, scanned without
+    recursion), JSON without NaN/Infinity, overflowing floats, integers of more than 4,300
+    digits or duplicate keys, no lone surrogates, an object with ``schema_version``, then the
+    topic's model in strict mode (which bounds every number, string, list and event time).
+
+    Args:
+        topic: The topic read; it picks the model (:data:`TOPIC_EVENTS`).
+        payload: The record's value (``None`` for a tombstone).
+        partition: Where the record was read, copied into a dead letter.
+        offset: Where the record was read, copied into a dead letter.
+        key: The record's key, copied into a dead letter.
+        max_bytes: Larger values are refused unparsed.
+
+    Returns:
+        The validated event, or a :class:`DeadLetter` with ``kind``, ``reason``, a payload
+        prefix and the record's topic/partition/offset.
+    """
+    model = TOPIC_EVENTS.get(topic)
+    try:
+        if model is None:
+            raise _Rejected("unknown_topic", f"unknown topic {topic!r}")
+        return _parse(model, payload, max_bytes)
+    except _Rejected as exc:
+        kind, reason = exc.kind, exc.reason
+    except (RecursionError, MemoryError) as exc:
+        kind, reason = "undecodable", f"undecodable: {type(exc).__name__}"
+    except Exception as exc:  # the reader must move on whatever the bytes: never raise
+        kind, reason = "undecodable", f"undecodable: {type(exc).__name__}: {exc}"[:300]
+    return dead_letter(topic, kind, reason, payload, partition=partition, offset=offset, key=key)
+
+
+def dead_letter(
+    source: str,
+    kind: str,
+    reason: str,
+    payload: Any = None,
+    *,
+    partition: int | None = None,
+    offset: int | None = None,
+    key: Any = None,
+) -> DeadLetter:
+    """A :class:`DeadLetter` for a record of ``source``, its payload and key cut to size.
+
+    Args:
+        source: The topic the record was read from.
+        kind: One of :data:`DeadLetterKind`.
+        reason: Why it was refused (one line).
+        payload: The record's value (anything; only bytes are kept, as text).
+        partition: Where the record was read.
+        offset: Where the record was read.
+        key: The record's key (anything; only bytes are kept, as text).
+    """
+    raw = payload if isinstance(payload, bytes | bytearray | memoryview) else None
+    keyed = key if isinstance(key, bytes | bytearray | memoryview) else None
+    return DeadLetter(
+        source=source,
+        reason=reason,
+        kind=kind,
+        payload=_text_prefix(raw, DEAD_LETTER_PAYLOAD_BYTES),
+        payload_bytes=len(raw) if raw is not None else 0,
+        partition=partition,
+        offset=offset,
+        key=None if keyed is None else _text_prefix(keyed, DEAD_LETTER_KEY_BYTES),
+        failed_at=dt.datetime.now(dt.UTC),
+    )

@@ -84,6 +84,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             list[str] | None,
             typer.Option("--topic", help="Topic to land (repeatable); default: every lake topic."),
         ] = None,
+        batch_records: Annotated[
+            int, typer.Option(min=1, help="Most Kafka records per micro-batch.")
+        ] = 200_000,
     ) -> None:
         """Land everything new on the Kafka topics into the lake (exactly once per record)."""
         from feedrank.spark import get_spark
@@ -91,7 +94,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         settings = get_settings()
         setup_logging("land", settings)
-        summary = land.land(get_spark("feedrank-land", settings), settings, topic)
+        summary = land.land(
+            get_spark("feedrank-land", settings), settings, topic, batch_records=batch_records
+        )
         for name, counts in summary.items():
             typer.echo(
                 f"{name}: {counts['rows']} row(s) landed, {counts['quarantined']} quarantined"

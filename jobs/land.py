@@ -17,6 +17,7 @@ are in place.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import shutil
 import uuid
@@ -54,7 +55,9 @@ _DECODED = T.StructType(
 def decode_batch(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """``mapInPandas`` body: validate each Kafka value with the contract's ``decode``.
 
-    One output row per lake row of a good record, one per bad record (with its reason).
+    One output row per lake row of a good record, one per bad record (with its reason and a
+    bounded prefix of its payload). ``decode`` returns for any bytes, so no record can stop
+    the query (and then every rerun, at the same offset).
     """
     for batch in batches:
         out = {name: [] for name in _DECODED.names}
@@ -62,17 +65,17 @@ def decode_batch(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             batch["topic"], batch["partition"], batch["offset"], batch["value"], strict=True
         ):
             payload = bytes(value) if value is not None else None
-            result = decode(topic, payload)
+            result = decode(topic, payload, partition=int(partition), offset=int(offset))
             if isinstance(result, DeadLetter):
                 rows = [(False, None, result.reason, result.payload)]
             else:
                 rows = [(True, row.model_dump_json(), None, None) for row in result.lake_rows()]
-            for ok, json, reason, bad_payload in rows:
+            for ok, good_json, reason, bad_payload in rows:
                 out["topic"].append(topic)
                 out["partition"].append(int(partition))
                 out["offset"].append(int(offset))
                 out["ok"].append(ok)
-                out["json"].append(json)
+                out["json"].append(good_json)
                 out["reason"].append(reason)
                 out["payload"].append(bad_payload)
         yield pd.DataFrame(out)
@@ -151,8 +154,20 @@ def land(
     settings: Settings,
     topics: Iterable[str] | None = None,
     checkpoint: Path | None = None,
+    *,
+    batch_records: int = 200_000,
+    starting_offsets: dict[str, dict[int, int]] | None = None,
 ) -> dict[str, dict[str, int]]:
     """Land everything new on ``topics`` and stop (``availableNow``).
+
+    Args:
+        spark: The session.
+        settings: Kafka address and run folder.
+        topics: Lake topics to land (default: all of :data:`LAKE_TOPICS`).
+        checkpoint: The streaming checkpoint (default ``<home>/checkpoints/land``).
+        batch_records: Most Kafka records per micro-batch (``maxOffsetsPerTrigger``).
+        starting_offsets: Per topic and partition, where a new checkpoint starts (default:
+            the earliest offsets); a checkpoint that exists resumes where it stopped.
 
     Returns:
         Per topic: rows now in the lake table and records in its quarantine.
@@ -169,8 +184,15 @@ def land(
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka.bootstrap_servers)
         .option("subscribe", ",".join(topics))
-        .option("startingOffsets", "earliest")
-        .option("maxOffsetsPerTrigger", 200_000)
+        .option(
+            "startingOffsets",
+            json.dumps(
+                {t: {str(p): o for p, o in parts.items()} for t, parts in starting_offsets.items()}
+            )
+            if starting_offsets
+            else "earliest",
+        )
+        .option("maxOffsetsPerTrigger", batch_records)
         .load()
     )
     totals = {t: {"rows": 0, "quarantined": 0} for t in topics}

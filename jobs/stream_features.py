@@ -21,8 +21,10 @@ like, reply, retweet and click). :func:`run_stream_features` is the thin Kafka s
   every count of an entity is zero, with null counts (a tombstone: the entity leaves the
   view, as in the offline table of :func:`jobs.features.stream_counters`, so a quiet entity
   is missing online as it is in the training data, however long ago it went quiet).
-* **Bad records** go to ``engagements.dlq`` as a :class:`~feedrank.schemas.DeadLetter` with
-  the reason, and are committed past (never lost, never fatal; not re-sent when replayed).
+* **Bad records** (any bytes: :func:`~feedrank.schemas.decode` is total) go to
+  ``engagements.dlq`` as a :class:`~feedrank.schemas.DeadLetter` with the reason and their
+  partition/offset, and are committed past (never lost, never fatal; not re-sent when
+  replayed).
 * **Lag** (end offset − position, summed over partitions) is logged after every batch and
   reported in :class:`StreamStats`.
 """
@@ -337,10 +339,16 @@ def run_stream_features(
                     else:
                         stats.consumed += 1
                     uncommitted[tp] = record.offset + 1
-                    event = decode(TOPIC, record.value)
+                    event = decode(
+                        TOPIC,
+                        record.value,
+                        partition=tp.partition,
+                        offset=record.offset,
+                        key=record.key,
+                    )
                     if isinstance(event, DeadLetter):
                         if not replayed:  # the run that read it first sent it already
-                            producer.send(DLQ_TOPIC, event.model_dump_json().encode())
+                            producer.send(DLQ_TOPIC, event.to_bytes())
                             stats.dead_lettered += 1
                     elif counters.add(event, tp.partition, record.offset) and not replayed:
                         stats.counted += 1

@@ -4,7 +4,8 @@ One process = one member of the consumer group ``serving.group_id`` on ``feed_re
 start several and they share the partitions. Delivery is at-least-once:
 
 1. poll a small batch (auto-commit is off);
-2. for each message: size check, :func:`feedrank.schemas.decode`, score; the ranked feed goes
+2. for each message: :func:`feedrank.schemas.decode` (bounded by
+   ``serving.max_request_bytes``), score; the ranked feed goes
    to ``ranked_feeds`` and its impressions to ``impressions`` (one message per feed; both
    keyed by user); anything that cannot be answered goes to ``feed_requests.dlq`` with the
    reason — no input stops the loop;
@@ -27,7 +28,6 @@ models between messages.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import gc
 import logging
 import os
@@ -45,7 +45,15 @@ from kafka.structs import OffsetAndMetadata
 from feedrank.config import GROUP_POLL_TIMEOUT_MS, Settings
 from feedrank.errors import FeedrankError
 from feedrank.logs import setup_logging
-from feedrank.schemas import DeadLetter, FeedRequest, Impression, ServedImpressions, decode, encode
+from feedrank.schemas import (
+    DeadLetter,
+    FeedRequest,
+    Impression,
+    ServedImpressions,
+    dead_letter,
+    decode,
+    encode,
+)
 from serving import metrics
 from serving.feed_cache import open_feed_cache
 from serving.reload import ModelWatcher
@@ -63,7 +71,6 @@ MAX_UNSETTLED_RECORDS = 2 * MAX_POLL_RECORDS
 COMMIT_INTERVAL_S = 0.2
 ACK_TIMEOUT_S = 30.0
 LAG_REFRESH_S = 1.0
-OVERSIZED_PREFIX_BYTES = 4096
 RECORD_OVERHEAD_BYTES = 1024  # key, headers and batch framing around a record's value
 
 
@@ -219,48 +226,47 @@ class _ServingLoop:
 
     # ------------------------------------------------------------------ one message
 
-    def _dead_letter(self, value: bytes | None, reason: str, kind: str) -> Any:
-        text = value.decode("utf-8", errors="replace") if value is not None else ""
-        letter = DeadLetter(
-            source=REQUESTS_TOPIC, reason=reason, payload=text, failed_at=dt.datetime.now(dt.UTC)
-        )
-        metrics.DEAD_LETTERED.labels(kind=kind).inc()
+    def _send_dead_letter(self, letter: DeadLetter) -> Any:
+        metrics.DEAD_LETTERED.labels(kind=letter.kind).inc()
         self.stats.dead_lettered += 1
-        return self.producer.send(DLQ_TOPIC, value=letter.model_dump_json().encode())
+        return self.producer.send(DLQ_TOPIC, value=letter.to_bytes())
 
-    def handle(
-        self, value: bytes | None, where: str = "", waiting: int = 0
-    ) -> tuple[list[Any], Any]:
+    def handle(self, record: Any, tp: TopicPartition, waiting: int = 0) -> tuple[list[Any], Any]:
         """Answer one message; returns its producer futures and the feed to cache (or None).
 
         Args:
-            value: The message value.
-            where: ``topic/partition@offset`` of the message, for dead-letter reasons.
+            record: The consumed record (``value``, ``key``, ``offset``); any bytes at all.
+            tp: Its topic partition, copied into a dead letter.
             waiting: Messages of the same poll still to be answered after this one.
         """
-        max_bytes = self.settings.serving.max_request_bytes
-        if value is not None and len(value) > max_bytes:
-            # The dead letter keeps a prefix (the DLQ has its own size limit); the reason
-            # says where the full message stays for the topic's retention.
-            reason = (
-                f"oversized: {len(value)} bytes > max_request_bytes {max_bytes} "
-                f"(payload truncated to {OVERSIZED_PREFIX_BYTES} bytes; full message "
-                f"at {where})"
-            )
-            return [self._dead_letter(value[:OVERSIZED_PREFIX_BYTES], reason, "oversized")], None
-        event = decode(REQUESTS_TOPIC, value)
+        event = decode(
+            REQUESTS_TOPIC,
+            record.value,
+            partition=tp.partition,
+            offset=record.offset,
+            key=record.key,
+            # The dead letter keeps a prefix; the full message stays at its offset for the
+            # topic's retention.
+            max_bytes=self.settings.serving.max_request_bytes,
+        )
         if isinstance(event, DeadLetter):
-            kind = "invalid_json" if event.reason.startswith("not JSON") else "invalid"
-            metrics.DEAD_LETTERED.labels(kind=kind).inc()
-            self.stats.dead_lettered += 1
-            return [self.producer.send(DLQ_TOPIC, value=event.model_dump_json().encode())], None
+            return [self._send_dead_letter(event)], None
         assert isinstance(event, FeedRequest)
         try:
             answer = self.scorer.score(event, waiting=waiting)
         except Exception as exc:  # a request we cannot score must not stop the others
             log.exception("scoring failed for %s", event.request_id)
             reason = f"scoring failed: {type(exc).__name__}: {exc}".splitlines()[0][:500]
-            return [self._dead_letter(value, reason, "scoring_failed")], None
+            letter = dead_letter(
+                REQUESTS_TOPIC,
+                "scoring_failed",
+                reason,
+                record.value,
+                partition=tp.partition,
+                offset=record.offset,
+                key=record.key,
+            )
+            return [self._send_dead_letter(letter)], None
         key = str(event.user_id).encode()
         futures = [self.producer.send(FEEDS_TOPIC, key=key, value=answer.payload)]
         if answer.impressions:
@@ -303,8 +309,7 @@ class _ServingLoop:
             for tp, records in batch.items():
                 for record in records:
                     self.watcher.maybe_swap()
-                    where = f"{tp.topic}/{tp.partition}@{record.offset}"
-                    record_futures, cached = self.handle(record.value, where, polled - n - 1)
+                    record_futures, cached = self.handle(record, tp, polled - n - 1)
                     answered.futures += record_futures
                     if cached is not None:
                         answered.to_cache.append(cached)

@@ -68,7 +68,7 @@ DEADLINE_MISSES = Counter(
 )
 DEAD_LETTERED = Counter(
     "feedrank_serving_dead_lettered_total",
-    "feed_requests messages sent to feed_requests.dlq, by kind of failure.",
+    "feed_requests messages sent to feed_requests.dlq, by kind (feedrank.schemas.DeadLetterKind).",
     ["kind"],
 )
 CONSUMER_LAG = Gauge(

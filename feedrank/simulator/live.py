@@ -308,10 +308,16 @@ class LiveSimulator:
         batch = self.consumer.poll(timeout_ms=0, max_records=500)
         for records in batch.values():
             for record in records:
-                event = decode(FEEDS_TOPIC, record.value)
+                event = decode(
+                    FEEDS_TOPIC,
+                    record.value,
+                    partition=record.partition,
+                    offset=record.offset,
+                    key=record.key,
+                )
                 if isinstance(event, DeadLetter):
                     self.stats.feeds_dead_lettered += 1
-                    self.producer.send(f"{FEEDS_TOPIC}.dlq", value=event.model_dump_json().encode())
+                    self.producer.send(event.dlq_topic, value=event.to_bytes())
                     log.warning("dead-lettered a ranked feed: %s", event.reason)
                     continue
                 assert isinstance(event, RankedFeed)

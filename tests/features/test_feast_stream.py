@@ -7,6 +7,7 @@ import datetime as dt
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -295,3 +296,70 @@ def test_restarted_stream_job_rebuilds_its_windows_and_counts_new_engagements(
     assert second.replayed >= 2  # the first run's likes (and warm-ups), not counted again
     assert (second.consumed, second.counted, second.dead_lettered) == (2, 2, 0)
     assert second.commits >= 2 and second.lag == 0
+
+
+@pytest.mark.integration
+def test_hostile_corpus_is_dead_lettered_and_good_engagements_counted(
+    kafka: Settings, tmp_path: Path
+) -> None:
+    """A generated corpus of hostile values and keys between good engagements: each hostile
+    record reaches engagements.dlq once with its partition and offset, each good one is
+    counted once, and the job ends normally."""
+    from hostile_corpus import generate, hostile_records
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    from feedrank.schemas import DeadLetter
+
+    local, store = _local_store(kafka, tmp_path)
+    group = f"test-hostile-{uuid.uuid4().hex}"
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka.kafka.bootstrap_servers, group_id=group, enable_auto_commit=False
+    )
+    try:  # the group starts at the current end: only this test's records are new to it
+        parts = [
+            TopicPartition("engagements", p) for p in consumer.partitions_for_topic("engagements")
+        ]
+        consumer.assign(parts)
+        consumer.commit(
+            {tp: OffsetAndMetadata(o, "", -1) for tp, o in consumer.end_offsets(parts).items()}
+        )
+    finally:
+        consumer.close(autocommit=False)
+    dlq = KafkaConsumer(bootstrap_servers=kafka.kafka.bootstrap_servers, enable_auto_commit=False)
+    dlq_parts = [
+        TopicPartition("engagements.dlq", p) for p in dlq.partitions_for_topic("engagements.dlq")
+    ]
+    dlq.assign(dlq_parts)
+    for tp, offset in dlq.end_offsets(dlq_parts).items():
+        dlq.seek(tp, offset)
+    producer = KafkaProducer(bootstrap_servers=kafka.kafka.bootstrap_servers, acks="all")
+    base = _unique_id(4 * 10**12)
+    hostile = set()
+    corpus = generate(hostile_records("engagements"), 60, run_seed=31)
+    try:
+        for i, (value, key) in enumerate(corpus):
+            producer.send("engagements", encode(_engagement(base + i, 5, T0)), key=key)
+            meta = producer.send("engagements", value, key=key).get(60)
+            hostile.add((meta.partition, meta.offset))
+        producer.flush()
+    finally:
+        producer.close()
+    stats = run_stream_features(
+        local, store=store, group_id=group, max_messages=2 * len(corpus), idle_timeout_s=20
+    )
+    letters: list[DeadLetter] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(letters) < len(hostile) and time.monotonic() < deadline:
+            for records in dlq.poll(timeout_ms=200).values():
+                letters += [DeadLetter.model_validate_json(r.value) for r in records]
+    finally:
+        dlq.close(autocommit=False)
+    assert (stats.consumed, stats.counted, stats.dead_lettered) == (
+        2 * len(corpus),
+        len(corpus),
+        len(hostile),
+    )
+    assert Counter((d.partition, d.offset) for d in letters) == Counter(dict.fromkeys(hostile, 1))
+    assert all(d.source == "engagements" and d.reason for d in letters)

@@ -393,12 +393,12 @@ def test_unacknowledged_output_redoes_every_unsettled_batch(
     requests = [make_request(i % 7, range(3 * i, 3 * i + 3)) for i in range(60)]
     unlucky = requests[10].request_id
     handle = _ServingLoop.handle
-    failed_once: list[str] = []
+    failed_once: list[tuple] = []
 
-    def handle_failing_once(self, value, where="", waiting=0):
-        futures, cached = handle(self, value, where, waiting)
-        if value is not None and unlucky.encode() in value and not failed_once:
-            failed_once.append(where)
+    def handle_failing_once(self, record, tp, waiting=0):
+        futures, cached = handle(self, record, tp, waiting)
+        if record.value is not None and unlucky.encode() in record.value and not failed_once:
+            failed_once.append((tp, record.offset))
             futures = [*futures, _FailedSend()]
         return futures, cached
 
@@ -427,3 +427,40 @@ def test_unacknowledged_output_redoes_every_unsettled_batch(
     assert answered[unlucky] >= 2  # answered, not acknowledged, so redone
     for copies in feeds_by_id(values).values():
         assert all(c.items == copies[0].items for c in copies)
+
+
+def test_hostile_corpus_is_dead_lettered_with_offsets_and_good_requests_answered(
+    group_settings, producer, hydrator_factory
+):
+    """A generated corpus of hostile values and keys between good requests: every hostile
+    record reaches feed_requests.dlq once, with its partition and offset; every good request
+    is answered; the loop never stops."""
+    from hostile_corpus import generate, hostile_records
+
+    from feedrank.schemas import DeadLetter
+
+    settings = group_settings
+    dlq = TopicReader(settings, "feed_requests.dlq")
+    feeds_reader = TopicReader(settings, "ranked_feeds")
+    server = ServingThread(settings, make_scorer(settings, hydrator_factory))
+    hostile, good = set(), set()
+    try:
+        for i, (value, key) in enumerate(generate(hostile_records("feed_requests"), 80, 11)):
+            request = make_request(i % 150, [3 * i, 3 * i + 1])
+            send_requests(producer, [request])
+            good.add(request.request_id)
+            meta = producer.send("feed_requests", key=key, value=value).get(60)
+            hostile.add((meta.partition, meta.offset))
+        letters = [DeadLetter.model_validate_json(v) for v in dlq.read(len(hostile), 180)]
+        answered = request_ids_of(
+            feeds_reader.read(len(good), 120, accept=lambda v: json.loads(v)["request_id"] in good)
+        )
+        stats = server.stop()
+    finally:
+        server.stop_event.set()
+        dlq.close()
+        feeds_reader.close()
+    assert Counter((d.partition, d.offset) for d in letters) == Counter(dict.fromkeys(hostile, 1))
+    assert all(d.reason and d.source == "feed_requests" for d in letters)
+    assert set(answered) == good
+    assert stats.dead_lettered == len(hostile) and stats.scored >= len(good)
