@@ -179,7 +179,9 @@ class TrainingConfig(Section):
     nthread: int = Field(default=2, ge=1, description="XGBoost threads.")
     num_workers: int = Field(default=2, ge=1, description="xgboost.spark workers (cluster).")
     day_ahead_calibration: bool = Field(
-        default=True,
+        # Off: on the demo's worlds it lowered RCE on every head it moved and pushed
+        # Sunday's reply calibration out of the gate (docs/quality.md).
+        default=False,
         description="Fit a per-head Platt calibration on the last training day, scored by "
         "heads trained without it (jobs/train.py).",
     )

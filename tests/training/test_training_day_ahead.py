@@ -105,13 +105,27 @@ def test_calibration_is_applied_after_the_downsampling_recalibration() -> None:
 def test_model_records_and_loads_its_day_ahead_calibration(
     train_settings: Settings, trained, synthetic_run
 ) -> None:
+    from jobs.train import train
+
     meta = json.loads((trained.path / "metadata.json").read_text())
+    assert meta["calibration"]["heads"] == {}  # off by default
+    assert meta["not_learned"] == list(feature_spec.NOT_LEARNED)
+    on = train_settings.model_copy(
+        update={
+            "training": train_settings.training.model_copy(update={"day_ahead_calibration": True})
+        }
+    )
+    result = train(on, data=synthetic_run, version="day-ahead", show_progress=False)
+    record = json.loads((result.path / "metadata.json").read_text())["calibration"]
     manifest = json.loads((synthetic_run / "manifest.json").read_text())
-    record = meta["calibration"]
     assert record["method"] == "platt"
     assert record["fitted_on"] == max(manifest["train_dates"])  # the day before held-out
     assert set(record["heads"]) == set(HEADS)
-    model = registry.load_model(trained.version, train_settings)
+    model = registry.load_model(result.version, on)
     for head in HEADS:
         assert model.calibration[head].to_json() == record["heads"][head]
-    assert meta["not_learned"] == list(feature_spec.NOT_LEARNED)
+    X = np.nan_to_num(np.random.default_rng(0).random((5, len(feature_spec.model_features()))))
+    plain = registry.head_probabilities(model.boosters, X, model.keep_rates)
+    calibrated = model.predict_heads(X)
+    for head in HEADS:
+        np.testing.assert_allclose(calibrated[head], model.calibration[head].apply(plain[head]))
