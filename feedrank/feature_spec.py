@@ -279,7 +279,7 @@ LIGHT_RANKER_FEATURES: tuple[str, ...] = (
 # absolute time means nothing on a day the training window did not contain: trained on two
 # days, a tree files every newer tweet with the newest it saw (docs/quality.md, "Every day the
 # same model"); ``ctx_tweet_age_hours`` carries what it knows. Training masks these columns to
-# missing, so no split can use them, and the registry refuses a booster that does.
+# missing, so no split can use them (tests/training/test_training_day_ahead.py checks it).
 NOT_LEARNED: tuple[str, ...] = ("tweet_created_ts",)
 
 

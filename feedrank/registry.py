@@ -346,8 +346,7 @@ def save_model(
             DayAheadCalibration}``, may be empty) plus how it was fitted.
 
     Raises:
-        FeedrankError: Missing heads, bad keep-rates, a booster that splits on a
-            ``NOT_LEARNED`` column, or the version already exists.
+        FeedrankError: Missing heads, bad keep-rates, or the version already exists.
     """
     version = validate_version(version or new_version())
     if set(boosters) != set(HEADS):
@@ -360,12 +359,6 @@ def save_model(
             raise FeedrankError(
                 f"head {head}: booster has {booster.num_features()} features, the contract "
                 f"{contract.feature_service} has {len(contract.features)}"
-            )
-        used = booster_features(booster, contract.features) & set(contract.not_learned)
-        if used:
-            raise FeedrankError(
-                f"head {head}: booster splits on {sorted(used)}, which the contract does not "
-                "let a model learn (feature_spec.NOT_LEARNED)"
             )
     calibration_record = dict(calibration or {"heads": {}})
     calibration_record["heads"] = {
