@@ -6,6 +6,10 @@ Input is a run of ``feedrank training-data`` (``<paths.training>/<run_id>/{train
 
 * Features are exactly ``feature_spec.model_features()``, in that order; a run whose columns
   or manifest disagree with the contract is refused.
+* The ``feature_spec.NOT_LEARNED`` columns (an absolute time) are masked to missing before
+  fitting (:func:`learning_matrix`), so the heads cannot split on them.
+* ``training.day_ahead_calibration`` (off by default, docs/quality.md): a per-head Platt map
+  fitted on the last training day (:func:`fit_day_ahead_calibration`), stored in the model.
 * Each head: ``hist`` trees, ``binary:logistic``, early stopping on the validation day, and a
   small hyperparameter search (depth / learning rate / min_child_weight) chosen on validation
   log loss within ``training.search_budget_s``. The saved booster is sliced to its best
