@@ -187,6 +187,13 @@ class TrainingConfig(Section):
     search_budget_s: float = Field(default=60.0, ge=0, description="Hyperparameter search time.")
     nthread: int = Field(default=2, ge=1, description="XGBoost threads.")
     num_workers: int = Field(default=2, ge=1, description="xgboost.spark workers (cluster).")
+    day_ahead_calibration: bool = Field(
+        # Off: on the demo's worlds it lowered RCE on every head it moved and pushed
+        # Sunday's reply calibration out of the gate (docs/quality.md).
+        default=False,
+        description="Fit a per-head Platt calibration on the last training day, scored by "
+        "heads trained without it (jobs/train.py).",
+    )
     promote_min_auc: float = Field(
         default=0.55, ge=0, le=1, description="Promotion gate: every head's AUC must exceed this."
     )

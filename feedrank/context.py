@@ -4,30 +4,63 @@ The Feast on-demand view, the Spark training-data job (through pandas) and the s
 fast path all call :func:`context_features`, so offline and online values are the same by
 construction. The holiday calendar is shared with the simulator, which makes engagement
 depend on holiday proximity.
+
+Which context a model may learn from is chosen for a training window of two or three days
+(``training_days`` of the retrain DAG): a feature that takes a value on the held-out day that
+no training day had is extrapolated by the trees, and the held-out day's probabilities shift
+(27–38% on a Sunday or Monday held out, docs/quality.md). So there is no day-of-week and no
+absolute time; the tweet's age replaces its creation time.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
+import holidays
 import numpy as np
 import pandas as pd
 
-# Fixed-date holidays that the simulated world observes (UTC dates).
-HOLIDAYS: tuple[dt.date, ...] = tuple(
-    dt.date(year, month, day)
-    for year in range(2024, 2029)
-    for month, day in ((1, 1), (2, 14), (7, 4), (10, 31), (11, 26), (12, 24), (12, 25), (12, 31))
-)
-_HOLIDAY_DAYS = np.array([(h - dt.date(1970, 1, 1)).days for h in HOLIDAYS], dtype=np.float64)
+# The simulated world observes the United States' public holidays and its widely kept
+# unofficial days (Christmas Eve, New Year's Eve, Valentine's Day, Halloween, ...), as the
+# maintained `holidays` package lists them for any year: no table to extend.
+HOLIDAY_COUNTRY = "US"
+HOLIDAY_CATEGORIES: tuple[str, ...] = ("public", "unofficial")
+_EPOCH = dt.date(1970, 1, 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _holiday_days(first_year: int, last_year: int) -> np.ndarray:
+    """Sorted holiday dates of ``first_year..last_year`` as days since the epoch."""
+    calendar = holidays.country_holidays(
+        HOLIDAY_COUNTRY, years=range(first_year, last_year + 1), categories=HOLIDAY_CATEGORIES
+    )
+    return np.array(sorted((day - _EPOCH).days for day in calendar), dtype=np.float64)
+
+
+def holidays_between(first: dt.date, last: dt.date) -> list[dt.date]:
+    """The calendar's holidays from ``first`` to ``last`` (inclusive), in order."""
+    days = _holiday_days(first.year, last.year)
+    lo, hi = (first - _EPOCH).days, (last - _EPOCH).days
+    return [_EPOCH + dt.timedelta(days=int(d)) for d in days if lo <= d <= hi]
 
 
 def days_to_nearest_holiday(epoch_seconds: np.ndarray) -> np.ndarray:
-    """Absolute days from each timestamp's UTC date to the nearest calendar holiday."""
+    """Absolute days from each timestamp's UTC date to the nearest calendar holiday.
+
+    NaN timestamps give NaN. The calendar is taken for the years the timestamps span plus
+    one on each side, so a date in early January or late December sees its neighbours.
+    """
     day = np.floor(np.asarray(epoch_seconds, dtype=np.float64) / 86400.0)
-    idx = np.searchsorted(_HOLIDAY_DAYS, day).clip(1, len(_HOLIDAY_DAYS) - 1)
-    before = np.abs(day - _HOLIDAY_DAYS[idx - 1])
-    after = np.abs(_HOLIDAY_DAYS[idx] - day)
+    known = day[np.isfinite(day)]
+    if known.size == 0:
+        return np.full(day.shape, np.nan)
+    first = (_EPOCH + dt.timedelta(days=int(known.min()))).year - 1
+    last = (_EPOCH + dt.timedelta(days=int(known.max()))).year + 1
+    table = _holiday_days(first, last)
+    idx = np.searchsorted(table, np.nan_to_num(day)).clip(1, len(table) - 1)
+    before = np.abs(day - table[idx - 1])
+    after = np.abs(table[idx] - day)
     return np.minimum(before, after)
 
 
@@ -53,12 +86,11 @@ def context_features(
     peak = np.asarray(user_active_hour_peak, dtype=np.float64)
     peak = np.where(peak < 0, np.nan, peak)
     hour = np.floor(np.mod(ts, 86400.0) / 3600.0)
-    # 1970-01-01 was a Thursday (Monday = 0 -> Thursday = 3).
+    # 1970-01-01 was a Thursday (Monday = 0 -> Thursday = 3); Saturday = 5, Sunday = 6.
     day_of_week = np.mod(np.floor(ts / 86400.0) + 3.0, 7.0)
     hour_gap = np.abs(hour - peak)
     return {
         "ctx_hour": hour,
-        "ctx_day_of_week": day_of_week,
         "ctx_is_weekend": (day_of_week >= 5).astype(np.float64),
         "ctx_days_to_holiday": days_to_nearest_holiday(ts),
         "ctx_device_code": np.asarray(device_code, dtype=np.float64) + 0.0 * ts,

@@ -113,7 +113,11 @@ _author_features = (
     ),
 )
 _tweet_attribute_features = (
-    _f("tweet_created_ts", "float64", "Creation time, seconds since the epoch."),
+    _f(
+        "tweet_created_ts",
+        "float64",
+        "Creation time, seconds since the epoch (a lookup column, not learned: NOT_LEARNED).",
+    ),
     _f("tweet_topic", "int64", "Topic id."),
     _f("tweet_has_media", "int64", "1 if the tweet carries media."),
     _f("tweet_has_link", "int64", "1 if the tweet carries a link."),
@@ -252,7 +256,6 @@ REQUEST_FIELDS: tuple[Feature, ...] = (
 )
 CONTEXT_FEATURES: tuple[Feature, ...] = (
     _f("ctx_hour", "float64", "UTC hour of the request."),
-    _f("ctx_day_of_week", "float64", "Day of week, Monday = 0."),
     _f("ctx_is_weekend", "float64", "1 on Saturday and Sunday."),
     _f("ctx_days_to_holiday", "float64", "Days to the nearest holiday in the calendar."),
     _f("ctx_device_code", "float64", "Device index (mobile, web, tablet)."),
@@ -271,6 +274,15 @@ LIGHT_RANKER_FEATURES: tuple[str, ...] = (
 )
 
 
+# Columns of the model matrix the heads never learn from. Serving and the context read
+# ``tweet_created_ts`` from the matrix (the tweet's age, the chronological order), but an
+# absolute time means nothing on a day the training window did not contain: trained on two
+# days, a tree files every newer tweet with the newest it saw (docs/quality.md, "Every day the
+# same model"); ``ctx_tweet_age_hours`` carries what it knows. Training masks these columns to
+# missing, so no split can use them (tests/training/test_training_day_ahead.py checks it).
+NOT_LEARNED: tuple[str, ...] = ("tweet_created_ts",)
+
+
 def model_features() -> list[str]:
     """The ordered input columns of ``ranker_v1``: every view's features, then context."""
     names = [f.name for v in VIEWS.values() if v.in_model for f in v.features]
@@ -278,6 +290,11 @@ def model_features() -> list[str]:
     if len(names) != len(set(names)):
         raise ValueError("duplicate feature names in the contract")
     return names
+
+
+def learned_features() -> list[str]:
+    """The columns of :func:`model_features` the heads may split on (all but NOT_LEARNED)."""
+    return [name for name in model_features() if name not in NOT_LEARNED]
 
 
 def feature_dtype(name: str) -> DType:
@@ -294,16 +311,23 @@ def feature_dtype(name: str) -> DType:
 
 @dataclass(frozen=True)
 class Contract:
-    """Ordered features plus a stable hash, as recorded in a model's metadata."""
+    """Ordered features plus a stable hash, as recorded in a model's metadata.
+
+    The hash covers which columns are not learned too: a model that learned from a column
+    this build masks means something else and is refused.
+    """
 
     feature_service: str = FEATURE_SERVICE
     features: tuple[str, ...] = field(default_factory=lambda: tuple(model_features()))
+    not_learned: tuple[str, ...] = NOT_LEARNED
 
     @property
     def sha256(self) -> str:
         import hashlib
 
         text = self.feature_service + "\n" + "\n".join(self.features)
+        if self.not_learned:
+            text += "\nnot learned:\n" + "\n".join(self.not_learned)
         return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -90,15 +90,59 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class DayAheadCalibration:
+    """Per-head Platt scaling ``q' = sigmoid(slope · logit(q) + intercept)``.
+
+    Fitted by ``feedrank train`` on the most recent labelled day before the held-out day,
+    scored by heads that had not seen that day (jobs/train.py), so it corrects the shift a
+    model shows on the day after its training data. Applied after the downsampling
+    recalibration ``q = p/(p + (1 − p)/w)``.
+    """
+
+    slope: float
+    intercept: float
+
+    def apply(self, q: np.ndarray) -> np.ndarray:
+        """The calibrated probabilities of ``q`` (probabilities on the true-rate scale)."""
+        q = np.clip(np.asarray(q, dtype=np.float64), 1e-12, 1.0 - 1e-12)
+        z = self.slope * np.log(q / (1.0 - q)) + self.intercept
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def to_json(self) -> dict[str, float]:
+        return {"slope": self.slope, "intercept": self.intercept}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DayAheadCalibration:
+        slope, intercept = float(data["slope"]), float(data["intercept"])
+        if not (np.isfinite(slope) and np.isfinite(intercept) and slope > 0):
+            raise ValueError(f"calibration needs a finite slope > 0 and intercept, got {data}")
+        return cls(slope, intercept)
+
+
 def head_probabilities(
-    boosters: Mapping[str, Any], X: np.ndarray, keep_rates: Mapping[str, float] | None = None
+    boosters: Mapping[str, Any],
+    X: np.ndarray,
+    keep_rates: Mapping[str, float] | None = None,
+    calibration: Mapping[str, DayAheadCalibration] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every head's probability for the rows of ``X``, recalibrated with ``keep_rates``
-    (``None``: the raw booster output); ``{head: float64 array (n,)}``."""
+    """Every head's probability for the rows of ``X``; ``{head: float64 array (n,)}``.
+
+    Args:
+        boosters: One booster per head.
+        X: The ``model_features()`` matrix.
+        keep_rates: Recalibrate for negative downsampling with these rates (``None``: the
+            raw booster output, and no calibration).
+        calibration: Then apply each listed head's :class:`DayAheadCalibration`.
+    """
     out: dict[str, np.ndarray] = {}
     for head, booster in boosters.items():
         p = np.asarray(booster.inplace_predict(X), dtype=np.float64)
-        out[head] = p if keep_rates is None else recalibrate(p, keep_rates[head])
+        if keep_rates is not None:
+            p = recalibrate(p, keep_rates[head])
+            if calibration and head in calibration:
+                p = calibration[head].apply(p)
+        out[head] = p
     return out
 
 
@@ -194,6 +238,7 @@ class LoadedModel:
         light: The light ranker.
         keep_rates: Per-head negative keep-rate used for recalibration.
         weights: Ranking weights recorded at training time.
+        calibration: Per-head day-ahead calibration (empty: none was fitted).
     """
 
     version: str
@@ -204,6 +249,7 @@ class LoadedModel:
     keep_rates: dict[str, float]
     weights: dict[str, float]
     features: tuple[str, ...] = field(default_factory=tuple)
+    calibration: dict[str, DayAheadCalibration] = field(default_factory=dict)
     _light_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __post_init__(self) -> None:
@@ -231,14 +277,18 @@ class LoadedModel:
         Args:
             X: ``(n, n_features)`` float32/float64 matrix in ``model_features()`` order,
                 NaN for missing values.
-            calibrated: Recalibrate for negative downsampling (the true-rate probability);
-                ``False`` gives the raw booster output on the downsampled scale.
+            calibrated: Recalibrate for negative downsampling and apply the day-ahead
+                calibration (the true-rate probability); ``False`` gives the raw booster
+                output on the downsampled scale.
 
         Returns:
             ``{head: float64 array (n,)}`` for every head.
         """
         return head_probabilities(
-            self.boosters, self._check(X), self.keep_rates if calibrated else None
+            self.boosters,
+            self._check(X),
+            self.keep_rates if calibrated else None,
+            self.calibration,
         )
 
     def weighted_scores(self, X: np.ndarray) -> np.ndarray:
@@ -278,6 +328,7 @@ def save_model(
     training: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     version: str | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a new model version atomically and return its directory.
 
@@ -291,6 +342,8 @@ def save_model(
         training: How it was trained (trainer, per-head params, best iterations, seconds).
         metrics: Validation metrics known at training time.
         version: Version name; default :func:`new_version`.
+        calibration: The day-ahead calibration record: ``heads`` (``{head:
+            DayAheadCalibration}``, may be empty) plus how it was fitted.
 
     Raises:
         FeedrankError: Missing heads, bad keep-rates, or the version already exists.
@@ -307,6 +360,10 @@ def save_model(
                 f"head {head}: booster has {booster.num_features()} features, the contract "
                 f"{contract.feature_service} has {len(contract.features)}"
             )
+    calibration_record = dict(calibration or {"heads": {}})
+    calibration_record["heads"] = {
+        h: c.to_json() for h, c in (calibration_record.get("heads") or {}).items()
+    }
     root = settings.paths.models
     root.mkdir(parents=True, exist_ok=True)
     final = root / version
@@ -329,12 +386,14 @@ def save_model(
             "feature_service": contract.feature_service,
             "features": list(contract.features),
             "contract_sha256": contract.sha256,
+            "not_learned": list(contract.not_learned),
             "heads": list(HEADS),
             "ranking": {
                 "weights": dict(settings.ranking.weights),
                 "author_diversity_floor": settings.ranking.author_diversity_floor,
             },
             "keep_rates": {h: float(keep_rates[h]) for h in HEADS},
+            "calibration": calibration_record,
             "light_ranker": {"file": LIGHT_RANKER_FILE, "features": list(light_ranker.features)},
             "training_data": dict(training_data),
             "training": dict(training or {}),
@@ -347,6 +406,17 @@ def save_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def booster_features(booster: Any, names: tuple[str, ...]) -> set[str]:
+    """The feature names a booster's trees split on (``names``: the matrix's columns)."""
+    used = set()
+    for key in booster.get_score(importance_type="weight"):
+        # Boosters without feature names report columns as f0, f1, ...
+        if key not in names and key.startswith("f") and key[1:].isdigit():
+            key = names[int(key[1:])]
+        used.add(key)
+    return used
 
 
 def _json_default(value: Any) -> Any:
@@ -472,6 +542,15 @@ def load_model(
     if set(keep_rates) != set(HEADS) or not all(0 < float(w) <= 1 for w in keep_rates.values()):
         raise FeedrankError(f"model {name}: metadata keep_rates {keep_rates} are invalid")
     weights = (metadata.get("ranking") or {}).get("weights") or dict(settings.ranking.weights)
+    try:
+        calibration = {
+            h: DayAheadCalibration.from_json(c)
+            for h, c in ((metadata.get("calibration") or {}).get("heads") or {}).items()
+        }
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FeedrankError(f"model {name}: metadata calibration is invalid ({exc})") from exc
+    if set(calibration) - set(HEADS):
+        raise FeedrankError(f"model {name}: calibration for unknown heads {sorted(calibration)}")
     return LoadedModel(
         version=name,
         path=model_dir,
@@ -481,6 +560,7 @@ def load_model(
         keep_rates={h: float(keep_rates[h]) for h in HEADS},
         weights={h: float(w) for h, w in weights.items()},
         features=tuple(metadata["features"]),
+        calibration=calibration,
     )
 
 

@@ -6,6 +6,10 @@ Input is a run of ``feedrank training-data`` (``<paths.training>/<run_id>/{train
 
 * Features are exactly ``feature_spec.model_features()``, in that order; a run whose columns
   or manifest disagree with the contract is refused.
+* The ``feature_spec.NOT_LEARNED`` columns (an absolute time) are masked to missing before
+  fitting (:func:`learning_matrix`), so the heads cannot split on them.
+* ``training.day_ahead_calibration`` (off by default, docs/quality.md): a per-head Platt map
+  fitted on the last training day (:func:`fit_day_ahead_calibration`), stored in the model.
 * Each head: ``hist`` trees, ``binary:logistic``, early stopping on the validation day, and a
   small hyperparameter search (depth / learning rate / min_child_weight) chosen on validation
   log loss within ``training.search_budget_s``. The saved booster is sliced to its best
@@ -236,6 +240,19 @@ def feature_matrix(df: pd.DataFrame) -> np.ndarray:
     return np.ascontiguousarray(df[feature_spec.model_features()].to_numpy(dtype=np.float32))
 
 
+def learning_matrix(df: pd.DataFrame) -> np.ndarray:
+    """:func:`feature_matrix` with the ``NOT_LEARNED`` columns missing, for fitting only.
+
+    A column that is missing on every training row offers no split, so the trees never use
+    it and its values at prediction time do not matter.
+    """
+    X = feature_matrix(df)
+    names = feature_spec.model_features()
+    for name in feature_spec.NOT_LEARNED:
+        X[:, names.index(name)] = np.nan
+    return X
+
+
 # --------------------------------------------------------------------------- heads
 
 
@@ -303,7 +320,7 @@ def train_heads_single_node(
     import xgboost as xgb
 
     features = feature_spec.model_features()
-    X_tr, X_va = feature_matrix(data.train), feature_matrix(data.validation)
+    X_tr, X_va = learning_matrix(data.train), learning_matrix(data.validation)
     # One quantised training matrix for all heads: bin edges do not depend on the label.
     dtrain = xgb.QuantileDMatrix(
         X_tr,
@@ -388,7 +405,12 @@ def train_heads_distributed(
             # on an Arrow batch that holds no validation row (KeyError 'values' in
             # xgboost/spark/data.py). Missing values must be NaN inside an array, not null.
             F.array(
-                *[F.coalesce(F.col(c).cast("float"), F.lit(float("nan"))) for c in features]
+                *[
+                    F.lit(float("nan"))
+                    if c in feature_spec.NOT_LEARNED
+                    else F.coalesce(F.col(c).cast("float"), F.lit(float("nan")))
+                    for c in features
+                ]
             ).alias("features"),
             *[F.col(c).cast("int").alias(c) for c in feature_spec.LABEL_COLUMNS],
             # The same per-head negative weights as the single-node path (negative_weights).
@@ -460,6 +482,76 @@ def train_heads_distributed(
     return results
 
 
+# --------------------------------------------------------------------------- calibration
+
+
+def fit_day_ahead_calibration(
+    data: TrainingData, heads: dict[str, HeadResult], settings: Settings
+) -> dict[str, Any]:
+    """Per-head Platt calibration fitted on the last training day, scored day-ahead.
+
+    The final heads have seen every training day, so their output on the last one says
+    nothing about the next day. Heads with the same parameters and tree count, trained on
+    the days before it, score it instead: what they get wrong there (the shift from one day
+    to the next: a growing history, a day's own level) is what the final heads will get
+    wrong on the held-out day. A logistic regression of the day's labels on
+    ``logit(q)`` (``q`` recalibrated for downsampling; every row weighted ``1/keep_prob`` so
+    the day counts at its true rate) gives ``slope`` and ``intercept`` per head.
+
+    Returns:
+        The record :func:`feedrank.registry.save_model` stores: ``heads`` (``{head:
+        DayAheadCalibration}``, empty when the window has a single training day or the day
+        has no positive of a head) and how it was fitted.
+    """
+    import xgboost as xgb
+    from sklearn.linear_model import LogisticRegression
+
+    days = pd.to_datetime(data.train["served_at"], utc=True).dt.strftime("%Y-%m-%d")
+    last = days.max()
+    earlier = (days < last).to_numpy()
+    record: dict[str, Any] = {"method": "platt", "fitted_on": last, "heads": {}}
+    if not earlier.any():
+        record["skipped"] = "one training day: no day to score day-ahead"
+        return record
+    fit_rows, cal_rows = data.train[earlier], data.train[~earlier]
+    dfit = xgb.QuantileDMatrix(
+        learning_matrix(fit_rows),
+        feature_names=feature_spec.model_features(),
+        nthread=settings.training.nthread,
+    )
+    X_cal = learning_matrix(cal_rows)
+    row_weight = 1.0 / cal_rows[feature_spec.KEEP_PROB_COLUMN].to_numpy(dtype=np.float64)
+    rate = data.negative_keep_rate
+    for head, result in heads.items():
+        y = cal_rows[f"label_{head}"].to_numpy()
+        if not 0 < y.sum() < len(y):
+            continue
+        dfit.set_label(fit_rows[f"label_{head}"].to_numpy(np.float32))
+        dfit.set_weight(
+            negative_weights(
+                fit_rows[f"label_{head}"].to_numpy(),
+                fit_rows[feature_spec.KEEP_PROB_COLUMN].to_numpy(),
+                rate,
+            ).astype(np.float32)
+        )
+        params = {k: v for k, v in result.params.items() if k != "num_workers"}
+        booster = xgb.train(params, dfit, num_boost_round=result.best_iteration + 1)
+        q = registry.head_probabilities({head: booster}, X_cal, {head: rate})[head]
+        q = np.clip(q, 1e-12, 1.0 - 1e-12)
+        z = np.log(q / (1.0 - q)).reshape(-1, 1)
+        # No penalty: two parameters on a day of rows need none, and a penalty would pull
+        # the slope towards 0.
+        platt = LogisticRegression(C=np.inf, solver="lbfgs")
+        platt.fit(z, y, sample_weight=row_weight)
+        slope, intercept = float(platt.coef_[0, 0]), float(platt.intercept_[0])
+        if slope <= 0:
+            log.warning("head %s: day-ahead calibration slope %.3f; left out", head, slope)
+            continue
+        record["heads"][head] = registry.DayAheadCalibration(slope, intercept)
+        log.info("head %s: day-ahead calibration slope %.3f intercept %.3f", head, slope, intercept)
+    return record
+
+
 # --------------------------------------------------------------------------- light ranker
 
 
@@ -508,7 +600,10 @@ def distill_light_ranker(X: np.ndarray, heavy_scores: np.ndarray) -> registry.Li
 
 
 def train_light_ranker(
-    data: TrainingData, boosters: dict[str, Any], settings: Settings
+    data: TrainingData,
+    boosters: dict[str, Any],
+    settings: Settings,
+    calibration: dict[str, registry.DayAheadCalibration] | None = None,
 ) -> registry.LightRanker:
     """The light ranker distilled from the trained heads on the training rows.
 
@@ -520,7 +615,7 @@ def train_light_ranker(
     from feedrank.ranking import weighted_score
 
     X = feature_matrix(data.train)
-    probs = registry.head_probabilities(boosters, X, data.recalibration_rates())
+    probs = registry.head_probabilities(boosters, X, data.recalibration_rates(), calibration)
     return distill_light_ranker(X, weighted_score(probs, settings.ranking.weights))
 
 
@@ -590,7 +685,10 @@ def train(
         else:
             heads = train_heads_single_node(training_data, settings, progress)
     boosters = {h: r.booster for h, r in heads.items()}
-    light = train_light_ranker(training_data, boosters, settings)
+    calibration: dict[str, Any] = {"method": None, "heads": {}, "skipped": "disabled"}
+    if settings.training.day_ahead_calibration:
+        calibration = fit_day_ahead_calibration(training_data, heads, settings)
+    light = train_light_ranker(training_data, boosters, settings, calibration["heads"])
     seconds = time.perf_counter() - start
     trainer = "xgboost.spark" if distributed else "single-node"
     aucs = _validation_auc(boosters, training_data)
@@ -624,6 +722,7 @@ def train(
             for h, r in heads.items()
         },
         version=version,
+        calibration=calibration,
     )
     log.info("saved model %s in %.1f s (%s)", path.name, seconds, trainer)
     return TrainResult(path.name, path, trainer, seconds, heads)

@@ -20,7 +20,8 @@ feed requested at time *τ* on device *d*, each head *h* has a logit
 feature carries them, but a model can estimate them from the user's past engagements with
 the topic (``ut_*``) and the author (``ua_*``). ``hours_from_peak`` is the circular distance
 between the request's UTC hour and the user's peak activity hour (set by the user's time
-zone), ``days_to_holiday`` uses :data:`feedrank.context.HOLIDAYS`.
+zone), ``days_to_holiday`` is :func:`feedrank.context.days_to_nearest_holiday` (the calendar the
+context features use: the `holidays` package, no end year).
 
 Heads are drawn jointly through a Gaussian copula: one shared standard-normal "mood" per
 impression with loading ``mood_h`` (negative for the negative-feedback head), so a reply
