@@ -148,7 +148,7 @@ def test_retrain_run_succeeds_promotes_and_materializes(
     assert {t: s["state"] for t, s in run.tasks.items()} == {t: "success" for t in run.tasks}, (
         run.tasks
     )
-    assert len(run.tasks) == 9
+    assert len(run.tasks) == 10
     # The zero-length test interval processed the day before the logical date.
     assert run.data_interval[0] == run.data_interval[1] or run.data_interval[0].startswith(RUN_DAY)
     # One model, named after its training data, is the champion.
@@ -222,7 +222,8 @@ def refused_run(world: Path, second_run: tuple[DagTestRun, Outputs]) -> DagTestR
         conf=CONF,
         env=env,
         fast_retries=True,
-        mark_success="wait_for_landed_data|validate|features|training_data|train|monitor",
+        mark_success="wait_for_landed_data|validate|features|validate_features|training_data|train"
+        "|monitor",
     )
     print(f"third dag.test() (gate refuses, data steps marked success): {run.wall_s:.1f} s")
     return run
