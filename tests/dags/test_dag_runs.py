@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from dag_helpers import DAGS_DIR, DagTestRun, run_dag_test
+from dag_helpers import DAGS_DIR, SMALL_WORLD, DagTestRun, run_dag_test
 
 RETRAIN = "feed_ranking_retrain"
 # dag.test() at 2026-11-04T00:00 processes 2026-11-03 (the last complete day before it); with
@@ -27,25 +27,8 @@ LOGICAL_DATE = "2026-11-04"
 RUN_DAY = "2026-11-03"
 CONF = {"training_days": 3}
 TRAINING_RUN = "2026-11-01_2026-11-03"
-# A small world keeps the module short on 2 cores (seed 1 at 250 users passes the production
-# validation gate; smaller worlds trip it with days without new follows or rare languages). Its
-# rare negative-feedback head does not reach the production promotion floor (measured: AUC
-# 0.468 < 0.55 on this world), so the gate's AUC floor is off here: these tests check the
-# orchestration, not model quality. The gate's other checks (finite metrics, calibration,
-# beat-or-tie) stay as configured, and the refusal test below raises the floor again.
-SMALL_WORLD = {
-    "FEEDRANK_PROFILE": "local",
-    "FEEDRANK_SIMULATOR__USERS": "250",
-    "FEEDRANK_SIMULATOR__CANDIDATES_PER_REQUEST": "40",
-    "FEEDRANK_SIMULATOR__DAYS": "3",
-    "FEEDRANK_SIMULATOR__SEED": "1",
-    "FEEDRANK_SPARK__MASTER": "local[2]",
-    "FEEDRANK_SPARK__SHUFFLE_PARTITIONS": "2",
-    "FEEDRANK_TRAINING__N_ESTIMATORS": "40",
-    "FEEDRANK_TRAINING__SEARCH_BUDGET_S": "0",
-    "FEEDRANK_TRAINING__PROMOTE_MIN_AUC": "0.0",
-}
-
+# The gate's AUC floor is off on this small world (dag_helpers.SMALL_WORLD); the refusal test
+# below raises it again.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 
 
