@@ -80,6 +80,8 @@ def _retrain(home: Path, day: str) -> Day:
     # dag.test() at D+1 00:00 gets the interval a scheduled run of D has: [D, D+1).
     run = run_dag_test(home, RETRAIN, _next(day), conf=CONF, env=ENV, fast_retries=True)
     print(f"retrain {day}: {run.wall_s:.1f} s, {run.state}")
+    failed = {t: s for t, s in run.tasks.items() if s["state"] not in ("success", "skipped")}
+    assert not failed, f"{day}: {failed}\n{run.log[-8000:]}"
     version = ft.model_version_for(home / "training" / _window(day))
     return Day(day, run, version, before, _champion(home), _versions(home))
 

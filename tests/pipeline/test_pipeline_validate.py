@@ -303,3 +303,30 @@ def test_feature_gate_checks_a_day_against_the_day_before(settings, tmp_path):
     # The lake gate of the same day never looks at feature tables.
     with pytest.raises(FileNotFoundError, match="no lake partitions"):
         gate(cfg, day2)
+
+
+@pytest.mark.unit
+def test_a_nullable_column_is_judged_against_the_day_before_only():
+    """A rate is null where it has no denominator yet: on a table's first day there is no
+    baseline for that share, from the second day on it may not grow by more than the limit."""
+    view = "user_engagement_daily"
+    schema = lake.view_schema(view)
+    rate = "user_like_rate_1d"
+    assert rate not in validate.required_columns(view, schema)
+
+    def table(null_every: int) -> pa.Table:
+        row = _feature_row(view, DAY0).to_pylist()[0]
+        rows = [
+            {**row, "user_id": i, rate: None if i % null_every == 0 else 0.1} for i in range(40)
+        ]
+        return pa.Table.from_pylist(rows, schema=schema)
+
+    def findings(current: pa.Table, previous: pa.Table | None) -> list[str]:
+        report = check_partition(
+            view, current, previous, schema, validate.MonitoringConfig(), view_ranges(view)
+        )
+        return [f.line() for f in report.findings]
+
+    assert findings(table(4), None) == []  # 25% null on the first day: no baseline
+    assert findings(table(4), table(4)) == []
+    assert findings(table(2), table(4)) == [f"null rate in {view}.{rate}: 50.0% null (limit 30.0%)"]
