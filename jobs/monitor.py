@@ -87,7 +87,7 @@ AUC_MIN_PER_CLASS = 10  # a head's AUC is judged only with this many positives a
 MAX_EXAMPLES = 5  # differing impressions quoted in the skew report (one query each)
 CHECKS: tuple[str, ...] = ("skew", "drift", "auc")
 # The label horizon when no engagement has landed: no label is final.
-NO_LABELS_YET = dt.datetime(1970, 1, 1)
+NO_LABELS_YET = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 Predictor = Callable[[str, np.ndarray], Mapping[str, np.ndarray]]
 
@@ -362,7 +362,9 @@ def label_horizon(engagements: DataFrame) -> dt.datetime | None:
     only once engagements past its attribution window have landed; before that, a missing
     engagement may just not have landed yet.
     """
-    return engagements.agg(F.max("engaged_at")).first()[0]
+    latest = engagements.agg(F.max("engaged_at")).first()[0]
+    # PySpark hands timestamps back naive, in the driver's local time.
+    return latest.astimezone(dt.UTC) if latest is not None else None
 
 
 def labels_final(served_at: Column, attribution_window_s: int, horizon: dt.datetime) -> Column:
