@@ -1,7 +1,7 @@
 """Daily retraining of the feed ranker, one UTC day per run.
 
-wait_for_landed_data → validate → features → training_data → train → evaluate → promote
-→ materialize, and off that path ``features`` → ``monitor``
+wait_for_landed_data → validate → features → validate_features → training_data → train →
+evaluate → promote → materialize, and off that path ``features`` → ``monitor``
 
 Which day: a scheduled run has the data interval ``[D, D+1)`` (``CronDataIntervalTimetable``,
 logical date ``D``) and processes day ``D``; a manual run or ``dag.test()`` with a zero-length
@@ -9,7 +9,8 @@ interval at ``L`` processes the last complete UTC day before ``L`` (rule and rea
 ``feedrank_tasks``). No task reads "latest" or the clock: the sensor waits for day ``D``'s
 lake partitions, ``validate`` checks them, ``features`` and ``training_data`` rebuild the
 trailing window of ``training_days`` days ending with ``D`` (the last of them is the held-out
-validation day), ``materialize`` loads what became valid during ``D`` into the online store,
+validation day), ``validate_features`` checks the feature tables ``features`` just built,
+``materialize`` loads what became valid during ``D`` into the online store,
 and ``monitor`` checks the traffic served on ``D``. Tasks pass nothing to each other through
 XCom: each derives its inputs from the interval (the training-data run
 ``<training>/<first>_<last>``, the model version from that run's manifest), so any task can be
@@ -22,6 +23,15 @@ same command a person runs needs no Airflow Spark connection (no connection stri
 and no ``--py-files`` packaging, and four of the eight steps (train, evaluate, promote,
 materialize) are not Spark jobs at all. Each command runs in a child process, so its JVM and
 memory go away with the task and a crash cannot take the worker down.
+
+Gates check what exists when they run: ``validate`` only the landed lake tables of the run's
+day(s) against the day before; ``validate_features`` the window's feature tables, each day
+against the day before, same thresholds and report format (``<reports>/validate/`` and
+``<reports>/validate/features/``). Until 2026-12 one gate before ``features`` also checked the
+feature tables of ``D``, which only this run's ``features`` builds: it passed on a fresh run
+folder and failed every run from the second consecutive day on ("missing partition": D-1 had
+feature tables, D none yet). A breach fails the gate at once (``AirflowFailException``, the
+one-line reason in the log): the same data would breach again, so no retry.
 
 Retries: exponential backoff (2 min, 4 min, … capped at 30 min). Reruns and retries are safe
 because every job writes its partitions atomically and deterministically, the model version is
@@ -93,6 +103,23 @@ def _window() -> ft.Days:
     return days.widen(int(context["params"]["training_days"]) - 1)
 
 
+def _gate(*args: str) -> None:
+    """``feedrank validate <args>``; a breach fails the task at once, without retries.
+
+    The same data breaches again, so retrying with backoff would only make everyone wait
+    (minutes to hours) before the same one-line reason; any other error is retried.
+    """
+    try:
+        ft.run_gate("validate", *args)
+    except ft.GateFailed as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
+def _date_args(days: ft.Days) -> list[str]:
+    """``--date D`` for every day of ``days`` (``feedrank validate`` checks each in turn)."""
+    return [arg for day in days for arg in ("--date", day.isoformat())]
+
+
 def _training_run() -> Path:
     """The window's training-data run folder (``feedrank training-data`` names it so)."""
     from feedrank.config import get_settings
@@ -151,10 +178,13 @@ def feed_ranking_retrain() -> None:
         data_interval_start: dt.datetime | None = None,
         data_interval_end: dt.datetime | None = None,
     ) -> list[str]:
-        """Validation gate on each landed day; a broken threshold fails the run here."""
+        """Lake gate: the landed tables of the run's day(s) against the day before.
+
+        Only the lake: the feature tables of these days do not exist yet (``features`` builds
+        them next and ``validate_features`` checks them). A breach fails without retries.
+        """
         days = ft.interval_days(data_interval_start, data_interval_end)
-        for day in days:
-            ft.run_feedrank("validate", "--date", day.isoformat())
+        _gate(*_date_args(days))
         _after_write()
         return [day.isoformat() for day in days]
 
@@ -165,6 +195,18 @@ def feed_ranking_retrain() -> None:
         ft.run_feedrank("features", "--start", window.start, "--end", window.end)
         _after_write()
         return {"start": window.start, "end": window.end}
+
+    @task
+    def validate_features() -> list[str]:
+        """Feature gate: each window day's feature tables, just built, against the day before.
+
+        Same checks, thresholds and report format as the lake gate (report under
+        ``<reports>/validate/features/``). A breach fails without retries.
+        """
+        window = _window()
+        _gate("--features", *_date_args(window))
+        _after_write()
+        return [day.isoformat() for day in window]
 
     @task
     def training_data() -> str:
@@ -265,6 +307,7 @@ def feed_ranking_retrain() -> None:
         wait_for_landed_data(),
         validate(),
         feature_tables,
+        validate_features(),
         training_data(),
         train(),
         evaluate(),

@@ -43,6 +43,9 @@ DAILY_LAKE_TABLES: tuple[str, ...] = ("feed_requests", "impressions", "engagemen
 FAULT_ENV = "FEEDRANK_DAG_FAIL_ONCE"
 # How `feedrank monitor` words its one-line error when a check is breached (jobs/monitor_cli).
 MONITOR_BREACH = "monitoring breached for"
+# How `feedrank validate` words a failed gate (jobs.validate.GATE_FAILED; not imported: DAG
+# parsing must not import pandas). A structure test checks the two agree.
+GATE_FAILED = "validation failed for"
 
 
 class FeedrankCommandError(RuntimeError):
@@ -204,6 +207,26 @@ def run_feedrank(*args: str, env: dict[str, str] | None = None) -> str:
         reason = errors[-1] if errors else (tail[-1] if tail else "no output")
         raise FeedrankCommandError(argv, returncode, reason)
     return stdout
+
+
+class GateFailed(RuntimeError):
+    """A validation gate found a breach: the same data fails again, so never retry it."""
+
+
+def run_gate(*args: str) -> str:
+    """:func:`run_feedrank` for a validation gate (``feedrank validate ...``).
+
+    Raises:
+        GateFailed: the gate found a breach (its one-line reason); the DAG turns this into
+            ``AirflowFailException`` so the task fails at once instead of retrying.
+        FeedrankCommandError: any other failure (worth a retry).
+    """
+    try:
+        return run_feedrank(*args)
+    except FeedrankCommandError as exc:
+        if GATE_FAILED in exc.reason:
+            raise GateFailed(exc.reason.removeprefix("feedrank: error: ")) from exc
+        raise
 
 
 def maybe_fail_once(dag_id: str, task_id: str, try_number: int) -> None:

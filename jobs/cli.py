@@ -67,16 +67,29 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     @app.command("validate")
     def validate_cmd(
-        date: Annotated[str, typer.Option("--date", help="Partition date, YYYY-MM-DD.")],
+        date: Annotated[
+            list[str],
+            typer.Option("--date", help="Partition date, YYYY-MM-DD (repeatable: each in turn)."),
+        ],
+        features: Annotated[
+            bool,
+            typer.Option(
+                "--features",
+                help="Check the feature tables (after `feedrank features`) instead of the lake.",
+            ),
+        ] = False,
     ) -> None:
-        """Check the lake and feature partitions of DATE; fail on a threshold breach."""
+        """Check DATE's landed lake tables (or, with --features, its feature tables) against
+        the day before; fail on a threshold breach."""
         from jobs import lake, validate
 
-        day = lake.parse_date(date, "--date")
+        days = [lake.parse_date(d, "--date") for d in date]
         settings = get_settings()
         setup_logging("validate", settings)
-        path = validate.gate(settings, day)
-        typer.echo(f"validation passed for {day}: {path}")
+        kind = "features" if features else "lake"
+        for day in days:
+            path = validate.gate(settings, day, kind=kind)
+            typer.echo(f"validation passed for {day} ({kind}): {path}")
 
     @app.command("land")
     def land_cmd(

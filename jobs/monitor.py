@@ -24,7 +24,11 @@ scorer used (``Impression.features``, ordered as :func:`feedrank.feature_spec.mo
 3. **AUC** (:func:`auc_report`) — labels from :func:`jobs.training_data.attribute_labels`
    (the pipeline's attribution window), predictions recomputed from the logged vectors with
    the served model version (:meth:`feedrank.registry.LoadedModel.predict_heads`); ROC-AUC
-   per head through :func:`feedrank.metrics.head_metrics`.
+   per head through :func:`feedrank.metrics.head_metrics`. Only impressions whose attribution
+   window closed within the landed engagements (:func:`label_horizon`) are judged: the retrain
+   DAG monitors day ``D`` right after midnight, when engagements with the last hour's
+   impressions are still landing, and a label still on its way is not a negative. The others
+   are counted (``pending_labels``).
 
 Thresholds come from ``settings.monitoring``. The pure functions return report dicts;
 :func:`run_monitor` is the shell that reads the lake and writes
@@ -82,6 +86,8 @@ AUC_MAX_ROWS = 200_000  # labelled impressions brought to the driver for predict
 AUC_MIN_PER_CLASS = 10  # a head's AUC is judged only with this many positives and negatives
 MAX_EXAMPLES = 5  # differing impressions quoted in the skew report (one query each)
 CHECKS: tuple[str, ...] = ("skew", "drift", "auc")
+# The label horizon when no engagement has landed: no label is final.
+NO_LABELS_YET = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 Predictor = Callable[[str, np.ndarray], Mapping[str, np.ndarray]]
 
@@ -349,19 +355,50 @@ def drift_report(
     return report
 
 
+def label_horizon(engagements: DataFrame) -> dt.datetime | None:
+    """How far the landed engagements reach: the latest ``engaged_at`` (None: none landed).
+
+    Landing publishes events in the order they happen, so an impression's labels are final
+    only once engagements past its attribution window have landed; before that, a missing
+    engagement may just not have landed yet.
+    """
+    latest = engagements.agg(F.max("engaged_at")).first()[0]
+    # PySpark hands timestamps back naive, in the driver's local time.
+    return latest.astimezone(dt.UTC) if latest is not None else None
+
+
+def labels_final(served_at: Column, attribution_window_s: int, horizon: dt.datetime) -> Column:
+    """True where the impression's attribution window closed before ``horizon``."""
+    window = F.expr(f"INTERVAL {int(attribution_window_s)} SECONDS")
+    return (served_at + window) <= F.lit(horizon)
+
+
 def labelled_served(
     impressions: DataFrame,
     engagements: DataFrame,
     attribution_window_s: int,
     max_rows: int = AUC_MAX_ROWS,
+    horizon: dt.datetime | None = None,
 ) -> pd.DataFrame:
     """Served impressions with logged features and their ``label_<head>`` (pipeline labelling).
 
+    Args:
+        impressions: landed impressions (those without a logged vector are left out).
+        engagements: landed engagements.
+        attribution_window_s: the pipeline's attribution window.
+        max_rows: thin to about this many rows with the keep-hash.
+        horizon: only impressions whose attribution window closed by then
+            (:func:`labels_final`); the retrain DAG monitors a day right after it ends, when
+            the last hour's engagements have not all landed, and a label that is still
+            coming must not count as a negative. None: every impression.
+
     Returns:
         pandas frame: ``request_id``, ``tweet_id``, ``model_version``, ``features`` (list),
-        one ``label_<head>`` per head; thinned to about ``max_rows`` with the keep-hash.
+        one ``label_<head>`` per head.
     """
     served = served_with_features(impressions)
+    if horizon is not None:
+        served = served.where(labels_final(F.col("served_at"), attribution_window_s, horizon))
     n = served.count()
     if n > max_rows:
         served = served.where(keep_hash(F.col("request_id"), F.col("tweet_id")) < max_rows / n)
@@ -586,10 +623,19 @@ def run_monitor(
                 training_sample(spark, Path(run_dir)), served_matrix(impressions), mon.psi_alert
             )
             drift["training_run"] = str(run_dir)
-        labelled = labelled_served(
-            impressions, engagements, settings.training_data.attribution_window_s
+        window_s = settings.training_data.attribution_window_s
+        horizon = label_horizon(engagements) or NO_LABELS_YET
+        labelled = labelled_served(impressions, engagements, window_s, horizon=horizon)
+        pending = (
+            served_with_features(impressions)
+            .where(~labels_final(F.col("served_at"), window_s, horizon))
+            .count()
         )
         auc = auc_report(labelled, registry_predictor(settings), mon.min_auc)
+        auc["labels_known_until"] = horizon.isoformat()
+        auc["pending_labels"] = pending
+        if pending and not len(labelled):
+            auc["status"] = f"skipped: labels of {pending} impressions not final yet"
     impressions.unpersist()
     report = monitoring_report(day, skew, drift, auc, mon)
     path = report_path(settings, day)

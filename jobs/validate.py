@@ -1,6 +1,13 @@
-"""Validation gate: per-partition checks of the lake and feature tables before anything trains.
+"""Validation gates: per-partition checks of the lake and feature tables before anything trains.
 
-For each dataset partition of one date it checks the schema against the contract, row
+Two gates, each over what exists when it runs (the retrain DAG runs them at two points):
+the **lake** gate (:func:`validate_date` with ``kind="lake"``) checks the landed lake tables
+of a date and their label rates, before any feature is built; the **feature** gate
+(``kind="features"``) checks the feature tables of a date once ``feedrank features`` has
+built them. Both compare with the previous date's partition of the same tables, with the same
+thresholds and the same report format.
+
+For each dataset partition of one date a gate checks the schema against the contract, row
 counts, null rates, value ranges, new categories, label rates and drift against the previous
 date's partition (PSI per numeric column, share shift per category), writes a JSON report
 under ``<paths.reports>/validate/`` and fails with a one-line reason when a threshold from
@@ -37,6 +44,9 @@ PSI_MIN_ROWS = 200  # below this, PSI is mostly sampling noise
 LABEL_MIN_EXPECTED = 20  # label collapse needs this many expected positives to be judged
 CATEGORY_MAX_DISTINCT = 50
 LAKE_DATASETS = tuple(LAKE_TABLES)
+# The one-line error of a failed gate starts with this (dags/feedrank_tasks.py matches it).
+GATE_FAILED = "validation failed for"
+Kind = typing.Literal["lake", "features"]
 
 
 @dataclass
@@ -213,7 +223,10 @@ def check_partition(
             else 0.0
         )
         limit = thresholds.null_rate_max if name in required else before + thresholds.null_rate_max
-        if rate > limit:
+        # A nullable column is judged against the day before; the first day of a table has
+        # none, and null there can be the design (a rate with no denominator yet is unknown).
+        baseline = name in required or (checked_before is not None and len(checked_before))
+        if baseline and rate > limit:
             report.findings.append(
                 Finding(dataset, "null rate", name, f"{rate:.1%} null (limit {limit:.1%})")
             )
@@ -303,20 +316,16 @@ def _read(path: Path) -> pa.Table | None:
     return pads.dataset(str(path), format="parquet").to_table()
 
 
-def validate_date(
-    settings: Settings, day: dt.date, datasets: Iterable[str] | None = None
-) -> tuple[list[DatasetReport], Path]:
-    """Run the gate for ``day``; write the JSON report. Returns (reports, report path)."""
-    prev_day = day - dt.timedelta(days=1)
+def _lake_reports(
+    settings: Settings, day: dt.date, prev_day: dt.date, wanted: set[str] | None
+) -> list[DatasetReport]:
     reports = []
-    lake_root, feat_root = settings.paths.lake, settings.paths.features
-    wanted = set(datasets) if datasets else None
     tables = {}
     for table in LAKE_DATASETS:
         if wanted and table not in wanted:
             continue
-        cur = _read(lake.partition_dir(lake_root, table, day))
-        prev = _read(lake.partition_dir(lake_root, table, prev_day))
+        cur = _read(lake.partition_dir(settings.paths.lake, table, day))
+        prev = _read(lake.partition_dir(settings.paths.lake, table, prev_day))
         tables[table] = (cur, prev)
         if cur is None and prev is None:
             continue
@@ -325,14 +334,23 @@ def validate_date(
                 table, cur, prev, table_schema(table), settings.monitoring, lake_ranges(table)
             )
         )
-    if "impressions" in tables and "engagements" in tables:
-        (imp, prev_imp), (eng, prev_eng) = tables["impressions"], tables["engagements"]
+    # Label rates need both tables checked, and some partition of them (else nothing to rate).
+    labelled = [tables[t] for t in ("impressions", "engagements") if t in tables]
+    if len(labelled) == 2 and any(t is not None for pair in labelled for t in pair):
+        (imp, prev_imp), (eng, prev_eng) = labelled
         reports.append(check_label_rates(imp, eng, prev_imp, prev_eng, settings.monitoring))
+    return reports
+
+
+def _feature_reports(
+    settings: Settings, day: dt.date, prev_day: dt.date, wanted: set[str] | None
+) -> list[DatasetReport]:
+    reports = []
     for view in VIEWS:
         if wanted and view not in wanted:
             continue
-        cur = _read(lake.partition_dir(feat_root, view, day))
-        prev = _read(lake.partition_dir(feat_root, view, prev_day))
+        cur = _read(lake.partition_dir(settings.paths.features, view, day))
+        prev = _read(lake.partition_dir(settings.paths.features, view, prev_day))
         if cur is None and prev is None:
             continue
         reports.append(
@@ -346,16 +364,55 @@ def validate_date(
                 enforce_drift=False,
             )
         )
+    return reports
+
+
+def report_path(settings: Settings, day: dt.date, kind: Kind = "lake") -> Path:
+    """``<reports>/validate/<date>.json`` (lake) or ``<reports>/validate/features/<date>.json``.
+
+    Two files, because the two gates run at different points of the retrain DAG: the feature
+    report of a day must not overwrite (or be mistaken for) its lake report.
+    """
+    folder = settings.paths.reports / "validate"
+    return (folder / "features" if kind == "features" else folder) / f"{day.isoformat()}.json"
+
+
+def validate_date(
+    settings: Settings,
+    day: dt.date,
+    datasets: Iterable[str] | None = None,
+    kind: Kind = "lake",
+) -> tuple[list[DatasetReport], Path]:
+    """Run one gate for ``day`` against the previous date; write its JSON report.
+
+    Args:
+        settings: paths and thresholds (``settings.monitoring``).
+        day: the partition date checked.
+        datasets: only these tables or views (default: every one of the kind).
+        kind: ``"lake"`` checks the landed lake tables and label rates; ``"features"`` the
+            feature tables (:data:`feedrank.feature_spec.VIEWS`). Each checks only what its
+            own inputs are: the lake gate runs before the feature tables of ``day`` exist.
+
+    Returns:
+        (one report per dataset checked, the report path).
+
+    Raises:
+        FileNotFoundError: neither ``day`` nor the date before has a partition of the kind.
+    """
+    prev_day = day - dt.timedelta(days=1)
+    wanted = set(datasets) if datasets else None
+    build = _feature_reports if kind == "features" else _lake_reports
+    reports = build(settings, day, prev_day, wanted)
     if not reports:
-        raise FileNotFoundError(
-            f"no lake or feature partitions for {day} under {settings.paths.home}"
-        )
-    path = settings.paths.reports / "validate" / f"{day.isoformat()}.json"
+        root = settings.paths.features if kind == "features" else settings.paths.lake
+        raise FileNotFoundError(f"no {kind} partitions for {day} or the day before under {root}")
+    path = report_path(settings, day, kind)
     findings = [f for r in reports for f in r.findings]
     lake.write_json(
         path,
         {
             "date": day.isoformat(),
+            "kind": kind,
             "ok": not findings,
             "findings": [f.line() for f in findings],
             "datasets": [asdict(r) for r in reports],
@@ -364,13 +421,21 @@ def validate_date(
     return reports, path
 
 
-def gate(settings: Settings, day: dt.date, datasets: Iterable[str] | None = None) -> Path:
-    """:func:`validate_date`, raising a one-line :class:`FeedrankError` on the first finding."""
-    reports, path = validate_date(settings, day, datasets)
+def gate(
+    settings: Settings,
+    day: dt.date,
+    datasets: Iterable[str] | None = None,
+    kind: Kind = "lake",
+) -> Path:
+    """:func:`validate_date`, raising a one-line :class:`FeedrankError` on the first finding.
+
+    The message starts with :data:`GATE_FAILED` (the retrain DAG recognises a deterministic
+    gate failure by it and fails the task without retries).
+    """
+    reports, path = validate_date(settings, day, datasets, kind)
     findings = [f for r in reports for f in r.findings]
     if findings:
         more = f" (+{len(findings) - 1} more)" if len(findings) > 1 else ""
-        raise FeedrankError(
-            f"validation failed for {day}: {findings[0].line()}{more}; report {path}"
-        )
+        what = " (feature tables)" if kind == "features" else ""
+        raise FeedrankError(f"{GATE_FAILED} {day}{what}: {findings[0].line()}{more}; report {path}")
     return path

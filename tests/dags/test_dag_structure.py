@@ -24,6 +24,7 @@ RETRAIN_CHAIN = [
     "wait_for_landed_data",
     "validate",
     "features",
+    "validate_features",
     "training_data",
     "train",
     "evaluate",
@@ -235,6 +236,54 @@ def test_fault_hook_fails_only_the_named_task_on_its_first_try(
     ft.maybe_fail_once("feature_materialization", "features", 1)
     monkeypatch.delenv(ft.FAULT_ENV)
     ft.maybe_fail_once("feed_ranking_retrain", "features", 1)
+
+
+@pytest.mark.unit
+def test_the_gates_check_what_exists_when_they_run(dagbag: BundleDagBag) -> None:
+    """``validate`` (lake) runs before ``features``; the feature gate right after it."""
+    dag = dagbag.dags[RETRAIN]
+    assert dag.get_task("validate").downstream_task_ids == {"features"}
+    assert dag.get_task("validate_features").upstream_task_ids == {"features"}
+    assert "validate_features" in dag.get_task("training_data").upstream_task_ids
+
+
+@pytest.mark.unit
+def test_gate_failure_wording_is_the_one_the_validate_job_raises() -> None:
+    import feedrank_tasks as ft
+
+    from jobs.validate import GATE_FAILED
+
+    assert ft.GATE_FAILED == GATE_FAILED
+
+
+@pytest.mark.unit
+def test_a_breached_gate_fails_the_task_without_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real ``feedrank validate`` breach (features of the day before, none of the day)
+    becomes ``AirflowFailException`` (no retry); a command that cannot run is retried."""
+    import feed_ranking_retrain as retrain
+    import feedrank_tasks as ft
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from feedrank.feature_spec import VIEWS
+    from jobs import lake
+
+    view = next(iter(VIEWS))
+    schema = lake.view_schema(view)
+    folder = lake.partition_dir(tmp_path / "features", view, dt.date(2026, 11, 2))
+    folder.mkdir(parents=True)
+    row = {f.name: 0 for f in schema if not pa.types.is_timestamp(f.type)}
+    pq.write_table(pa.Table.from_pylist([row], schema=schema), folder / "part-0.parquet")
+    monkeypatch.setenv("FEEDRANK_PATHS__HOME", str(tmp_path))
+    with pytest.raises(AirflowFailException, match=rf"^{ft.GATE_FAILED} 2026-11-03") as info:
+        retrain._gate("--features", "--date", "2026-11-03")
+    assert f"missing partition in {view}" in str(info.value)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ft.FeedrankCommandError):
+        retrain._gate("--date", "not-a-date")
 
 
 @pytest.mark.unit

@@ -141,3 +141,57 @@ def test_live_auc_of_a_registered_model_on_landed_engagements(
     assert report["heads"]["reply"]["roc_auc"] == 0.0
     assert report["breaches"] == ["reply"]
     assert report["versions"][MODEL_VERSION]["like"]["positives"] == 2
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_impressions_whose_labels_are_still_landing_are_not_judged(spark, tmp_path):
+    """Monitoring day D right after midnight: engagements have landed until 23:45, so an
+    impression served at 23:30 (window 1 h) may still get its like; it is left out, not
+    counted as a negative. One served at 12:00 is judged."""
+    from jobs.monitor import label_horizon
+
+    window = 3600
+    noon = dt.datetime(2026, 11, 2, 12, tzinfo=dt.UTC)
+    late = dt.datetime(2026, 11, 2, 23, 30, tzinfo=dt.UTC)
+    impressions = [
+        {
+            "schema_version": 1,
+            "request_id": f"req-{i}",
+            "user_id": 1,
+            "tweet_id": 100 + i,
+            "author_id": 9,
+            "position": 0,
+            "served_at": served_at,
+            "model_version": MODEL_VERSION,
+            "arm": "treatment",
+            "score": 0.0,
+            "features": _vector(float(i)),
+        }
+        for i, served_at in enumerate((noon, late))
+    ]
+    landed_until = dt.datetime(2026, 11, 2, 23, 45, tzinfo=dt.UTC)
+    engagements = [
+        {
+            "schema_version": 1,
+            "request_id": "req-0",
+            "user_id": 1,
+            "tweet_id": 100,
+            "author_id": 9,
+            "head": head,
+            "engaged_at": engaged_at,
+        }
+        for head, engaged_at in (("like", noon + dt.timedelta(minutes=5)), ("click", landed_until))
+    ]
+    synthetic.write_lake_rows(tmp_path, "impressions", impressions)
+    synthetic.write_lake_rows(tmp_path, "engagements", engagements)
+    imps = lake.read_lake(spark, tmp_path, "impressions", None, None)
+    engs = lake.read_lake(spark, tmp_path, "engagements", None, None)
+    horizon = label_horizon(engs)
+    assert horizon == landed_until
+    labelled = labelled_served(imps, engs, window, horizon=horizon)
+    assert labelled["request_id"].tolist() == ["req-0"]
+    assert labelled["label_like"].tolist() == [1]
+    # Once engagements past 00:30 have landed, the late impression is judged too.
+    everything = labelled_served(imps, engs, window, horizon=late + dt.timedelta(hours=1))
+    assert sorted(everything["request_id"]) == ["req-0", "req-1"]

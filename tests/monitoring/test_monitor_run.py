@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
@@ -31,7 +32,15 @@ def test_run_monitor_reports_every_check_of_a_lake_date(
     assert set(report["skew"]["compared"].values()) == {len(served_lake.served)}
     # The model's metadata names no existing training run: drift says so instead of failing.
     assert report["drift"]["status"].startswith("skipped: no training run")
-    assert report["auc"]["rows"] == len(served_lake.served)
+    # Impressions whose attribution window closed within the landed engagements are judged;
+    # the rest wait for their labels, counted, never judged as negatives.
+    auc = report["auc"]
+    assert auc["rows"] + auc["pending_labels"] == len(served_lake.served)
+    assert auc["rows"] > auc["pending_labels"]
+    horizon = dt.datetime.fromisoformat(auc["labels_known_until"])
+    window = dt.timedelta(seconds=cfg.training_data.attribution_window_s)
+    final = [i for i in served_lake.served if i["served_at"] + window <= horizon]
+    assert auc["rows"] == len(final)
     assert set(report["auc"]["versions"]) == {monitor_model}
     assert report["ok"] == (not report["breaches"])
     for line in report["breaches"]:

@@ -17,7 +17,7 @@ from pipeline_helpers import END, START, settings_at
 
 from feedrank.errors import FeedrankError
 from feedrank.feature_spec import VIEWS
-from jobs import lake, synthetic
+from jobs import lake, synthetic, validate
 from jobs.validate import check_partition, gate, live_rows, psi, validate_date, view_ranges
 
 DAY0 = dt.date(2026, 11, 1)
@@ -174,7 +174,7 @@ def test_gate_is_quiet_on_the_pipeline_worlds_stream_tables(pipeline_run):
     cfg = pipeline_run.settings
     views = [name for name, v in VIEWS.items() if v.kind == "stream"]
     for day in (START, END):
-        reports, _ = validate_date(cfg, day, views)
+        reports, _ = validate_date(cfg, day, views, kind="features")
         assert [r.dataset for r in reports] == views
         assert [f.line() for r in reports for f in r.findings] == []
 
@@ -224,3 +224,109 @@ def test_cli_bad_dates_exit_nonzero_with_one_line(monkeypatch, capsys, args):
     assert exit_info.value.code != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("feedrank: error:")
+
+
+# ----------------------------------------------- consecutive days on one run folder (issue 32)
+
+
+def _feature_row(view: str, day: dt.date) -> pa.Table:
+    """One plausible row of ``view``'s snapshot of ``day`` (valid from the next midnight)."""
+    valid_from = lake.midnight(day + dt.timedelta(days=1))
+    schema = lake.view_schema(view)
+    row = {
+        f.name: valid_from
+        if pa.types.is_timestamp(f.type)
+        else (1 if f.name.endswith("_id") else 0)
+        for f in schema
+    }
+    return pa.Table.from_pylist([row], schema=schema)
+
+
+def _write_features(cfg, day: dt.date) -> None:
+    """Feature tables of ``day``, as yesterday's retrain run left them."""
+    for view in VIEWS:
+        folder = lake.partition_dir(cfg.paths.features, view, day)
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(_feature_row(view, day), folder / "part-00000.parquet")
+
+
+@pytest.mark.unit
+def test_lake_gate_passes_on_consecutive_days_of_one_run_folder(settings, tmp_path):
+    """The retrain DAG's order on one run folder: day 1 gate → day 1 features → day 2 gate.
+
+    Before the split, day 2's gate also checked the feature tables of day 2, which day 2's
+    ``features`` task had not built yet, against day 1's: "missing partition" for every view.
+    """
+    cfg = settings_at(settings, tmp_path)
+    _write(cfg, _world(seed=1))
+    day1, day2 = DAY0 + dt.timedelta(days=1), CHECKED
+    gate(cfg, day1)
+    _write_features(cfg, day1)  # yesterday's run built the feature tables of its day
+    path = gate(cfg, day2)
+    report = json.loads(path.read_text())
+    assert report["ok"] is True and report["kind"] == "lake"
+    checked = {d["dataset"] for d in report["datasets"]}
+    assert {"feed_requests", "impressions", "engagements", "labels"} <= checked
+    assert not checked & set(VIEWS)
+    # A partition genuinely missing from the lake still fails the gate.
+    for part in lake.partition_dir(cfg.paths.lake, "feed_requests", day2).iterdir():
+        part.unlink()
+    lake.partition_dir(cfg.paths.lake, "feed_requests", day2).rmdir()
+    with pytest.raises(FeedrankError, match=r"missing partition in feed_requests"):
+        gate(cfg, day2)
+
+
+@pytest.mark.unit
+def test_feature_gate_checks_a_day_against_the_day_before(settings, tmp_path):
+    cfg = settings_at(settings, tmp_path)
+    day1, day2 = DAY0 + dt.timedelta(days=1), CHECKED
+    _write_features(cfg, day1)
+    # Day 1 has no day before: nothing to compare, nothing wrong.
+    assert json.loads(gate(cfg, day1, kind="features").read_text())["kind"] == "features"
+    # Day 2 not built while day 1 was: every view is missing (the report says which).
+    with pytest.raises(FeedrankError) as info:
+        gate(cfg, day2, kind="features")
+    message = str(info.value)
+    assert message.startswith(f"{validate.GATE_FAILED} {day2} (feature tables): missing partition")
+    assert f"(+{len(VIEWS) - 1} more)" in message
+    report_file = validate.report_path(cfg, day2, "features")
+    assert report_file.parent.name == "features" and report_file.is_file()
+    # Built: it passes; broken (a feature column dropped): it fails on the schema.
+    _write_features(cfg, day2)
+    gate(cfg, day2, kind="features")
+    view = next(iter(VIEWS))
+    path = lake.partition_dir(cfg.paths.features, view, day2) / "part-00000.parquet"
+    dropped = VIEWS[view].feature_names[0]
+    pq.write_table(pq.read_table(path).drop_columns([dropped]), path)
+    with pytest.raises(FeedrankError, match=rf"schema in {view}\.{dropped}: column missing"):
+        gate(cfg, day2, kind="features")
+    # The lake gate of the same day never looks at feature tables.
+    with pytest.raises(FileNotFoundError, match="no lake partitions"):
+        gate(cfg, day2)
+
+
+@pytest.mark.unit
+def test_a_nullable_column_is_judged_against_the_day_before_only():
+    """A rate is null where it has no denominator yet: on a table's first day there is no
+    baseline for that share, from the second day on it may not grow by more than the limit."""
+    view = "user_engagement_daily"
+    schema = lake.view_schema(view)
+    rate = "user_like_rate_1d"
+    assert rate not in validate.required_columns(view, schema)
+
+    def table(null_every: int) -> pa.Table:
+        row = _feature_row(view, DAY0).to_pylist()[0]
+        rows = [
+            {**row, "user_id": i, rate: None if i % null_every == 0 else 0.1} for i in range(40)
+        ]
+        return pa.Table.from_pylist(rows, schema=schema)
+
+    def findings(current: pa.Table, previous: pa.Table | None) -> list[str]:
+        report = check_partition(
+            view, current, previous, schema, validate.MonitoringConfig(), view_ranges(view)
+        )
+        return [f.line() for f in report.findings]
+
+    assert findings(table(4), None) == []  # 25% null on the first day: no baseline
+    assert findings(table(4), table(4)) == []
+    assert findings(table(2), table(4)) == [f"null rate in {view}.{rate}: 50.0% null (limit 30.0%)"]
