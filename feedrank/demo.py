@@ -3,7 +3,8 @@
 Start Kafka → make the simulated world reach the demo's day (``--today``, default the wall
 clock's UTC day): a new backfill whose last day ends at that day's midnight, or the lake's
 world extended by the missing days → run the retrain DAG with ``airflow dags test``
-(validate, features, validate features, training data, train, evaluate, promote, materialize), following its log
+(validate, features, validate features, training data, train, evaluate, promote,
+materialize), following its log
 → serve with ``feedrank serve`` while the closed-loop simulator sends feed requests and
 answers the served feeds from its ground truth (arms: chronological control, champion
 treatment, oracle ceiling) → land what was served → experiment report → summary.
@@ -512,7 +513,7 @@ def run_demo(
     _step(f"2/6 simulated world: {days} days up to {last_day}")
     world, backfill = extend_or_start(settings, settings.paths.lake, last_day, days)
     console.print(f"[bold]{backfill['plan']}")
-    _step("3/6 retrain DAG (validate → features → validate features → training data → train → evaluate → promote)")
+    _step("3/6 retrain DAG (validate → features → training data → train → evaluate → promote)")
     try:
         run_retrain_dag(settings, today)
     except GateRefused as exc:
