@@ -127,7 +127,12 @@ def closed_loop(settings: Settings, duration_s: float, rate_rps: float) -> tuple
     """Serve while the closed-loop simulator sends requests; return its feeds and stats."""
     from feedrank.simulator.live import run_live
 
-    env = {**os.environ, "FEEDRANK_EXPERIMENT__ARMS": json.dumps(DEMO_ARMS)}
+    env = {
+        **os.environ,
+        "FEEDRANK_EXPERIMENT__ARMS": json.dumps(DEMO_ARMS),
+        # Every request is also ranked by every policy (paired counterfactual comparison).
+        "FEEDRANK_EXPERIMENT__COUNTERFACTUAL": "true",
+    }
     log_path = settings.paths.logs / "demo-serve.out"
     exe = Path(sys.executable).with_name("feedrank")
     with log_path.open("w") as out:
@@ -165,9 +170,15 @@ def latency_table(feeds: list) -> dict:
     return out
 
 
-def print_summary(feeds: list, latency: dict, metrics: dict, experiment: dict) -> None:
-    """Sample feed, latency, offline metrics vs oracle and online lift."""
-    from feedrank.experiment import print_report
+def print_summary(
+    feeds: list,
+    latency: dict,
+    metrics: dict,
+    experiment: dict,
+    counterfactual: dict | None = None,
+) -> None:
+    """Sample feed, latency, offline metrics vs the references, realized and paired lift."""
+    from feedrank.experiment import print_online_comparison, print_report
 
     sample = next((f for f in feeds if f.arm == "treatment" and f.items), None)
     if sample is not None:
@@ -192,18 +203,37 @@ def print_summary(feeds: list, latency: dict, metrics: dict, experiment: dict) -
             f"{row['degraded_share']:.1%}",
         )
     console.print(table)
-    table = Table(title="offline metrics on the held-out day (model vs oracle)")
-    for col in ("head", "AUC", "oracle AUC", "RCE", "oracle RCE"):
+    table = Table(
+        title="offline metrics on the held-out day: model vs the knowable references "
+        "(no_pair: no pair history; ceiling: Bayes given the logs) and the oracle"
+    )
+    for col in ("head", "AUC", "oracle AUC", "RCE", "no_pair", "ceiling", "oracle RCE"):
         table.add_column(col)
+    table.add_column("model share of no_pair / ceiling / oracle")
+
+    def num(value: float | None, digits: int) -> str:
+        return "–" if value is None else f"{value:.{digits}f}"
+
     for head, m in metrics.get("heads", {}).items():
         table.add_row(
-            head, f"{m['auc']:.3f}", f"{m['oracle_auc']:.3f}", f"{m['rce']:.2f}",
-            f"{m['oracle_rce']:.2f}",
+            head, num(m["auc"], 3), num(m["oracle_auc"], 3), num(m["rce"], 2),
+            num(m.get("no_pair_rce"), 2), num(m.get("ceiling_rce"), 2), num(m["oracle_rce"], 2),
+            " / ".join(
+                num(m.get(f"rce_share_of_{name}"), 2) for name in ("no_pair", "ceiling", "oracle")
+            ),
         )  # fmt: skip
     console.print(table)
     ndcg = metrics.get("ndcg10", {})
     console.print("NDCG@10: " + ", ".join(f"{k} {v:.3f}" for k, v in ndcg.items() if v))
+    shares = [
+        f"{name} {ndcg['model'] / ndcg[name]:.3f}"
+        for name in ("no_pair", "ceiling", "oracle")
+        if ndcg.get(name) and ndcg.get("model")
+    ]
+    if shares:
+        console.print("model NDCG@10 as a share of: " + ", ".join(shares))
     print_report(experiment)
+    print_online_comparison(experiment, counterfactual)
 
 
 def run_demo(settings: Settings, users: int, days: int, serve_s: float, rate_rps: float) -> dict:
@@ -241,13 +271,17 @@ def run_demo(settings: Settings, users: int, days: int, serve_s: float, rate_rps
     )
     _step("6/6 summary")
     latency = latency_table(feeds)
-    print_summary(feeds, latency, metrics, experiment)
+    from serving.experiment import counterfactual_summary
+
+    counterfactual = counterfactual_summary(settings, {f.request_id for f in feeds})
+    print_summary(feeds, latency, metrics, experiment, counterfactual)
     summary = {
         "champion": version,
         "live": live,
         "latency": latency,
         "offline_metrics": str(metrics_path),
         "experiment": experiment,
+        "counterfactual": counterfactual,
         "seconds": time.monotonic() - started,
     }
     out = settings.paths.reports / "demo.json"
