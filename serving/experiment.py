@@ -285,17 +285,42 @@ class CounterfactualRecorder:
     every candidate, no latency pruning), ``oracle`` (true probabilities). Each order gets
     the served feed's author-diversity discount and top-K. Records go to
     ``<reports>/counterfactual/<pid>.jsonl``, one JSON line per request.
+
+    The hook only queues the request: a worker thread ranks and scores it, so the served
+    answer never waits for five rankings (measured in the demo when it ran inline: champion
+    arm p50 63 / p99 343 ms). The queue is drained at exit (:meth:`flush`).
     """
 
     def __init__(self, settings: Settings) -> None:
+        import atexit
         import os
+        import queue
 
         self.settings = settings
         self.world = _world_of(settings)
         self.oracle = oracle_policy_in(self.world, settings.ranking.weights)
         self.path = settings.paths.reports / "counterfactual" / f"{os.getpid()}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._queue: queue.Queue[tuple[PolicyContext, str]] = queue.Queue()
+        self._worker = threading.Thread(target=self._drain, name="counterfactual", daemon=True)
+        self._worker.start()
+        atexit.register(self.flush)
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Wait until every queued request is recorded (at most ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _drain(self) -> None:
+        while True:
+            ctx, served_model = self._queue.get()
+            try:
+                self.record(ctx, served_model)
+            except Exception:  # one bad request must not stop the recording of the others
+                log.exception("counterfactual recording failed for %s", ctx.request.request_id)
+            finally:
+                self._queue.task_done()
 
     def policy_scores(self, ctx: PolicyContext) -> dict[str, np.ndarray]:
         """Each counterfactual policy's score for every candidate of the request."""
@@ -315,8 +340,11 @@ class CounterfactualRecorder:
         }
 
     def __call__(self, ctx: PolicyContext, result: PolicyResult) -> None:
-        if len(ctx.tweet_ids) == 0:
-            return
+        if len(ctx.tweet_ids):
+            self._queue.put((ctx, result.model_version))
+
+    def record(self, ctx: PolicyContext, served_model: str) -> None:
+        """Rank the request with every policy and append its record (the worker's job)."""
         expected, negative = {}, {}
         device = DEVICES.index(ctx.request.device)
         for name, scores in self.policy_scores(ctx).items():
@@ -339,12 +367,12 @@ class CounterfactualRecorder:
         record = {
             "request_id": ctx.request.request_id,
             "user_id": ctx.request.user_id,
-            "served_model": result.model_version,
+            "served_model": served_model,
             "candidates": len(ctx.tweet_ids),
             "expected_weighted_engagements": expected,
             "expected_negative_actions": negative,
         }
-        with self._lock, self.path.open("a") as out:
+        with self.path.open("a") as out:
             out.write(json.dumps(record) + "\n")
 
 

@@ -188,6 +188,7 @@ def test_counterfactual_recorder_scores_every_policy_on_the_same_request(
         )
         recorder(ctx, PolicyResult(np.arange(n), np.zeros(n), "chronological"))
         request_ids.append(request.request_id)
+    recorder.flush()
     records = read_counterfactual_records(
         settings.paths.reports / "counterfactual", set(request_ids)
     )
