@@ -140,12 +140,18 @@ def _lake_dates(lake: Path, last_date: str) -> list[str]:
 def lake_world(settings: Settings, lake: Path) -> World:
     """The world of a lake: its manifest's seed and size over ``settings.simulator``."""
     manifest_path = lake / MANIFEST
-    updates = {}
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        updates = {k: manifest[k] for k in ("seed", "users") if k in manifest}
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    updates = {k: manifest[k] for k in ("seed", "users") if k in manifest}
     cfg = SimulatorConfig.model_validate({**settings.simulator.model_dump(), **updates})
-    return World.build(cfg)
+    world = World.build(cfg)
+    if manifest.get("authors", world.n_authors) != world.n_authors:
+        # The manifest does not record author_share or topics: a different author count
+        # means this process's FEEDRANK_SIMULATOR__* is not the world that wrote the lake.
+        raise ValueError(
+            f"lake {lake} has {manifest['authors']} authors, the configured world "
+            f"{world.n_authors}: set the FEEDRANK_SIMULATOR__* the lake was simulated with"
+        )
+    return world
 
 
 def lake_references(

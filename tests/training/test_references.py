@@ -109,3 +109,12 @@ def test_lake_without_engagements_is_refused(settings: Settings, tmp_path: Path)
     keys = read_lake_table(tmp_path, "oracle").select(["request_id", "tweet_id"]).to_pandas()
     with pytest.raises(FileNotFoundError):
         lake_references(settings, tmp_path, keys)
+
+
+@pytest.mark.unit
+def test_references_refuse_a_lake_of_another_world(tiny_lake) -> None:
+    settings, root = tiny_lake
+    simulator = settings.simulator.model_copy(update={"author_share": 0.5})
+    keys = read_lake_table(root, "oracle").select(["request_id", "tweet_id"]).to_pandas()
+    with pytest.raises(ValueError, match="authors"):
+        lake_references(settings.model_copy(update={"simulator": simulator}), root, keys[:10])
