@@ -20,7 +20,7 @@ export UV_PYTHON := python3.11
 help: ## List the targets
 	@echo "feedrank — make targets (FEEDRANK_PROFILE=local|redis|cluster picks the services):"
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
-	  | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	  | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
 .cache/uv-venv/bin/uv:
 	@echo "[setup] uv not on PATH: installing uv==$(UV_VERSION) into .cache/uv-venv"
