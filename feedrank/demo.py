@@ -392,6 +392,8 @@ def closed_loop(
         **os.environ,
         "FEEDRANK_EXPERIMENT__ARMS": json.dumps(DEMO_ARMS),
         "FEEDRANK_CLOCK__OFFSET_S": str(offset_s),
+        # Every request is also ranked by every policy (paired counterfactual comparison).
+        "FEEDRANK_EXPERIMENT__COUNTERFACTUAL": "true",
     }
     log_path = settings.paths.logs / "demo-serve.out"
     exe = Path(sys.executable).with_name("feedrank")
@@ -430,9 +432,15 @@ def latency_table(feeds: list) -> dict:
     return out
 
 
-def print_summary(feeds: list, latency: dict, metrics: dict, experiment: dict) -> None:
-    """Sample feed, latency, offline metrics vs oracle and online lift."""
-    from feedrank.experiment import print_report
+def print_summary(
+    feeds: list,
+    latency: dict,
+    metrics: dict,
+    experiment: dict,
+    counterfactual: dict | None = None,
+) -> None:
+    """Sample feed, latency, offline metrics vs the references, realized and paired lift."""
+    from feedrank.experiment import print_online_comparison, print_report
 
     sample = next((f for f in feeds if f.arm == "treatment" and f.items), None)
     if sample is not None:
@@ -457,18 +465,37 @@ def print_summary(feeds: list, latency: dict, metrics: dict, experiment: dict) -
             f"{row['degraded_share']:.1%}",
         )
     console.print(table)
-    table = Table(title="offline metrics on the held-out day (model vs oracle)")
-    for col in ("head", "AUC", "oracle AUC", "RCE", "oracle RCE"):
+    table = Table(
+        title="offline metrics on the held-out day: model vs the knowable references "
+        "(no_pair: no pair history; ceiling: Bayes given the logs) and the oracle"
+    )
+    for col in ("head", "AUC", "oracle AUC", "RCE", "no_pair", "ceiling", "oracle RCE"):
         table.add_column(col)
+    table.add_column("model share of no_pair / ceiling / oracle")
+
+    def num(value: float | None, digits: int) -> str:
+        return "–" if value is None else f"{value:.{digits}f}"
+
     for head, m in metrics.get("heads", {}).items():
         table.add_row(
-            head, f"{m['auc']:.3f}", f"{m['oracle_auc']:.3f}", f"{m['rce']:.2f}",
-            f"{m['oracle_rce']:.2f}",
+            head, num(m["auc"], 3), num(m["oracle_auc"], 3), num(m["rce"], 2),
+            num(m.get("no_pair_rce"), 2), num(m.get("ceiling_rce"), 2), num(m["oracle_rce"], 2),
+            " / ".join(
+                num(m.get(f"rce_share_of_{name}"), 2) for name in ("no_pair", "ceiling", "oracle")
+            ),
         )  # fmt: skip
     console.print(table)
     ndcg = metrics.get("ndcg10", {})
     console.print("NDCG@10: " + ", ".join(f"{k} {v:.3f}" for k, v in ndcg.items() if v))
+    shares = [
+        f"{name} {ndcg['model'] / ndcg[name]:.3f}"
+        for name in ("no_pair", "ceiling", "oracle")
+        if ndcg.get(name) and ndcg.get("model")
+    ]
+    if shares:
+        console.print("model NDCG@10 as a share of: " + ", ".join(shares))
     print_report(experiment)
+    print_online_comparison(experiment, counterfactual)
 
 
 def run_demo(
@@ -545,7 +572,10 @@ def run_demo(
     experiment = report_from_lake(settings.paths.lake, served_days, settings.ranking.weights)
     _step("6/6 summary")
     latency = latency_table(feeds)
-    print_summary(feeds, latency, metrics, experiment)
+    from serving.experiment import counterfactual_summary
+
+    counterfactual = counterfactual_summary(settings, {f.request_id for f in feeds})
+    print_summary(feeds, latency, metrics, experiment, counterfactual)
     summary = {
         "today": today.isoformat(),
         "world": {"kind": world, "plan": backfill["plan"]},
@@ -554,6 +584,7 @@ def run_demo(
         "latency": latency,
         "offline_metrics": str(metrics_path),
         "experiment": experiment,
+        "counterfactual": counterfactual,
         "seconds": time.monotonic() - started,
     }
     out = settings.paths.reports / "demo.json"
