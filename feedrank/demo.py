@@ -569,7 +569,12 @@ def run_demo(
     _feedrank("land")
     # Served on the demo's day; a run that crosses midnight also served on the next one.
     served_days = sorted({f.served_at.date().isoformat() for f in feeds}) or [today.isoformat()]
-    experiment = report_from_lake(settings.paths.lake, served_days, settings.ranking.weights)
+    experiment = report_from_lake(
+        settings.paths.lake,
+        served_days,
+        settings.ranking.weights,
+        request_ids={f.request_id for f in feeds},
+    )
     _step("6/6 summary")
     latency = latency_table(feeds)
     from serving.experiment import counterfactual_summary

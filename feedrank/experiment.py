@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -285,13 +285,23 @@ def print_online_comparison(report: dict, counterfactual: dict | None) -> None:
 
 
 def report_from_lake(
-    lake: Path, dates: list[str], weights: Mapping[str, float], control: str = "control"
+    lake: Path,
+    dates: list[str],
+    weights: Mapping[str, float],
+    control: str = "control",
+    request_ids: Collection[str] | None = None,
 ) -> dict:
-    """The experiment report over the landed impressions and engagements of some days."""
+    """The experiment report over the landed impressions and engagements of some days.
+
+    ``request_ids`` keeps only those requests' sessions (a demo rerun on the same day must not
+    pool the earlier run's sessions with its own).
+    """
     from feedrank.simulator.backfill import read_lake_table
 
     columns = ["request_id", "arm"]
     impressions = read_lake_table(lake, "impressions", dates).select(columns).to_pandas()
+    if request_ids is not None:
+        impressions = impressions[impressions["request_id"].isin(set(request_ids))]
     if impressions.empty:
         raise FeedrankError(f"no landed impressions under {lake} for {', '.join(dates)}")
     engagements = read_lake_table(lake, "engagements", dates)
