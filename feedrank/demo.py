@@ -309,7 +309,7 @@ def _read_feeds(settings: Settings, start_offsets: dict, consumer) -> list:
     valid feed goes to ``ranked_feeds.dlq`` (the demo reads on, whatever a producer wrote)."""
     from kafka import KafkaProducer
 
-    from feedrank.schemas import DeadLetter, decode
+    from feedrank.schemas import DeadLetter, decode_record
 
     consumer.assign(list(start_offsets))
     for tp, offset in start_offsets.items():
@@ -319,9 +319,7 @@ def _read_feeds(settings: Settings, start_offsets: dict, consumer) -> list:
     while any(consumer.position(tp) < end for tp, end in ends.items()):
         for tp, records in consumer.poll(timeout_ms=500).items():
             for r in records:
-                event = decode(
-                    tp.topic, r.value, partition=tp.partition, offset=r.offset, key=r.key
-                )
+                event = decode_record(tp.topic, r)
                 (letters if isinstance(event, DeadLetter) else feeds).append(event)
     consumer.close(autocommit=False)
     if letters:
