@@ -15,12 +15,12 @@ UV_DEP := $(if $(UV_ON_PATH),,.cache/uv-venv/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := python3.11
 
-.PHONY: help setup up down status test test-unit lint demo bench airflow
+.PHONY: help setup up down status test test-unit lint demo bench airflow quality-curve
 
 help: ## List the targets
 	@echo "feedrank — make targets (FEEDRANK_PROFILE=local|redis|cluster picks the services):"
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
-	  | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	  | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
 .cache/uv-venv/bin/uv:
 	@echo "[setup] uv not on PATH: installing uv==$(UV_VERSION) into .cache/uv-venv"
@@ -62,6 +62,9 @@ demo: setup ## Run the platform end to end on the embedded defaults
 
 bench: setup ## Run every `feedrank bench` benchmark and print its table
 	bash infra/bench.sh
+
+quality-curve: setup ## Learning curve: model vs ceiling RCE, 2/4/8 days × 1k/2k/4k users (long)
+	.venv/bin/feedrank quality-curve $(CURVE_ARGS)
 
 airflow: setup ## Start Airflow standalone (dags/, 127.0.0.1:airflow.port); `make down` stops it
 	@$(PY) -m feedrank.services airflow-up

@@ -37,6 +37,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "feedrank.demo",
     "jobs.cli",
     "jobs.monitor_cli",
+    "jobs.quality_curve",
 )
 
 

@@ -288,6 +288,11 @@ class ExperimentConfig(Section):
     shadow: bool = Field(
         default=False, description="Also score model-ranked requests with the challenger."
     )
+    counterfactual: bool = Field(
+        default=False,
+        description="Rank every request with every policy and record each order's expected "
+        "outcome under the simulator's truth (simulation only; paired comparison).",
+    )
 
     @model_validator(mode="after")
     def _shares_sum_to_one(self) -> ExperimentConfig:

@@ -309,7 +309,7 @@ def _read_feeds(settings: Settings, start_offsets: dict, consumer) -> list:
     valid feed goes to ``ranked_feeds.dlq`` (the demo reads on, whatever a producer wrote)."""
     from kafka import KafkaProducer
 
-    from feedrank.schemas import DeadLetter, decode
+    from feedrank.schemas import DeadLetter, decode_record
 
     consumer.assign(list(start_offsets))
     for tp, offset in start_offsets.items():
@@ -319,9 +319,7 @@ def _read_feeds(settings: Settings, start_offsets: dict, consumer) -> list:
     while any(consumer.position(tp) < end for tp, end in ends.items()):
         for tp, records in consumer.poll(timeout_ms=500).items():
             for r in records:
-                event = decode(
-                    tp.topic, r.value, partition=tp.partition, offset=r.offset, key=r.key
-                )
+                event = decode_record(tp.topic, r)
                 (letters if isinstance(event, DeadLetter) else feeds).append(event)
     consumer.close(autocommit=False)
     if letters:
@@ -392,6 +390,8 @@ def closed_loop(
         **os.environ,
         "FEEDRANK_EXPERIMENT__ARMS": json.dumps(DEMO_ARMS),
         "FEEDRANK_CLOCK__OFFSET_S": str(offset_s),
+        # Every request is also ranked by every policy (paired counterfactual comparison).
+        "FEEDRANK_EXPERIMENT__COUNTERFACTUAL": "true",
     }
     log_path = settings.paths.logs / "demo-serve.out"
     exe = Path(sys.executable).with_name("feedrank")
@@ -430,9 +430,15 @@ def latency_table(feeds: list) -> dict:
     return out
 
 
-def print_summary(feeds: list, latency: dict, metrics: dict, experiment: dict) -> None:
-    """Sample feed, latency, offline metrics vs oracle and online lift."""
-    from feedrank.experiment import print_report
+def print_summary(
+    feeds: list,
+    latency: dict,
+    metrics: dict,
+    experiment: dict,
+    counterfactual: dict | None = None,
+) -> None:
+    """Sample feed, latency, offline metrics vs the references, realized and paired lift."""
+    from feedrank.experiment import print_online_comparison, print_report
 
     sample = next((f for f in feeds if f.arm == "treatment" and f.items), None)
     if sample is not None:
@@ -457,18 +463,37 @@ def print_summary(feeds: list, latency: dict, metrics: dict, experiment: dict) -
             f"{row['degraded_share']:.1%}",
         )
     console.print(table)
-    table = Table(title="offline metrics on the held-out day (model vs oracle)")
-    for col in ("head", "AUC", "oracle AUC", "RCE", "oracle RCE"):
+    table = Table(
+        title="offline metrics on the held-out day: model vs the knowable references "
+        "(no_pair: no pair history; ceiling: Bayes given the logs) and the oracle"
+    )
+    for col in ("head", "AUC", "oracle AUC", "RCE", "no_pair", "ceiling", "oracle RCE"):
         table.add_column(col)
+    table.add_column("model share of no_pair / ceiling / oracle")
+
+    def num(value: float | None, digits: int) -> str:
+        return "–" if value is None else f"{value:.{digits}f}"
+
     for head, m in metrics.get("heads", {}).items():
         table.add_row(
-            head, f"{m['auc']:.3f}", f"{m['oracle_auc']:.3f}", f"{m['rce']:.2f}",
-            f"{m['oracle_rce']:.2f}",
+            head, num(m["auc"], 3), num(m["oracle_auc"], 3), num(m["rce"], 2),
+            num(m.get("no_pair_rce"), 2), num(m.get("ceiling_rce"), 2), num(m["oracle_rce"], 2),
+            " / ".join(
+                num(m.get(f"rce_share_of_{name}"), 2) for name in ("no_pair", "ceiling", "oracle")
+            ),
         )  # fmt: skip
     console.print(table)
     ndcg = metrics.get("ndcg10", {})
     console.print("NDCG@10: " + ", ".join(f"{k} {v:.3f}" for k, v in ndcg.items() if v))
+    shares = [
+        f"{name} {ndcg['model'] / ndcg[name]:.3f}"
+        for name in ("no_pair", "ceiling", "oracle")
+        if ndcg.get(name) and ndcg.get("model")
+    ]
+    if shares:
+        console.print("model NDCG@10 as a share of: " + ", ".join(shares))
     print_report(experiment)
+    print_online_comparison(experiment, counterfactual)
 
 
 def run_demo(
@@ -542,10 +567,18 @@ def run_demo(
     _feedrank("land")
     # Served on the demo's day; a run that crosses midnight also served on the next one.
     served_days = sorted({f.served_at.date().isoformat() for f in feeds}) or [today.isoformat()]
-    experiment = report_from_lake(settings.paths.lake, served_days, settings.ranking.weights)
+    experiment = report_from_lake(
+        settings.paths.lake,
+        served_days,
+        settings.ranking.weights,
+        request_ids={f.request_id for f in feeds},
+    )
     _step("6/6 summary")
     latency = latency_table(feeds)
-    print_summary(feeds, latency, metrics, experiment)
+    from serving.experiment import counterfactual_summary
+
+    counterfactual = counterfactual_summary(settings, {f.request_id for f in feeds})
+    print_summary(feeds, latency, metrics, experiment, counterfactual)
     summary = {
         "today": today.isoformat(),
         "world": {"kind": world, "plan": backfill["plan"]},
@@ -554,6 +587,7 @@ def run_demo(
         "latency": latency,
         "offline_metrics": str(metrics_path),
         "experiment": experiment,
+        "counterfactual": counterfactual,
         "seconds": time.monotonic() - started,
     }
     out = settings.paths.reports / "demo.json"

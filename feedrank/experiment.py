@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,6 +109,14 @@ def compare_to_control(
     )
 
 
+def outcome_weights(weights: Mapping[str, float]) -> dict[str, float]:
+    """The heads a session's weighted engagements count: those with a positive weight.
+
+    Negative feedback is the counter-metric, counted on its own, not subtracted.
+    """
+    return {h: float(weights[h]) for h in HEADS if weights[h] > 0}
+
+
 def session_outcomes(
     impressions: pd.DataFrame, engagements: pd.DataFrame, weights: Mapping[str, float]
 ) -> pd.DataFrame:
@@ -131,8 +139,9 @@ def session_outcomes(
     sessions = sessions.join(counts, how="left").fillna({h: 0 for h in HEADS})
     for head in HEADS:
         sessions[head] = sessions[head].astype(np.int64)
-    positive = [h for h in HEADS if weights[h] > 0]
-    sessions["weighted_engagements"] = sum(weights[h] * sessions[h] for h in positive)
+    sessions["weighted_engagements"] = sum(
+        w * sessions[h] for h, w in outcome_weights(weights).items()
+    )
     sessions["negative_actions"] = sessions["negative"]
     sessions["impressions"] = impressions.groupby("request_id").size()
     return sessions.reset_index()
@@ -169,14 +178,130 @@ def experiment_report(
     return report
 
 
+def counterfactual_report(
+    values: Mapping[str, np.ndarray],
+    baseline: str = "chronological",
+    ceiling: str = "oracle",
+    confidence: float = 0.95,
+    resamples: int = 2_000,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Paired comparison of policies scored on the same requests, with bootstrap intervals.
+
+    Every policy was evaluated on every request, so requests are resampled together (paired
+    bootstrap, percentile intervals): the noise of which requests came cancels in the
+    differences instead of adding up as between independent arms.
+
+    Args:
+        values: policy -> one expected outcome per request (same requests, same order).
+        baseline: the policy lifts are measured against.
+        ceiling: the policy whose lift is 100% (``share_of_oracle``).
+        confidence: interval coverage.
+        resamples: bootstrap resamples.
+        seed: bootstrap seed (the report is reproducible).
+
+    Returns:
+        ``{policy: {requests, mean, lift_pct, ci_low, ci_high, share_of_oracle,
+        share_ci_low, share_ci_high}}``; lifts in percent of the baseline's mean, shares as
+        fractions of the ceiling's lift.
+    """
+    names = list(values)
+    for required in (baseline, ceiling):
+        if required not in values:
+            raise ValueError(f"no values for the {required!r} policy")
+    matrix = np.column_stack([np.asarray(values[n], dtype=np.float64) for n in names])
+    n = matrix.shape[0]
+    if n < 2:
+        raise ValueError("a paired interval needs at least 2 requests")
+    rng = np.random.default_rng(seed)
+    # Multinomial counts per resample = drawing n requests with replacement, without an
+    # (resamples × n × policies) array.
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+    means = np.vstack([matrix.mean(axis=0), counts @ matrix / n])  # row 0: the sample
+    base = means[:, names.index(baseline)]
+    top = means[:, names.index(ceiling)]
+    tail = 50.0 * (1.0 - confidence)
+    out: dict[str, dict[str, float]] = {}
+    for k, name in enumerate(names):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lift = 100.0 * (means[:, k] / base - 1.0)
+            share = (means[:, k] - base) / (top - base)
+        lift_lo, lift_hi = np.nanpercentile(lift[1:], [tail, 100.0 - tail])
+        share_lo, share_hi = np.nanpercentile(share[1:], [tail, 100.0 - tail])
+        out[name] = {
+            "requests": n,
+            "mean": float(means[0, k]),
+            "lift_pct": float(lift[0]),
+            "ci_low": float(lift_lo),
+            "ci_high": float(lift_hi),
+            "share_of_oracle": float(share[0]),
+            "share_ci_low": float(share_lo),
+            "share_ci_high": float(share_hi),
+        }
+    return out
+
+
+def print_online_comparison(report: dict, counterfactual: dict | None) -> None:
+    """Realized lift per arm beside the paired counterfactual lift per policy."""
+    from rich.console import Console
+    from rich.table import Table
+
+    arm_of_policy = {"chronological": report["control"], "champion": "treatment"}
+    arm_of_policy["oracle"] = "oracle"
+    table = Table(
+        title=f"online comparison vs chronological ({int(report['confidence'] * 100)}% "
+        "intervals): realized outcomes per arm | paired counterfactual on the same requests"
+    )
+    for col in ("policy", "realized lift (arm)", "counterfactual lift", "share of oracle lift"):
+        table.add_column(col)
+    names = list(counterfactual or {}) or list(arm_of_policy)
+    for name in names:
+        realized = ""
+        entry = report["arms"].get(arm_of_policy.get(name, ""), {})
+        if name == "chronological":
+            realized = f"control, {entry.get('sessions', 0)} sessions"
+        elif "weighted_engagements" in entry:
+            lift = entry["weighted_engagements"]["lift_vs_control"]
+            realized = (
+                f"{100 * lift['estimate']:+.1f}% [{100 * lift['low']:+.1f}, "
+                f"{100 * lift['high']:+.1f}] ({entry['sessions']} sessions)"
+            )
+        cf, share = "", ""
+        if counterfactual and name in counterfactual:
+            c = counterfactual[name]
+            cf = f"{c['lift_pct']:+.1f}% [{c['ci_low']:+.1f}, {c['ci_high']:+.1f}]"
+            share = (
+                f"{100 * c['share_of_oracle']:.1f}% [{100 * c['share_ci_low']:.1f}, "
+                f"{100 * c['share_ci_high']:.1f}]"
+            )
+        table.add_row(name, realized, cf, share)
+    Console().print(table)
+    if counterfactual:
+        n = next(iter(counterfactual.values()))["requests"]
+        Console().print(
+            f"counterfactual: {n} requests, every policy ranked each one; expected weighted "
+            "engagements under the true probabilities at the positions served"
+        )
+
+
 def report_from_lake(
-    lake: Path, dates: list[str], weights: Mapping[str, float], control: str = "control"
+    lake: Path,
+    dates: list[str],
+    weights: Mapping[str, float],
+    control: str = "control",
+    request_ids: Collection[str] | None = None,
 ) -> dict:
-    """The experiment report over the landed impressions and engagements of some days."""
+    """The experiment report over the landed impressions and engagements of some days.
+
+    ``request_ids`` keeps only those requests' sessions (a demo rerun on the same day must not
+    pool the earlier run's sessions with its own).
+    """
     from feedrank.simulator.backfill import read_lake_table
 
     columns = ["request_id", "arm"]
     impressions = read_lake_table(lake, "impressions", dates).select(columns).to_pandas()
+    if request_ids is not None:
+        impressions = impressions[impressions["request_id"].isin(set(request_ids))]
     if impressions.empty:
         raise FeedrankError(f"no landed impressions under {lake} for {', '.join(dates)}")
     engagements = read_lake_table(lake, "engagements", dates)

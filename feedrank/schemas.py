@@ -500,6 +500,21 @@ def decode(
     return dead_letter(topic, kind, reason, payload, partition=partition, offset=offset, key=key)
 
 
+def decode_record(
+    topic: str, record: Any, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> Event | DeadLetter:
+    """:func:`decode` of a consumed Kafka record (``value``, ``key``, ``partition``,
+    ``offset``), so a dead letter always says where the record was read."""
+    return decode(
+        topic,
+        record.value,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        max_bytes=max_bytes,
+    )
+
+
 def dead_letter(
     source: str,
     kind: str,

@@ -22,6 +22,10 @@ Rankers compared by per-request NDCG@10 of the weighted-engagement order (gain
 * ``model`` — the weighted score of the recalibrated XGBoost heads.
 * ``model_diversity`` — the same after the author-diversity discount (what serving shows).
 * ``oracle`` — the weighted score of the simulator's true probabilities.
+* ``no_pair`` / ``ceiling`` — the knowable references of
+  :mod:`feedrank.simulator.references`: the truth without the pair affinity, and the truth
+  with the affinity's posterior given the pair's logs before each impression. Their head
+  metrics sit beside the oracle's (``ceiling_rce``, ``no_pair_rce``, …).
 
 Outputs under ``<paths.reports>/<version>/``: ``metrics.json``, ``report.md`` and PNG plots.
 """
@@ -44,6 +48,7 @@ from feedrank.config import HEADS, POSITIVE_HEADS, Settings
 from feedrank.errors import FeedrankError
 from feedrank.metrics import head_metrics
 from feedrank.ranking import author_diversity, engagement_relevance, grouped_ndcg, weighted_score
+from feedrank.simulator.references import REFERENCES, lake_references
 from jobs.train import TrainingData, feature_matrix, load_training_data, resolve_run
 
 log = logging.getLogger("feedrank.evaluate")
@@ -56,6 +61,8 @@ RANKERS: tuple[str, ...] = (
     "model",
     "model_diversity",
     "oracle",
+    "ceiling",
+    "no_pair",
 )
 # Goals of issue #6, reported (not enforced) in metrics.json.
 GOAL_RCE_SHARE = 0.90
@@ -72,6 +79,7 @@ class EvalRows:
     has_oracle: bool
     oracle_coverage: float
     data: TrainingData
+    has_references: bool = False
 
     @property
     def labels(self) -> dict[str, np.ndarray]:
@@ -79,6 +87,9 @@ class EvalRows:
 
     def oracle_probs(self) -> dict[str, np.ndarray]:
         return {h: self.frame[f"p_{h}"].to_numpy(np.float64) for h in HEADS}
+
+    def reference_probs(self, name: str) -> dict[str, np.ndarray]:
+        return {h: self.frame[f"{name}_{h}"].to_numpy(np.float64) for h in HEADS}
 
 
 def load_oracle(lake_root: Path, dates: list[str]) -> pd.DataFrame | None:
@@ -104,8 +115,22 @@ def prepare_rows(settings: Settings, data: TrainingData, lake_root: Path | None 
     )
     oracle = load_oracle(lake_root or settings.paths.lake, list(dates))
     coverage = 0.0
+    has_references = False
     if oracle is not None:
         joined = frame.merge(oracle, on=["request_id", "tweet_id"], how="inner")
+        if len(joined):
+            # The references need every logged row of the pair before each impression, so
+            # they come from the lake, not from the (downsampled) validation split.
+            try:
+                refs = lake_references(
+                    settings, lake_root or settings.paths.lake, joined, max(dates)
+                )
+            except (FileNotFoundError, ValueError) as exc:
+                # A lake that is not the simulator's (no engagements or tweets, foreign ids).
+                log.warning("knowable references omitted: %s", exc)
+            else:
+                joined = joined.merge(refs, on=["request_id", "tweet_id"], how="inner")
+                has_references = len(joined) > 0
         coverage = len(joined) / max(len(frame), 1)
         if len(joined) == 0:
             log.warning("oracle has no row for the validation split; oracle metrics omitted")
@@ -124,6 +149,7 @@ def prepare_rows(settings: Settings, data: TrainingData, lake_root: Path | None 
         has_oracle=oracle is not None and coverage > 0,
         oracle_coverage=coverage,
         data=data,
+        has_references=has_references,
     )
 
 
@@ -178,7 +204,21 @@ def score_model(
             "oracle_rce": None,
             "oracle_calibration": None,
             "rce_share_of_oracle": None,
+            **{f"{name}_{k}": None for name in REFERENCES for k in ("auc", "logloss", "rce")},
+            **{f"rce_share_of_{name}": None for name in REFERENCES},
         }
+        for name in REFERENCES if rows.has_references else ():
+            r = _weighted_head_metrics(labels[head], rows.reference_probs(name)[head], rows.repeats)
+            entry.update(
+                {
+                    f"{name}_auc": r["roc_auc"],
+                    f"{name}_logloss": r["log_loss"],
+                    f"{name}_rce": r["rce"],
+                    f"rce_share_of_{name}": m["rce"] / r["rce"]
+                    if r["rce"] and r["rce"] > 0
+                    else None,
+                }
+            )
         if oracle is not None:
             o = _weighted_head_metrics(labels[head], oracle[head], rows.repeats)
             entry.update(
@@ -209,6 +249,8 @@ def score_model(
     }
     if oracle is not None:
         scores["oracle"] = weighted_score(oracle, weights)
+    for name in REFERENCES if rows.has_references else ():
+        scores[name] = weighted_score(rows.reference_probs(name), weights)
     ndcg = {name: None for name in RANKERS}
     ndcg.update(
         {name: grouped_ndcg(request_ids, relevance, s, NDCG_K) for name, s in scores.items()}
@@ -217,6 +259,10 @@ def score_model(
         "mean_rce": float(np.mean([heads[h]["rce"] for h in HEADS])),
         "min_auc": float(np.min([heads[h]["auc"] for h in HEADS])),
         "ndcg10_share_of_oracle": ndcg["model"] / ndcg["oracle"] if ndcg["oracle"] else None,
+        **{
+            f"ndcg10_share_of_{name}": ndcg["model"] / ndcg[name] if ndcg[name] else None
+            for name in REFERENCES
+        },
     }
     goals = None
     if oracle is not None:
@@ -338,14 +384,16 @@ def _plot_rce(path: Path, metrics: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     x = np.arange(len(HEADS))
-    model = [metrics["heads"][h]["rce"] or 0.0 for h in HEADS]
-    oracle = [metrics["heads"][h]["oracle_rce"] or 0.0 for h in HEADS]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar(x - 0.2, model, 0.4, label="model")
-    ax.bar(x + 0.2, oracle, 0.4, label="oracle")
+    series = [("model", "rce"), ("no_pair", "no_pair_rce"), ("ceiling", "ceiling_rce")]
+    series.append(("oracle", "oracle_rce"))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(series)
+    for k, (label, key) in enumerate(series):
+        values = [metrics["heads"][h][key] or 0.0 for h in HEADS]
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, values, width, label=label)
     ax.set_xticks(x, HEADS)
     ax.set_ylabel("RCE (%)")
-    ax.set_title("RCE per head: model vs oracle (same rows)")
+    ax.set_title("RCE per head: model vs the references (same rows)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -407,6 +455,28 @@ def render_markdown(metrics: dict[str, Any], importance: list[tuple[str, float]]
             f"{_fmt(m['oracle_pr_auc'])} | {_fmt(m['logloss'])} | {_fmt(m['rce'], 2)} | "
             f"{_fmt(m['oracle_rce'], 2)} | {_fmt(m['rce_share_of_oracle'], 3)} | "
             f"{_fmt(m['calibration'], 3)} |"
+        )
+    lines += [
+        "",
+        "## Knowable references (same rows; model's RCE as a share of each)",
+        "",
+        "`no_pair`: the truth with each user×author affinity at its prior mean; `ceiling`: "
+        "the truth with the affinity's posterior given the pair's logs before the impression "
+        "(what a perfect model of these logs could know); `oracle`: the truth itself.",
+        "",
+        "| head | RCE | no_pair RCE | ceiling RCE | oracle RCE | of no_pair | of ceiling |"
+        " of oracle | log loss no_pair / ceiling / oracle | AUC no_pair / ceiling / oracle |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for head in HEADS:
+        m = metrics["heads"][head]
+        lines.append(
+            f"| {head} | {_fmt(m['rce'], 2)} | {_fmt(m['no_pair_rce'], 2)} | "
+            f"{_fmt(m['ceiling_rce'], 2)} | {_fmt(m['oracle_rce'], 2)} | "
+            f"{_fmt(m['rce_share_of_no_pair'], 3)} | {_fmt(m['rce_share_of_ceiling'], 3)} | "
+            f"{_fmt(m['rce_share_of_oracle'], 3)} | {_fmt(m['no_pair_logloss'])} / "
+            f"{_fmt(m['ceiling_logloss'])} / {_fmt(m['oracle_logloss'])} | "
+            f"{_fmt(m['no_pair_auc'])} / {_fmt(m['ceiling_auc'])} / {_fmt(m['oracle_auc'])} |"
         )
     lines += [
         "",

@@ -45,7 +45,7 @@ import pandas as pd
 from feedrank import feature_spec as spec
 from feedrank.config import GROUP_POLL_TIMEOUT_MS, POSITIVE_HEADS, Settings, get_settings
 from feedrank.errors import FeedrankError
-from feedrank.schemas import DeadLetter, Engagement, decode
+from feedrank.schemas import DeadLetter, Engagement, decode_record
 
 log = logging.getLogger(__name__)
 
@@ -339,13 +339,7 @@ def run_stream_features(
                     else:
                         stats.consumed += 1
                     uncommitted[tp] = record.offset + 1
-                    event = decode(
-                        TOPIC,
-                        record.value,
-                        partition=tp.partition,
-                        offset=record.offset,
-                        key=record.key,
-                    )
+                    event = decode_record(TOPIC, record)
                     if isinstance(event, DeadLetter):
                         if not replayed:  # the run that read it first sent it already
                             producer.send(DLQ_TOPIC, event.to_bytes())

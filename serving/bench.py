@@ -36,7 +36,7 @@ import numpy as np
 
 from feedrank.config import HEADS, PathsConfig, Settings
 from feedrank.errors import FeedrankError
-from feedrank.schemas import DEVICES, DeadLetter, FeedRequest, decode, encode
+from feedrank.schemas import DEVICES, DeadLetter, FeedRequest, decode_record, encode
 
 SYNTHETIC_USERS, SYNTHETIC_TWEETS = 2_000, 20_000
 SYNTHETIC_START = dt.date(2026, 11, 1)
@@ -292,9 +292,7 @@ def run_bench(
                 for record in records:
                     # Every feed is kept: one answered before its request joined ``wanted``
                     # (the sender thread appends after producing) must still count.
-                    feed = decode(
-                        tp.topic, record.value, partition=tp.partition, offset=record.offset
-                    )
+                    feed = decode_record(tp.topic, record)
                     if isinstance(feed, DeadLetter):  # not the bench's: another producer's
                         dead_lettered.append(feed)
                         producer.send(feed.dlq_topic, feed.to_bytes())

@@ -51,7 +51,7 @@ from feedrank.schemas import (
     Impression,
     ServedImpressions,
     dead_letter,
-    decode,
+    decode_record,
     encode,
 )
 from serving import metrics
@@ -239,15 +239,10 @@ class _ServingLoop:
             tp: Its topic partition, copied into a dead letter.
             waiting: Messages of the same poll still to be answered after this one.
         """
-        event = decode(
-            REQUESTS_TOPIC,
-            record.value,
-            partition=tp.partition,
-            offset=record.offset,
-            key=record.key,
-            # The dead letter keeps a prefix; the full message stays at its offset for the
-            # topic's retention.
-            max_bytes=self.settings.serving.max_request_bytes,
+        # The dead letter keeps a prefix; the full message stays at its offset for the
+        # topic's retention.
+        event = decode_record(
+            REQUESTS_TOPIC, record, max_bytes=self.settings.serving.max_request_bytes
         )
         if isinstance(event, DeadLetter):
             return [self._send_dead_letter(event)], None

@@ -40,7 +40,7 @@ from feedrank.schemas import (
     Follow,
     RankedFeed,
     Tweet,
-    decode,
+    decode_record,
     encode,
 )
 from feedrank.simulator.backfill import NEW_FOLLOWS_PER_USER_PER_DAY
@@ -308,13 +308,7 @@ class LiveSimulator:
         batch = self.consumer.poll(timeout_ms=0, max_records=500)
         for records in batch.values():
             for record in records:
-                event = decode(
-                    FEEDS_TOPIC,
-                    record.value,
-                    partition=record.partition,
-                    offset=record.offset,
-                    key=record.key,
-                )
+                event = decode_record(FEEDS_TOPIC, record)
                 if isinstance(event, DeadLetter):
                     self.stats.feeds_dead_lettered += 1
                     self.producer.send(event.dlq_topic, value=event.to_bytes())

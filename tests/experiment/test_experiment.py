@@ -147,3 +147,18 @@ def test_report_from_the_lake_through_the_cli(tmp_path, monkeypatch) -> None:
     bad = subprocess.run([*cmd[:-1], "2026-13-01"], env=env, capture_output=True, text=True)
     assert bad.returncode != 0
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_report_from_the_lake_keeps_only_the_given_requests(tmp_path) -> None:
+    """A demo rerun on the same day reports its own sessions, not the earlier run's too."""
+    from feedrank.experiment import report_from_lake
+
+    lake = tmp_path / "lake"
+    _lake_with_two_arms(lake)
+    weights = {"like": 0.5, "reply": 13.5, "retweet": 1.0, "click": 11.0, "negative": -74.0}
+    everything = report_from_lake(lake, ["2026-11-05"], weights)
+    mine = {f"r{r}" for r in range(20, 40)}
+    report = report_from_lake(lake, ["2026-11-05"], weights, request_ids=mine)
+    assert everything["arms"]["control"]["sessions"] == 20
+    assert report["arms"]["control"]["sessions"] == 10
+    assert report["arms"]["treatment"]["sessions"] == 10

@@ -141,3 +141,62 @@ def test_shadow_challenger_rankings_never_reach_ranked_feeds(
     assert min(r["top10_overlap"] for r in records) < 1.0
     summary = shadow.summary()
     assert summary["requests"] >= len(modelled) and summary["latency_p50_ms"] > 0
+
+
+@pytest.mark.unit
+def test_counterfactual_recorder_scores_every_policy_on_the_same_request(
+    serve_settings: Settings, champion: str
+) -> None:
+    import numpy as np
+
+    from feedrank.feature_spec import model_features
+    from serving.experiment import (
+        COUNTERFACTUAL_POLICIES,
+        CounterfactualRecorder,
+        counterfactual_summary,
+        experiment_hooks,
+        read_counterfactual_records,
+    )
+    from serving.scorer import Budget, PolicyContext, PolicyResult
+
+    settings = _experiment(serve_settings, counterfactual=True)
+    simulator = settings.simulator.model_copy(update={"users": 80})
+    settings = settings.model_copy(update={"simulator": simulator})
+    recorder = experiment_hooks(settings)["on_scored"]
+    assert isinstance(recorder, CounterfactualRecorder)
+    model = load_model(champion, settings)
+    columns = {name: i for i, name in enumerate(model_features())}
+    rng = np.random.default_rng(0)
+    request_ids = []
+    for user in range(12):
+        n = 200
+        request = make_request(user, range(1, n + 1))
+        now_s = request.requested_at.timestamp()
+        X = rng.normal(size=(n, len(columns))).astype(np.float32)
+        X[:, columns["tweet_topic"]] = rng.integers(0, simulator.topics, n)
+        X[:, columns["tweet_has_media"]] = rng.random(n) < 0.3
+        X[:, columns["tweet_has_link"]] = rng.random(n) < 0.2
+        X[:, columns["tweet_created_ts"]] = now_s - rng.uniform(60, 48 * 3600, n)
+        ctx = PolicyContext(
+            request=request,
+            tweet_ids=np.arange(1, n + 1, dtype=np.int64),
+            author_ids=rng.choice(recorder.world.author_ids, n),
+            features=X,
+            model=model,
+            budget=Budget(deadline_s=now_s + 1.0),
+            timings_ms={},
+        )
+        recorder(ctx, PolicyResult(np.arange(n), np.zeros(n), "chronological"))
+        request_ids.append(request.request_id)
+    recorder.flush()
+    records = read_counterfactual_records(
+        settings.paths.reports / "counterfactual", set(request_ids)
+    )
+    assert [r["request_id"] for r in records] == request_ids
+    for record in records:
+        assert set(record["expected_weighted_engagements"]) == set(COUNTERFACTUAL_POLICIES)
+    summary = counterfactual_summary(settings, set(request_ids[:10]))
+    assert summary["oracle"]["requests"] == 10
+    assert summary["oracle"]["share_of_oracle"] == pytest.approx(1.0)
+    # Ranking by the truth earns more than newest-first on the same candidates.
+    assert summary["oracle"]["mean"] > 1.2 * summary["chronological"]["mean"]
