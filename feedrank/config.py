@@ -129,6 +129,10 @@ class SparkConfig(Section):
     worker_memory: str = Field(default="2g", description="Memory per local worker.")
     master_port: int = Field(default=17077, description="Local standalone master port.")
     master_webui_port: int = Field(default=18080, description="Local master web UI port.")
+    event_log: bool = Field(
+        default=False,
+        description="Write Spark's event log under <home>/spark-events for a history server.",
+    )
 
 
 class FeastConfig(Section):

@@ -1,12 +1,26 @@
-"""The one SparkSession factory every job uses."""
+"""The one SparkSession factory every job uses.
+
+Precedence, as a team running Spark expects: a property set by ``spark-submit`` (``--master``,
+``--conf``, ``--driver-memory`` …) or in ``spark-defaults.conf`` wins; the profile's value
+(``spark.*`` settings) applies only where neither says anything. So the same job runs
+in-process on the embedded defaults and under ``spark-submit`` against a team's cluster
+(``jobs/spark_entry.py`` is the entry point it launches).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import sys
 from pathlib import Path
 
 from feedrank.config import Settings, get_settings
+
+log = logging.getLogger("feedrank.spark")
+
+# `key value`, `key=value` or `key: value`, as java.util.Properties reads a line.
+_PROPERTY = re.compile(r"^\s*([^\s=:#!]+)\s*[\s=:]\s*(.*?)\s*$")
 
 
 def connector_jars(settings: Settings | None = None) -> list[Path]:
@@ -16,8 +30,76 @@ def connector_jars(settings: Settings | None = None) -> list[Path]:
     return sorted(folder.glob("*.jar")) if folder.is_dir() else []
 
 
+def event_log_dir(settings: Settings) -> Path:
+    """Where the event log goes when ``spark.event_log`` is on (a history server reads it)."""
+    return settings.paths.home / "spark-events"
+
+
+def profile_conf(app_name: str, settings: Settings) -> dict[str, str]:
+    """The Spark properties the profile asks for: master, memory, loopback addresses, UTC."""
+    conf = {
+        "spark.master": settings.spark.master,
+        "spark.app.name": app_name,
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
+        "spark.driver.memory": settings.spark.driver_memory,
+        "spark.driver.host": "127.0.0.1",
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.local.dir": str(settings.paths.home / "spark-local"),
+        "spark.ui.enabled": "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.executorEnv.PYSPARK_PYTHON": sys.executable,
+    }
+    jars = ",".join(str(p) for p in connector_jars(settings))
+    if jars:
+        conf["spark.jars"] = jars
+    if settings.spark.event_log:
+        conf["spark.eventLog.enabled"] = "true"
+        conf["spark.eventLog.dir"] = event_log_dir(settings).as_uri()
+    return conf
+
+
+def _defaults_file() -> Path:
+    """``spark-defaults.conf`` where ``spark-submit`` looks for it."""
+    if os.environ.get("SPARK_CONF_DIR"):
+        return Path(os.environ["SPARK_CONF_DIR"]) / "spark-defaults.conf"
+    if os.environ.get("SPARK_HOME"):
+        return Path(os.environ["SPARK_HOME"]) / "conf" / "spark-defaults.conf"
+    import pyspark
+
+    return Path(pyspark.__file__).parent / "conf" / "spark-defaults.conf"
+
+
+def read_spark_defaults(path: Path) -> dict[str, str]:
+    """The ``spark.*`` properties of a ``spark-defaults.conf`` (``{}`` when it is absent)."""
+    if not path.is_file():
+        return {}
+    found = {}
+    for line in path.read_text().splitlines():
+        match = _PROPERTY.match(line)
+        if match and match.group(1).startswith("spark."):
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+def external_conf() -> dict[str, str]:
+    """Spark properties set outside the profile.
+
+    Under ``spark-submit`` the driver JVM already holds every property the submitter set
+    (command line and ``spark-defaults.conf``), read back through ``SparkConf``; in-process,
+    only ``spark-defaults.conf`` can say something before the JVM starts.
+    """
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):  # set by spark-submit's PythonRunner
+        from pyspark import SparkConf, SparkContext
+
+        SparkContext._ensure_initialized()
+        return dict(SparkConf().getAll())
+    return read_spark_defaults(_defaults_file())
+
+
 def get_spark(app_name: str = "feedrank", settings: Settings | None = None):
-    """A SparkSession on the configured master: UTC, microsecond Parquet, loopback-bound.
+    """A SparkSession: the submitter's properties first, the profile's where they are silent.
 
     Python workers run this interpreter (Spark would otherwise start ``python3`` from PATH,
     outside the venv).
@@ -28,25 +110,17 @@ def get_spark(app_name: str = "feedrank", settings: Settings | None = None):
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    jars = ",".join(str(p) for p in connector_jars(settings))
-    local_dir = settings.paths.home / "spark-local"
-    local_dir.mkdir(parents=True, exist_ok=True)
-    builder = (
-        SparkSession.builder.master(settings.spark.master)
-        .appName(app_name)
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-        .config("spark.sql.shuffle.partitions", str(settings.spark.shuffle_partitions))
-        .config("spark.driver.memory", settings.spark.driver_memory)
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.local.dir", str(local_dir))
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.executorEnv.PYSPARK_PYTHON", sys.executable)
-    )
-    if jars:
-        builder = builder.config("spark.jars", jars)
+    external = external_conf()
+    builder = SparkSession.builder
+    for key, value in profile_conf(app_name, settings).items():
+        if key in external:
+            log.info("%s from spark-submit/spark-defaults.conf: %s", key, external[key])
+            continue
+        builder = builder.config(key, value)
+        if key == "spark.local.dir":
+            Path(value).mkdir(parents=True, exist_ok=True)
+        elif key == "spark.eventLog.dir":
+            event_log_dir(settings).mkdir(parents=True, exist_ok=True)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark

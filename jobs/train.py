@@ -375,6 +375,14 @@ def train_heads_single_node(
     return results
 
 
+def _session_master() -> str | None:
+    """Master URL of the active SparkSession (``None`` when none is active)."""
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession()
+    return session.sparkContext.master if session else None
+
+
 def train_heads_distributed(
     data_run: Path, settings: Settings, negative_keep_rate: float, progress: Any | None = None
 ) -> dict[str, HeadResult]:
@@ -705,7 +713,8 @@ def train(
         training={
             "trainer": trainer,
             "seconds": round(seconds, 3),
-            "spark_master": settings.spark.master if distributed else None,
+            # The session's own master: spark-submit's when it set one, else the profile's.
+            "spark_master": _session_master() if distributed else None,
             "heads": {
                 h: {
                     "params": r.params,
