@@ -15,11 +15,11 @@ UV_DEP := $(if $(UV_ON_PATH),,.cache/uv-venv/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := python3.11
 
-.PHONY: help setup up down status test test-unit lint demo bench airflow quality-curve
+.PHONY: help setup up down status test test-unit lint demo bench airflow quality-curve helm k8s-check
 
 help: ## List the targets
 	@echo "feedrank — make targets (FEEDRANK_PROFILE=local|redis|cluster picks the services):"
-	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
+	@grep -hE '^[a-z][a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) \
 	  | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
 .cache/uv-venv/bin/uv:
@@ -32,6 +32,15 @@ help: ## List the targets
 	@echo "[setup] installing the locked dependencies into .venv (uv sync --frozen)"
 	$(UV) sync --frozen
 	@touch $@
+
+# helm, built from the Go module proxy (the only place it is served here), once per checkout.
+HELM_VERSION := v4.3.2
+HELM := .cache/go-bin/helm
+$(HELM):
+	@echo "[setup] building helm $(HELM_VERSION) with go install (a few minutes, once)"
+	GOBIN=$(abspath .cache/go-bin) go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+
+helm: $(HELM) ## Build helm from the Go module proxy into .cache/go-bin (once)
 
 setup: .venv/.feedrank-synced ## venv + locked deps, Kafka/Spark jars, Airflow DB (cached)
 	@$(PY) -m feedrank.services setup
@@ -46,11 +55,14 @@ down: ## Stop every service started from the run folder (var/ unless FEEDRANK_PA
 status: ## Show which services run and answer
 	@$(PY) -m feedrank.services status
 
-test: setup ## Run the whole test suite (tests start real services themselves)
+test: setup $(HELM) ## Run the whole test suite (tests start real services themselves)
 	$(PY) -m pytest
 
 test-unit: setup ## Run only the tests marked unit (no services)
 	$(PY) -m pytest -m unit
+
+k8s-check: setup $(HELM) ## Render the Helm chart, validate it (Kubernetes, KEDA), lint the Dockerfile
+	$(PY) -m pytest tests/deploy -q
 
 lint: setup ## ruff check + ruff format --check + Airflow rules on dags/
 	.venv/bin/ruff check .
