@@ -164,17 +164,31 @@ def feedrank_executable() -> str:
     return str(beside) if beside.exists() else "feedrank"
 
 
+def feedrank_argv(args: tuple[str, ...], submit_args: list[str] | None) -> list[str]:
+    """The command line of ``feedrank <args>``: through ``spark-submit`` for a Spark job when
+    ``spark.submit_args`` is set (the cluster manager then runs it), else the local CLI."""
+    from jobs.spark_entry import ENTRY, SPARK_COMMANDS
+
+    if submit_args is not None and args and args[0] in SPARK_COMMANDS:
+        spark_submit = Path(sys.executable).with_name("spark-submit")
+        return [str(spark_submit), *submit_args, str(ENTRY), *args]
+    return [feedrank_executable(), *args]
+
+
 def run_feedrank(*args: str, env: dict[str, str] | None = None) -> str:
     """Run ``feedrank <args>`` in a child process and return its stdout.
 
     The child inherits the worker's environment (``FEEDRANK_PROFILE``, ``FEEDRANK_*``), so it
     resolves the same settings (Spark master, run folder, Feast store) as the CLI a person
-    runs. Its stderr (logs, progress) streams into the task log as it comes.
+    runs. Its stderr (logs, progress) streams into the task log as it comes. A Spark job goes
+    through ``spark-submit`` when the profile sets ``spark.submit_args``.
 
     Raises:
         FeedrankCommandError: non-zero exit, with the command's one-line reason.
     """
-    argv = [feedrank_executable(), *args]
+    from feedrank.config import get_settings
+
+    argv = feedrank_argv(args, get_settings().spark.submit_args)
     log.info("running %s", shlex.join(argv))
     tail: deque[str] = deque(maxlen=40)
     proc = subprocess.Popen(

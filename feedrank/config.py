@@ -133,6 +133,12 @@ class SparkConfig(Section):
         default=False,
         description="Write Spark's event log under <home>/spark-events for a history server.",
     )
+    submit_args: list[str] | None = Field(
+        default=None,
+        description="When set, the DAGs launch every Spark job with `spark-submit <these "
+        "arguments> jobs/spark_entry.py …` (e.g. a k8s:// master in cluster mode) instead of "
+        "in a local `feedrank` process.",
+    )
 
 
 class FeastConfig(Section):

@@ -12,7 +12,10 @@ the run folder and every other setting come from the ``FEEDRANK_*`` environment 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+# This file, as spark-submit is given it.
+ENTRY = Path(__file__).resolve()
 # Subcommands whose work runs in a SparkSession (`feedrank train` on the cluster profile
 # trains with xgboost.spark; on the local profile it trains in the driver).
 SPARK_COMMANDS: tuple[str, ...] = ("land", "features", "training-data", "train", "monitor")
