@@ -18,6 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from feedrank.errors import ConfigError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 PROFILES = ("local", "redis", "cluster")
@@ -341,19 +343,76 @@ class Settings(BaseSettings):
 
 
 class _ProfileSource(PydanticBaseSettingsSource):
-    """Reads ``profiles/<FEEDRANK_PROFILE>.yaml`` with ``${ENV}`` substitution."""
+    """Reads ``profiles/<FEEDRANK_PROFILE>.yaml``, then ``FEEDRANK_CONFIG_FILE`` over it.
+
+    Both with ``${ENV}`` substitution. Unreadable files, YAML syntax errors, a file that is not
+    a mapping, and ``FEEDRANK_<NAME>__…`` variables whose section does not exist raise
+    :class:`ConfigError`; wrong values and unknown keys are left to pydantic's validation.
+    """
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
+        _check_env_sections(self.settings_cls)
         profile = os.environ.get("FEEDRANK_PROFILE", "local")
         if profile not in PROFILES:
-            raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-        path = PROFILES_DIR / f"{profile}.yaml"
-        data = yaml.safe_load(os.path.expandvars(path.read_text())) or {}
+            raise ConfigError(
+                f"FEEDRANK_PROFILE: unknown profile {profile!r}; "
+                f"choose one of {', '.join(PROFILES)}"
+            )
+        data = _read_yaml(PROFILES_DIR / f"{profile}.yaml")
+        extra = os.environ.get(CONFIG_FILE_ENV)
+        if extra:
+            data = _merged(data, _read_yaml(Path(extra).expanduser()))
         data["profile"] = profile
         return data
+
+
+# An operator's own YAML, layered over the profile and under the environment.
+CONFIG_FILE_ENV = "FEEDRANK_CONFIG_FILE"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(os.path.expandvars(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _check_env_sections(settings_cls: type[BaseSettings]) -> None:
+    """``FEEDRANK_KAFKAA__PORT`` names no section: pydantic-settings would ignore it silently."""
+    sections = {name.upper() for name in settings_cls.model_fields}
+    for key in sorted(os.environ):
+        if key.startswith("FEEDRANK_") and "__" in key:
+            section = key.removeprefix("FEEDRANK_").split("__", 1)[0]
+            if section not in sections:
+                raise ConfigError(
+                    f"{key}: unknown section {section.lower()!r}; sections are "
+                    f"{', '.join(sorted(s.lower() for s in sections))}"
+                )
 
 
 @functools.cache
