@@ -21,6 +21,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from feedrank.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Installed from a wheel, PROJECT_ROOT is site-packages: no checkout, so no default may hang
+# off it (the run folder is ./var of the working directory there, see PathsConfig).
+IN_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "feedrank").is_dir()
+# The profiles ship inside the package (package data), checkout or wheel alike.
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 PROFILES = ("local", "redis", "cluster")
 HEADS: tuple[str, ...] = ("like", "reply", "retweet", "click", "negative")
@@ -37,10 +41,26 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _default_home() -> Path:
+    """``var/`` of the checkout; installed from a wheel, ``./var`` of the working directory."""
+    return (PROJECT_ROOT if IN_CHECKOUT else Path.cwd()) / "var"
+
+
 class PathsConfig(Section):
     home: Path = Field(
-        default=PROJECT_ROOT / "var",
-        description="Run folder: logs, pid files, lake, models, Kafka and Airflow state.",
+        default_factory=_default_home,
+        description="Run folder: logs, pid files, lake, models, Kafka and Airflow state "
+        "(default: the checkout's var/, or ./var of the working directory when installed).",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Downloaded artifacts (Kafka and Spark jars), kept across runs (default: "
+        "the checkout's .cache/, or <home>/cache when installed).",
+    )
+    feature_repo: Path | None = Field(
+        default=None,
+        description="The Feast repository (feature definitions) that feast-apply registers "
+        "(default: the checkout's feature_repo/; installed from a wheel, set it to a copy).",
     )
 
     @property
@@ -78,7 +98,14 @@ class PathsConfig(Section):
     @property
     def cache(self) -> Path:
         """Downloaded artifacts (Kafka and Spark connector jars); kept across runs."""
-        return PROJECT_ROOT / ".cache"
+        if self.cache_dir is not None:
+            return self.cache_dir
+        return PROJECT_ROOT / ".cache" if IN_CHECKOUT else self.home / "cache"
+
+    @property
+    def feast_repo(self) -> Path:
+        """The Feast repository folder (``paths.feature_repo`` or the checkout's)."""
+        return self.feature_repo if self.feature_repo is not None else PROJECT_ROOT / "feature_repo"
 
 
 class TopicConfig(Section):
