@@ -39,6 +39,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "jobs.cli",
     "jobs.monitor_cli",
     "jobs.quality_curve",
+    "feedrank.exporter",
 )
 
 

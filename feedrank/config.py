@@ -288,6 +288,31 @@ class ServingConfig(Section):
     max_request_bytes: int = Field(default=262_144, description="Larger requests are refused.")
 
 
+class ObservabilityConfig(Section):
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Bind address of every /metrics endpoint (serve, stream-features, "
+        "batch-metrics); 0.0.0.0 to let a Prometheus on another host scrape them.",
+    )
+    stream_features_port: int = Field(
+        default=19101, ge=0, le=65535, description="/metrics port of stream-features (0: off)."
+    )
+    batch_port: int = Field(
+        default=19102,
+        ge=0,
+        le=65535,
+        description="/metrics port of `feedrank batch-metrics`: the outcomes batch work "
+        "recorded in the run folder (monitor, validation, training, promotion, landing).",
+    )
+    prometheus_port: int = Field(
+        default=19090, ge=1, le=65535, description="Local Prometheus (`make prometheus`) port."
+    )
+    scrape_interval_s: float = Field(default=15.0, gt=0, description="Prometheus scrape interval.")
+    evaluation_interval_s: float = Field(
+        default=15.0, gt=0, description="Prometheus rule evaluation interval."
+    )
+
+
 class MonitoringConfig(Section):
     psi_alert: float = Field(default=0.2, ge=0, description="PSI above this is drift.")
     skew_mismatch_alert: float = Field(default=0.01, ge=0, description="Skew mismatch share.")
@@ -355,6 +380,7 @@ class Settings(BaseSettings):
     ranking: RankingConfig = RankingConfig()
     serving: ServingConfig = ServingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
     experiment: ExperimentConfig = ExperimentConfig()
 
     @classmethod

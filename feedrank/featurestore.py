@@ -519,11 +519,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ),
     ) -> None:
         """Engagements topic -> 30 min / 1 h counters -> Feast push (at-least-once)."""
+        from feedrank.exporter import start_metrics_server
         from feedrank.logs import setup_logging
         from jobs.stream_features import run_stream_features
 
         settings = get_settings()
-        setup_logging("stream-features", settings)
+        log = setup_logging("stream-features", settings)
+        obs = settings.observability
+        try:
+            start_metrics_server(obs.stream_features_port, obs.metrics_host)
+        except OSError as exc:  # the job matters more than its metrics
+            log.warning("no /metrics on %s:%d: %s", obs.metrics_host, obs.stream_features_port, exc)
         stats = run_stream_features(
             settings, max_messages=max_messages, idle_timeout_s=idle_timeout_s, progress=True
         )

@@ -31,6 +31,7 @@ from pyspark.sql import types as T
 
 from feedrank.config import Settings
 from feedrank.errors import FeedrankError
+from feedrank.exporter import record_outcome, record_time
 from feedrank.schemas import EVENT_TIME, DeadLetter, decode, table_schema
 from jobs import lake
 
@@ -200,6 +201,20 @@ def land(
     def each_batch(batch: DataFrame, batch_id: int) -> None:
         counts = write_batch(decode_records(batch), batch_id, settings, topics, landed_on)
         log.info("landing batch %d: %s", batch_id, counts)
+        for name, rows in counts.items():
+            quarantined = name.startswith(f"{QUARANTINE}/")
+            record_outcome(
+                settings,
+                "feedrank_landing_quarantined_records_total"
+                if quarantined
+                else "feedrank_landing_records_total",
+                "Records quarantined by landing, by topic."
+                if quarantined
+                else "Records landed into the lake, by topic.",
+                rows,
+                {"topic": name.removeprefix(f"{QUARANTINE}/")},
+                kind="counter",
+            )
 
     run_id = uuid.uuid4().hex[:8]
     query = (
@@ -221,6 +236,11 @@ def land(
     for topic in topics:
         totals[topic]["rows"] = _count(settings.paths.lake / topic)
         totals[topic]["quarantined"] = _count(settings.paths.lake / QUARANTINE / topic)
+    record_time(
+        settings,
+        "feedrank_landing_last_run_timestamp_seconds",
+        "When a landing run last finished.",
+    )
     return totals
 
 

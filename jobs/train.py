@@ -48,6 +48,7 @@ import pandas as pd
 from feedrank import feature_spec, registry
 from feedrank.config import HEADS, Settings
 from feedrank.errors import FeedrankError
+from feedrank.exporter import record_time
 
 log = logging.getLogger("feedrank.train")
 
@@ -725,4 +726,9 @@ def train(
         calibration=calibration,
     )
     log.info("saved model %s in %.1f s (%s)", path.name, seconds, trainer)
+    record_time(
+        settings,
+        "feedrank_batch_last_trained_timestamp_seconds",
+        "When a model version was last trained and saved.",
+    )
     return TrainResult(path.name, path, trainer, seconds, heads)

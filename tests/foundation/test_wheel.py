@@ -43,7 +43,8 @@ def test_wheel_with_serve_extra_runs_outside_the_checkout(tmp_path: Path) -> Non
     dist, venv, work = tmp_path / "dist", tmp_path / "venv", tmp_path / "work"
     work.mkdir()
 
-    _run([uv, "build", "--wheel", "--offline", "--out-dir", str(dist)], PROJECT_ROOT, env)
+    # sdist first, then the wheel from it (uv build's default): no build/ left in the checkout.
+    _run([uv, "build", "--offline", "--out-dir", str(dist)], PROJECT_ROOT, env)
     [wheel] = dist.glob("feedrank-*.whl")
     requirements = tmp_path / "serve.txt"
     export = [uv, "export", "--frozen", "--no-dev", "--extra", "serve", "--no-emit-project"]
