@@ -1008,6 +1008,10 @@ def status(settings: Settings | None = None) -> dict[str, dict[str, object]]:
             "ready": alive is not None and (name == "spark-master" or alive > 0),
             "endpoint": spark_master_url(settings) if name == "spark-master" else "",
         }
+    # Hook: services controlled by modules of their own report here too.
+    from feedrank import prometheus
+
+    report.update(prometheus.status(settings))
     return report
 
 

@@ -46,6 +46,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from feedrank import feature_spec as spec
 from feedrank.config import GROUP_POLL_TIMEOUT_MS, POSITIVE_HEADS, Settings, get_settings
 from feedrank.errors import FeedrankError
+from feedrank.experiment import assign_arm
 from feedrank.schemas import DeadLetter, Engagement, decode_record
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,11 @@ CONSUMED = Counter(
     "feedrank_stream_features_records_total",
     "Engagement records read, by outcome (counted, dead_lettered, other: duplicates, late).",
     ["outcome"],
+)
+ENGAGEMENTS = Counter(
+    "feedrank_stream_features_engagements_total",
+    "Engagements counted, by head and by the experiment arm of the user (assign_arm).",
+    ["arm", "head"],
 )
 PUSHED_ROWS = Counter(
     "feedrank_stream_features_pushed_rows_total", "Counter rows pushed to the online store."
@@ -267,6 +273,7 @@ def run_stream_features(
     from feedrank.featurestore import feature_store, push_source_name
 
     settings = settings or get_settings()
+    arms, salt = dict(settings.experiment.arms), settings.experiment.salt
     store = store or feature_store(settings)
     counters = WindowCounters()
     stats = StreamStats()
@@ -375,6 +382,8 @@ def run_stream_features(
                     elif counters.add(event, tp.partition, record.offset) and not replayed:
                         stats.counted += 1
                         CONSUMED.labels(outcome="counted").inc()
+                        arm = assign_arm(event.user_id, arms, salt)
+                        ENGAGEMENTS.labels(arm=arm, head=event.head).inc()
                     elif not replayed:
                         CONSUMED.labels(outcome="other").inc()
             for tp, resume_at in list(replaying.items()):
