@@ -52,3 +52,31 @@ def test_a_migrated_metadata_db_holds_the_declared_pool(airflow_db: dict[str, st
     [pool] = json.loads(result.stdout)
     assert pool["pool"] == ONLINE_STORE_POOL
     assert int(pool["slots"]) == 1
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_the_scheduler_queues_one_writer_at_a_time(tmp_path: Path) -> None:
+    """Both materialize tasks scheduled at once: Airflow's scheduler queues one, and the other
+    only once the first has finished."""
+    from feedrank.config import PathsConfig, get_settings
+    from feedrank.services import airflow_env, airflow_migrate
+
+    settings = get_settings().model_copy(update={"paths": PathsConfig(home=tmp_path)})
+    airflow_migrate(settings)  # a fresh DB: the pool comes with the migration
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("pool_probe.py"))],
+        env={**env, **airflow_env(settings), "FEEDRANK_PATHS__HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("POOL_PROBE ")]
+    assert result.returncode == 0 and lines, (result.stdout + result.stderr)[-4000:]
+    probe = json.loads(lines[-1].removeprefix("POOL_PROBE "))
+    assert len(probe["first"]) == 1  # one writer queued ...
+    assert probe["second"] == []  # ... the other waits while it holds the slot ...
+    assert len(probe["third"]) == 1 and probe["third"] != probe["first"]  # ... then runs
+    assert {tuple(p) for p in probe["first"] + probe["third"]} == WRITERS
