@@ -33,8 +33,9 @@ help: ## List the targets
 	$(UV) sync --frozen
 	@touch $@
 
-setup: .venv/.feedrank-synced ## venv + locked deps, Kafka/Spark jars, Airflow DB (cached)
+setup: .venv/.feedrank-synced ## venv + locked deps, Kafka/Spark jars, Airflow DB, prometheus (cached)
 	@$(PY) -m feedrank.services setup
+	@$(PY) -m feedrank.prometheus install
 
 up: setup ## Start Kafka (+ Redis for redis/cluster, + Spark cluster for cluster)
 	@$(PY) -m feedrank.services up

@@ -262,6 +262,13 @@ app = typer.Typer(
 )
 
 
+@app.command("install")
+def _cli_install() -> None:
+    """Install Debian's prometheus package (prometheus, promtool) unless present."""
+    binary("prometheus")
+    binary("promtool")
+
+
 @app.command("up")
 def _cli_up() -> None:
     """Start Prometheus and the batch-metrics exporter (127.0.0.1, run folder)."""
