@@ -17,6 +17,7 @@ The decision, with both models' numbers, is written to
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import math
@@ -142,4 +143,13 @@ def promote(
         "feedrank_batch_last_promoted_timestamp_seconds",
         "When the promotion gate last made a new champion.",
     )
+    trained_on = challenger.metadata.get("training_data") or {}
+    days = [*(trained_on.get("train_dates") or []), *(trained_on.get("validation_dates") or [])]
+    if days:
+        record_outcome(
+            settings,
+            "feedrank_batch_champion_data_day_timestamp_seconds",
+            "Last data day (UTC midnight) of the champion's training data.",
+            dt.datetime.fromisoformat(max(days)).replace(tzinfo=dt.UTC).timestamp(),
+        )
     return decision
