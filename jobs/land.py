@@ -201,7 +201,8 @@ def land(
     def each_batch(batch: DataFrame, batch_id: int) -> None:
         counts = write_batch(decode_records(batch), batch_id, settings, topics, landed_on)
         log.info("landing batch %d: %s", batch_id, counts)
-        for name, rows in counts.items():
+        for name in counts:  # counts are files; the metrics count records
+            rows = _batch_rows(settings.paths.lake / name, batch_id)
             quarantined = name.startswith(f"{QUARANTINE}/")
             record_outcome(
                 settings,
@@ -242,6 +243,14 @@ def land(
         "When a landing run last finished.",
     )
     return totals
+
+
+def _batch_rows(root: Path, batch_id: int) -> int:
+    """Rows of the files micro-batch ``batch_id`` published under ``root`` (Parquet footers)."""
+    import pyarrow.parquet as pq
+
+    files = root.glob(f"*/part-b{batch_id:08d}-*.parquet")
+    return sum(pq.read_metadata(path).num_rows for path in files)
 
 
 def _count(root: Path) -> int:
