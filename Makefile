@@ -15,7 +15,7 @@ UV_DEP := $(if $(UV_ON_PATH),,.cache/uv-venv/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := python3.11
 
-.PHONY: help setup up down status test test-unit lint demo bench airflow quality-curve helm k8s-check
+.PHONY: help setup up down status test test-unit lint demo bench airflow quality-curve prometheus helm k8s-check
 
 help: ## List the targets
 	@echo "feedrank — make targets (FEEDRANK_PROFILE=local|redis|cluster picks the services):"
@@ -42,8 +42,9 @@ $(HELM):
 
 helm: $(HELM) ## Build helm from the Go module proxy into .cache/go-bin (once)
 
-setup: .venv/.feedrank-synced ## venv + locked deps, Kafka/Spark jars, Airflow DB (cached)
+setup: .venv/.feedrank-synced ## venv + locked deps, Kafka/Spark jars, Airflow DB, prometheus (cached)
 	@$(PY) -m feedrank.services setup
+	@$(PY) -m feedrank.prometheus install
 
 up: setup ## Start Kafka (+ Redis for redis/cluster, + Spark cluster for cluster)
 	@$(PY) -m feedrank.services up
@@ -51,6 +52,7 @@ up: setup ## Start Kafka (+ Redis for redis/cluster, + Spark cluster for cluster
 down: ## Stop every service started from the run folder (var/ unless FEEDRANK_PATHS__HOME)
 	@if [ -x $(PY) ]; then $(PY) -m feedrank.services airflow-down; fi
 	@if [ -x $(PY) ]; then $(PY) -m feedrank.services down; fi
+	@if [ -x $(PY) ]; then $(PY) -m feedrank.prometheus down; fi
 
 status: ## Show which services run and answer
 	@$(PY) -m feedrank.services status
@@ -77,6 +79,9 @@ bench: setup ## Run every `feedrank bench` benchmark and print its table
 
 quality-curve: setup ## Learning curve: model vs ceiling RCE, 2/4/8 days × 1k/2k/4k users (long)
 	.venv/bin/feedrank quality-curve $(CURVE_ARGS)
+
+prometheus: setup ## Start Prometheus (127.0.0.1:observability.prometheus_port) + batch-metrics
+	@$(PY) -m feedrank.prometheus up
 
 airflow: setup ## Start Airflow standalone (dags/, 127.0.0.1:airflow.port); `make down` stops it
 	@$(PY) -m feedrank.services airflow-up

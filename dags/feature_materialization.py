@@ -13,6 +13,9 @@ in child processes, the same commands a person runs, with the worker's ``FEEDRAN
 environment choosing the profile's online store (SQLite or Redis). Streaming views are not
 touched: their online values come from the push stream (``feedrank stream-features``).
 
+The task runs in the ``feedrank_online_store`` pool (one slot, ``infra/airflow/pools.json``),
+shared with the retrain DAG's ``materialize``: one writer of the online store at a time.
+
 ``catchup`` is off and one run at a time: the online store needs the newest values, and an old
 hour can be replayed deliberately with ``airflow backfill create``.
 """
@@ -49,7 +52,8 @@ DEFAULT_ARGS = {
 def feature_materialization() -> None:
     """Hourly: offline feature tables → online store for the run's hour."""
 
-    @task
+    # One writer of the online store at a time, shared with feed_ranking_retrain.materialize.
+    @task(pool=ft.ONLINE_STORE_POOL)
     def materialize(
         data_interval_start: dt.datetime | None = None,
         data_interval_end: dt.datetime | None = None,

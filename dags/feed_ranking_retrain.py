@@ -268,7 +268,8 @@ def feed_ranking_retrain() -> None:
         _after_write()
         return version
 
-    @task(trigger_rule=TriggerRule.NONE_FAILED)
+    # One writer of the online store at a time, shared with feature_materialization's task.
+    @task(trigger_rule=TriggerRule.NONE_FAILED, pool=ft.ONLINE_STORE_POOL)
     def materialize(
         data_interval_start: dt.datetime | None = None,
         data_interval_end: dt.datetime | None = None,

@@ -41,6 +41,9 @@ DAILY_LAKE_TABLES: tuple[str, ...] = ("feed_requests", "impressions", "engagemen
 # first try, after its command succeeded (a worker lost after the write). Never set it in
 # production; the retry must then rewrite the same output, not add to it.
 FAULT_ENV = "FEEDRANK_DAG_FAIL_ONCE"
+# The one-slot pool of the online store's writers (both materialize tasks), declared in
+# infra/airflow/pools.json and imported into the metadata DB by feedrank.airflow_pools.
+ONLINE_STORE_POOL = "feedrank_online_store"
 # How `feedrank monitor` words its one-line error when a check is breached (jobs/monitor_cli).
 MONITOR_BREACH = "monitoring breached for"
 # How `feedrank validate` words a failed gate (jobs.validate.GATE_FAILED; not imported: DAG

@@ -9,6 +9,7 @@ non-zero exit.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 
 import typer
 
@@ -38,7 +39,23 @@ COMMAND_MODULES: tuple[str, ...] = (
     "jobs.cli",
     "jobs.monitor_cli",
     "jobs.quality_curve",
+    "feedrank.exporter",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"feedrank {importlib.metadata.version('feedrank')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Feed-ranking platform: simulate, build features and training data, train, serve."""
 
 
 @app.command("config")

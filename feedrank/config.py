@@ -18,7 +18,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from feedrank.errors import ConfigError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Installed from a wheel, PROJECT_ROOT is site-packages: no checkout, so no default may hang
+# off it (the run folder is ./var of the working directory there, see PathsConfig).
+IN_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "feedrank").is_dir()
+# The profiles ship inside the package (package data), checkout or wheel alike.
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 PROFILES = ("local", "redis", "cluster")
 HEADS: tuple[str, ...] = ("like", "reply", "retweet", "click", "negative")
@@ -35,10 +41,26 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _default_home() -> Path:
+    """``var/`` of the checkout; installed from a wheel, ``./var`` of the working directory."""
+    return (PROJECT_ROOT if IN_CHECKOUT else Path.cwd()) / "var"
+
+
 class PathsConfig(Section):
     home: Path = Field(
-        default=PROJECT_ROOT / "var",
-        description="Run folder: logs, pid files, lake, models, Kafka and Airflow state.",
+        default_factory=_default_home,
+        description="Run folder: logs, pid files, lake, models, Kafka and Airflow state "
+        "(default: the checkout's var/, or ./var of the working directory when installed).",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Downloaded artifacts (Kafka and Spark jars), kept across runs (default: "
+        "the checkout's .cache/, or <home>/cache when installed).",
+    )
+    feature_repo: Path | None = Field(
+        default=None,
+        description="The Feast repository (feature definitions) that feast-apply registers "
+        "(default: the checkout's feature_repo/; installed from a wheel, set it to a copy).",
     )
 
     @property
@@ -76,7 +98,14 @@ class PathsConfig(Section):
     @property
     def cache(self) -> Path:
         """Downloaded artifacts (Kafka and Spark connector jars); kept across runs."""
-        return PROJECT_ROOT / ".cache"
+        if self.cache_dir is not None:
+            return self.cache_dir
+        return PROJECT_ROOT / ".cache" if IN_CHECKOUT else self.home / "cache"
+
+    @property
+    def feast_repo(self) -> Path:
+        """The Feast repository folder (``paths.feature_repo`` or the checkout's)."""
+        return self.feature_repo if self.feature_repo is not None else PROJECT_ROOT / "feature_repo"
 
 
 class TopicConfig(Section):
@@ -269,6 +298,31 @@ class ServingConfig(Section):
     max_request_bytes: int = Field(default=262_144, description="Larger requests are refused.")
 
 
+class ObservabilityConfig(Section):
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Bind address of every /metrics endpoint (serve, stream-features, "
+        "batch-metrics); 0.0.0.0 to let a Prometheus on another host scrape them.",
+    )
+    stream_features_port: int = Field(
+        default=19101, ge=0, le=65535, description="/metrics port of stream-features (0: off)."
+    )
+    batch_port: int = Field(
+        default=19102,
+        ge=0,
+        le=65535,
+        description="/metrics port of `feedrank batch-metrics`: the outcomes batch work "
+        "recorded in the run folder (monitor, validation, training, promotion, landing).",
+    )
+    prometheus_port: int = Field(
+        default=19090, ge=1, le=65535, description="Local Prometheus (`make prometheus`) port."
+    )
+    scrape_interval_s: float = Field(default=15.0, gt=0, description="Prometheus scrape interval.")
+    evaluation_interval_s: float = Field(
+        default=15.0, gt=0, description="Prometheus rule evaluation interval."
+    )
+
+
 class MonitoringConfig(Section):
     psi_alert: float = Field(default=0.2, ge=0, description="PSI above this is drift.")
     skew_mismatch_alert: float = Field(default=0.01, ge=0, description="Skew mismatch share.")
@@ -336,6 +390,7 @@ class Settings(BaseSettings):
     ranking: RankingConfig = RankingConfig()
     serving: ServingConfig = ServingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
     experiment: ExperimentConfig = ExperimentConfig()
 
     @classmethod
@@ -351,19 +406,76 @@ class Settings(BaseSettings):
 
 
 class _ProfileSource(PydanticBaseSettingsSource):
-    """Reads ``profiles/<FEEDRANK_PROFILE>.yaml`` with ``${ENV}`` substitution."""
+    """Reads ``profiles/<FEEDRANK_PROFILE>.yaml``, then ``FEEDRANK_CONFIG_FILE`` over it.
+
+    Both with ``${ENV}`` substitution. Unreadable files, YAML syntax errors, a file that is not
+    a mapping, and ``FEEDRANK_<NAME>__…`` variables whose section does not exist raise
+    :class:`ConfigError`; wrong values and unknown keys are left to pydantic's validation.
+    """
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
+        _check_env_sections(self.settings_cls)
         profile = os.environ.get("FEEDRANK_PROFILE", "local")
         if profile not in PROFILES:
-            raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-        path = PROFILES_DIR / f"{profile}.yaml"
-        data = yaml.safe_load(os.path.expandvars(path.read_text())) or {}
+            raise ConfigError(
+                f"FEEDRANK_PROFILE: unknown profile {profile!r}; "
+                f"choose one of {', '.join(PROFILES)}"
+            )
+        data = _read_yaml(PROFILES_DIR / f"{profile}.yaml")
+        extra = os.environ.get(CONFIG_FILE_ENV)
+        if extra:
+            data = _merged(data, _read_yaml(Path(extra).expanduser()))
         data["profile"] = profile
         return data
+
+
+# An operator's own YAML, layered over the profile and under the environment.
+CONFIG_FILE_ENV = "FEEDRANK_CONFIG_FILE"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(os.path.expandvars(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _check_env_sections(settings_cls: type[BaseSettings]) -> None:
+    """``FEEDRANK_KAFKAA__PORT`` names no section: pydantic-settings would ignore it silently."""
+    sections = {name.upper() for name in settings_cls.model_fields}
+    for key in sorted(os.environ):
+        if key.startswith("FEEDRANK_") and "__" in key:
+            section = key.removeprefix("FEEDRANK_").split("__", 1)[0]
+            if section not in sections:
+                raise ConfigError(
+                    f"{key}: unknown section {section.lower()!r}; sections are "
+                    f"{', '.join(sorted(s.lower() for s in sections))}"
+                )
 
 
 @functools.cache

@@ -32,9 +32,10 @@ if TYPE_CHECKING:
     import typer
     from feast.repo_config import RepoConfig
 
-REPO_DIR = PROJECT_ROOT / "feature_repo"
 TIMESTAMP_FIELD = "event_timestamp"
 CREATED_FIELD = "created_timestamp"
+# The checkout's Feast repository: the default of paths.feature_repo (settings.paths.feast_repo).
+REPO_DIR = PROJECT_ROOT / "feature_repo"
 UNKNOWN_ID = -1  # entity value used for the author/topic of a tweet the store does not know
 
 # Settings the feature_repo modules build from while :func:`apply_repo` imports them; outside
@@ -117,7 +118,7 @@ def repo_config(settings: Settings | None = None) -> RepoConfig:
 
     settings = settings or get_settings()
     store_dir(settings).mkdir(parents=True, exist_ok=True)
-    return RepoConfig(repo_path=REPO_DIR, **feature_store_config(settings))
+    return RepoConfig(repo_path=settings.paths.feast_repo, **feature_store_config(settings))
 
 
 def write_feature_store_yaml(settings: Settings | None = None) -> Path:
@@ -144,19 +145,20 @@ def _repo_import_context(settings: Settings) -> Iterator[None]:
     """cwd = feature_repo/, modules re-imported fresh, built from ``settings``."""
     global _repo_settings
     previous_cwd = os.getcwd()
-    stale = {p.stem for p in REPO_DIR.glob("*.py")}
+    repo_dir = settings.paths.feast_repo
+    stale = {p.stem for p in repo_dir.glob("*.py")}
     for name in stale:
         sys.modules.pop(name, None)
-    sys.path.insert(0, str(REPO_DIR))
+    sys.path.insert(0, str(repo_dir))
     _repo_settings = settings
     try:
-        os.chdir(REPO_DIR)
+        os.chdir(repo_dir)
         yield
     finally:
         os.chdir(previous_cwd)
         _repo_settings = None
         with contextlib.suppress(ValueError):
-            sys.path.remove(str(REPO_DIR))
+            sys.path.remove(str(repo_dir))
         for name in stale:
             sys.modules.pop(name, None)
 
@@ -172,7 +174,7 @@ def apply_repo(settings: Settings | None = None, *, quiet: bool = True) -> None:
     settings = settings or get_settings()
     config = repo_config(settings)
     with _repo_import_context(settings):
-        repo = _get_repo_contents(REPO_DIR, config.project, config)
+        repo = _get_repo_contents(settings.paths.feast_repo, config.project, config)
         store = feature_store(settings)
         sink = open(os.devnull, "w") if quiet else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
         with sink as out, contextlib.redirect_stdout(out):
@@ -517,11 +519,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ),
     ) -> None:
         """Engagements topic -> 30 min / 1 h counters -> Feast push (at-least-once)."""
+        from feedrank.exporter import start_metrics_server
         from feedrank.logs import setup_logging
         from jobs.stream_features import run_stream_features
 
         settings = get_settings()
-        setup_logging("stream-features", settings)
+        log = setup_logging("stream-features", settings)
+        obs = settings.observability
+        try:
+            start_metrics_server(obs.stream_features_port, obs.metrics_host)
+        except OSError as exc:  # the job matters more than its metrics
+            log.warning("no /metrics on %s:%d: %s", obs.metrics_host, obs.stream_features_port, exc)
         stats = run_stream_features(
             settings, max_messages=max_messages, idle_timeout_s=idle_timeout_s, progress=True
         )

@@ -850,6 +850,7 @@ def airflow_migrate(settings: Settings | None = None, force: bool = False) -> bo
     version = importlib.metadata.version("apache-airflow")
     stamp = home / ".migrated"
     if not force and stamp.is_file() and stamp.read_text().strip() == version:
+        _ensure_pools(env)
         return False
     home.mkdir(parents=True, exist_ok=True)
     _say(f"airflow db migrate (Airflow {version}, AIRFLOW_HOME={home})")
@@ -858,7 +859,15 @@ def airflow_migrate(settings: Settings | None = None, force: bool = False) -> bo
     if result.returncode != 0:
         raise FeedrankError(f"airflow db migrate failed ({result.returncode})")
     stamp.write_text(version + "\n")
+    _ensure_pools(env)
     return True
+
+
+def _ensure_pools(env: dict[str, str]) -> None:
+    """Hook: the project's Airflow pools (feedrank.airflow_pools) exist in every migrated DB."""
+    from feedrank.airflow_pools import ensure_pools
+
+    ensure_pools(env)
 
 
 # --------------------------------------------------------------------------- airflow standalone
@@ -1008,6 +1017,10 @@ def status(settings: Settings | None = None) -> dict[str, dict[str, object]]:
             "ready": alive is not None and (name == "spark-master" or alive > 0),
             "endpoint": spark_master_url(settings) if name == "spark-master" else "",
         }
+    # Hook: services controlled by modules of their own report here too.
+    from feedrank import prometheus
+
+    report.update(prometheus.status(settings))
     return report
 
 

@@ -17,6 +17,7 @@ The decision, with both models' numbers, is written to
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from typing import Any
 from feedrank import registry
 from feedrank.config import HEADS, Settings
 from feedrank.errors import FeedrankError
+from feedrank.exporter import record_outcome, record_time
 from jobs.evaluate import prepare_rows, score_model
 from jobs.train import load_training_data, resolve_run
 
@@ -117,6 +119,13 @@ def promote(
     out.mkdir(parents=True, exist_ok=True)
     (out / "promotion.json").write_text(json.dumps(decision, indent=2))
     if decision["failures"]:
+        record_outcome(
+            settings,
+            "feedrank_batch_promotions_refused_total",
+            "Challengers the promotion gate refused.",
+            1,
+            kind="counter",
+        )
         raise FeedrankError(
             f"promotion of {version} refused: {decision['failures'][0]}"
             + (f" (+{len(decision['failures']) - 1} more)" if len(decision["failures"]) > 1 else "")
@@ -129,4 +138,18 @@ def promote(
         metrics=decision["challenger_summary"],
     )
     log.info("promoted %s (previous champion %s)", version, current)
+    record_time(
+        settings,
+        "feedrank_batch_last_promoted_timestamp_seconds",
+        "When the promotion gate last made a new champion.",
+    )
+    trained_on = challenger.metadata.get("training_data") or {}
+    days = [*(trained_on.get("train_dates") or []), *(trained_on.get("validation_dates") or [])]
+    if days:
+        record_outcome(
+            settings,
+            "feedrank_batch_champion_data_day_timestamp_seconds",
+            "Last data day (UTC midnight) of the champion's training data.",
+            dt.datetime.fromisoformat(max(days)).replace(tzinfo=dt.UTC).timestamp(),
+        )
     return decision

@@ -31,6 +31,7 @@ from pyspark.sql import types as T
 
 from feedrank.config import Settings
 from feedrank.errors import FeedrankError
+from feedrank.exporter import record_outcome, record_time
 from feedrank.schemas import EVENT_TIME, DeadLetter, decode, table_schema
 from jobs import lake
 
@@ -200,6 +201,21 @@ def land(
     def each_batch(batch: DataFrame, batch_id: int) -> None:
         counts = write_batch(decode_records(batch), batch_id, settings, topics, landed_on)
         log.info("landing batch %d: %s", batch_id, counts)
+        for name in counts:  # counts are files; the metrics count records
+            rows = _batch_rows(settings.paths.lake / name, batch_id)
+            quarantined = name.startswith(f"{QUARANTINE}/")
+            record_outcome(
+                settings,
+                "feedrank_landing_quarantined_records_total"
+                if quarantined
+                else "feedrank_landing_records_total",
+                "Records quarantined by landing, by topic."
+                if quarantined
+                else "Records landed into the lake, by topic.",
+                rows,
+                {"topic": name.removeprefix(f"{QUARANTINE}/")},
+                kind="counter",
+            )
 
     run_id = uuid.uuid4().hex[:8]
     query = (
@@ -221,7 +237,20 @@ def land(
     for topic in topics:
         totals[topic]["rows"] = _count(settings.paths.lake / topic)
         totals[topic]["quarantined"] = _count(settings.paths.lake / QUARANTINE / topic)
+    record_time(
+        settings,
+        "feedrank_landing_last_run_timestamp_seconds",
+        "When a landing run last finished.",
+    )
     return totals
+
+
+def _batch_rows(root: Path, batch_id: int) -> int:
+    """Rows of the files micro-batch ``batch_id`` published under ``root`` (Parquet footers)."""
+    import pyarrow.parquet as pq
+
+    files = root.glob(f"*/part-b{batch_id:08d}-*.parquet")
+    return sum(pq.read_metadata(path).num_rows for path in files)
 
 
 def _count(root: Path) -> int:

@@ -53,6 +53,7 @@ from pyspark.sql import functions as F
 
 from feedrank.config import HEADS, MonitoringConfig, Settings
 from feedrank.errors import FeedrankError
+from feedrank.exporter import record_outcome, record_time
 from feedrank.feature_spec import CONTEXT_FEATURES, ID_COLUMNS, model_features
 from feedrank.metrics import head_metrics
 from jobs import lake
@@ -643,4 +644,17 @@ def run_monitor(
     if json_path is not None:
         write_report(Path(json_path), report)
     log.info("monitoring %s -> %s (ok=%s)", day, path, report["ok"])
+    for check, section in (("skew", skew), ("drift", drift), ("auc", auc)):
+        record_outcome(
+            settings,
+            "feedrank_batch_monitor_breaches",
+            "Breaches found by the last monitoring run, by check.",
+            len(section.get("breaches", [])),
+            {"check": check},
+        )
+    record_time(
+        settings,
+        "feedrank_batch_monitor_last_run_timestamp_seconds",
+        "When monitoring last ran.",
+    )
     return report, path

@@ -41,10 +41,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+from prometheus_client import Counter, Gauge, Histogram
 
 from feedrank import feature_spec as spec
 from feedrank.config import GROUP_POLL_TIMEOUT_MS, POSITIVE_HEADS, Settings, get_settings
 from feedrank.errors import FeedrankError
+from feedrank.experiment import assign_arm
 from feedrank.schemas import DeadLetter, Engagement, decode_record
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,34 @@ log = logging.getLogger(__name__)
 TOPIC = "engagements"
 DLQ_TOPIC = f"{TOPIC}.dlq"
 GROUP_ID = "feedrank-stream-features"
+
+# /metrics of `feedrank stream-features` (observability.stream_features_port).
+CONSUMED = Counter(
+    "feedrank_stream_features_records_total",
+    "Engagement records read, by outcome (counted, dead_lettered, other: duplicates, late).",
+    ["outcome"],
+)
+ENGAGEMENTS = Counter(
+    "feedrank_stream_features_engagements_total",
+    "Engagements counted, by head and by the experiment arm of the user (assign_arm).",
+    ["arm", "head"],
+)
+PUSHED_ROWS = Counter(
+    "feedrank_stream_features_pushed_rows_total", "Counter rows pushed to the online store."
+)
+PUSH_SECONDS = Histogram(
+    "feedrank_stream_features_push_seconds",
+    "Time of one push-and-commit of the changed counters.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+LAST_PUSH = Gauge(
+    "feedrank_stream_features_last_push_timestamp_seconds",
+    "When the changed counters were last pushed and their offsets committed.",
+)
+LAG = Gauge(
+    "feedrank_stream_features_consumer_lag_messages",
+    "Engagement messages behind the high watermarks of this consumer's partitions.",
+)
 TWEET_WINDOWS_S = {"tweet_engagements_30m": 1800.0, "tweet_engagements_1h": 3600.0}
 USER_WINDOWS_S = {"user_engagements_1h": 3600.0}
 _LONGEST_S = max(*TWEET_WINDOWS_S.values(), *USER_WINDOWS_S.values())
@@ -243,6 +273,7 @@ def run_stream_features(
     from feedrank.featurestore import feature_store, push_source_name
 
     settings = settings or get_settings()
+    arms, salt = dict(settings.experiment.arms), settings.experiment.salt
     store = store or feature_store(settings)
     counters = WindowCounters()
     stats = StreamStats()
@@ -281,7 +312,9 @@ def run_stream_features(
             store.push(push_source_name(view), frame, to=PushMode.ONLINE)
             stats.pushes += 1
             stats.pushed_rows += len(frame)
+            PUSHED_ROWS.inc(len(frame))
         stats.push_latency_ms.append(1e3 * (time.perf_counter() - started))
+        PUSH_SECONDS.observe(time.perf_counter() - started)
         producer.flush()
         oldest = counters.replay_offsets()  # stored with the offset: where a restart replays
         consumer.commit(
@@ -292,6 +325,7 @@ def run_stream_features(
         )
         uncommitted.clear()
         stats.commits += 1
+        LAST_PUSH.set_to_current_time()
 
     def topic_partitions() -> set[int]:
         """The topic's partitions, once the broker has them (the topic may be in creation)."""
@@ -344,8 +378,14 @@ def run_stream_features(
                         if not replayed:  # the run that read it first sent it already
                             producer.send(DLQ_TOPIC, event.to_bytes())
                             stats.dead_lettered += 1
+                            CONSUMED.labels(outcome="dead_lettered").inc()
                     elif counters.add(event, tp.partition, record.offset) and not replayed:
                         stats.counted += 1
+                        CONSUMED.labels(outcome="counted").inc()
+                        arm = assign_arm(event.user_id, arms, salt)
+                        ENGAGEMENTS.labels(arm=arm, head=event.head).inc()
+                    elif not replayed:
+                        CONSUMED.labels(outcome="other").inc()
             for tp, resume_at in list(replaying.items()):
                 if consumer.position(tp) >= resume_at:
                     del replaying[tp]
@@ -353,6 +393,7 @@ def run_stream_features(
             if not replaying:  # while windows are incomplete, pushing would lower counts
                 push_and_commit()
             stats.lag = _lag(consumer)
+            LAG.set(stats.lag)
             log.info(
                 "batch: %s; stream time %s%s",
                 stats.summary(),

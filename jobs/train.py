@@ -34,6 +34,7 @@ Input is a run of ``feedrank training-data`` (``<paths.training>/<run_id>/{train
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -48,6 +49,7 @@ import pandas as pd
 from feedrank import feature_spec, registry
 from feedrank.config import HEADS, Settings
 from feedrank.errors import FeedrankError
+from feedrank.exporter import record_outcome, record_time
 
 log = logging.getLogger("feedrank.train")
 
@@ -734,4 +736,21 @@ def train(
         calibration=calibration,
     )
     log.info("saved model %s in %.1f s (%s)", path.name, seconds, trainer)
+    record_time(
+        settings,
+        "feedrank_batch_last_trained_timestamp_seconds",
+        "When a model version was last trained and saved.",
+    )
+    days = [
+        *(training_data.manifest.get("train_dates") or []),
+        *(training_data.manifest.get("validation_dates") or []),
+    ]
+    if days:
+        last_day = dt.datetime.fromisoformat(max(days)).replace(tzinfo=dt.UTC)
+        record_outcome(
+            settings,
+            "feedrank_batch_last_trained_day_timestamp_seconds",
+            "Last data day (UTC midnight) of the most recently trained model's training data.",
+            last_day.timestamp(),
+        )
     return TrainResult(path.name, path, trainer, seconds, heads)

@@ -35,6 +35,7 @@ import pyarrow.dataset as pads
 
 from feedrank.config import HEADS, MonitoringConfig, Settings
 from feedrank.errors import FeedrankError
+from feedrank.exporter import record_outcome, record_time
 from feedrank.feature_spec import VIEWS
 from feedrank.schemas import LAKE_TABLES, table_schema
 from jobs import lake
@@ -434,6 +435,19 @@ def gate(
     """
     reports, path = validate_date(settings, day, datasets, kind)
     findings = [f for r in reports for f in r.findings]
+    record_outcome(
+        settings,
+        "feedrank_batch_validation_failures",
+        "Findings of the last validation gate run, by kind (lake or features).",
+        len(findings),
+        {"kind": kind},
+    )
+    record_time(
+        settings,
+        "feedrank_batch_validation_last_run_timestamp_seconds",
+        "When the validation gate last ran, by kind.",
+        kind=kind,
+    )
     if findings:
         more = f" (+{len(findings) - 1} more)" if len(findings) > 1 else ""
         what = " (feature tables)" if kind == "features" else ""

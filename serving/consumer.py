@@ -470,7 +470,7 @@ def run_serving(
         Counters of what was done.
     """
     setup_logging("serving", settings)
-    metrics.serve_metrics(settings.serving.metrics_port)
+    metrics.serve_metrics(settings.serving.metrics_port, settings.observability.metrics_host)
     own_scorer = scorer is None
     scorer = scorer or build_scorer(settings)
     client_id = f"feedrank-serve-{os.getpid()}-{threading.get_ident() % 10_000}"

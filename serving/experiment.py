@@ -53,11 +53,12 @@ log = logging.getLogger(__name__)
 _COLUMNS = {name: i for i, name in enumerate(model_features())}
 
 SHADOW_LATENCY = Histogram(
-    "feedrank_shadow_seconds", "Challenger scoring time in shadow mode.",
+    "feedrank_serving_shadow_seconds", "Challenger scoring time in shadow mode.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
 )  # fmt: skip
 SHADOW_OVERLAP = Histogram(
-    "feedrank_shadow_top10_overlap", "Share of the served top 10 the challenger also ranks there.",
+    "feedrank_serving_shadow_top10_overlap_ratio",
+    "Share of the served top 10 the challenger also ranks there.",
     buckets=(0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0),
 )  # fmt: skip
 

@@ -6,9 +6,9 @@ budget so the p99 against the deadline can be read off ``/metrics`` directly.
 
 from __future__ import annotations
 
-import threading
+from prometheus_client import Counter, Gauge, Histogram
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from feedrank.exporter import start_metrics_server
 
 _LATENCY_BUCKETS_S = (
     0.001,
@@ -72,7 +72,7 @@ DEAD_LETTERED = Counter(
     ["kind"],
 )
 CONSUMER_LAG = Gauge(
-    "feedrank_serving_consumer_lag",
+    "feedrank_serving_consumer_lag_messages",
     "Messages behind the partition's high watermark (this consumer's assignment).",
     ["partition"],
 )
@@ -92,21 +92,11 @@ MODEL_VERSION = Gauge(
     ["version"],
 )
 
-_server_lock = threading.Lock()
-_server_port: int | None = None
 
-
-def serve_metrics(port: int) -> int | None:
-    """Expose ``/metrics`` on 127.0.0.1:``port`` once per process (0 disables it).
+def serve_metrics(port: int, host: str = "127.0.0.1") -> int | None:
+    """Expose ``/metrics`` on ``host``:``port`` once per process (0 disables it).
 
     Returns:
         The port serving metrics, or ``None`` when disabled.
     """
-    global _server_port
-    if port <= 0:
-        return None
-    with _server_lock:
-        if _server_port is None:
-            start_http_server(port, addr="127.0.0.1")
-            _server_port = port
-        return _server_port
+    return start_metrics_server(port, host)

@@ -298,6 +298,25 @@ def test_restarted_stream_job_rebuilds_its_windows_and_counts_new_engagements(
     assert second.commits >= 2 and second.lag == 0
 
 
+def _exported(settings: Settings, user_id: int) -> dict[str, float]:
+    """The stream-features metrics of this process (prometheus_client's default registry)."""
+    from prometheus_client import REGISTRY
+
+    from feedrank.experiment import assign_arm
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    arm = assign_arm(user_id, settings.experiment.arms, settings.experiment.salt)
+    return {
+        outcome: value("feedrank_stream_features_records_total", outcome=outcome)
+        for outcome in ("counted", "dead_lettered")
+    } | {
+        "likes": value("feedrank_stream_features_engagements_total", arm=arm, head="like"),
+        "last_push": value("feedrank_stream_features_last_push_timestamp_seconds"),
+    }
+
+
 @pytest.mark.integration
 def test_hostile_corpus_is_dead_lettered_and_good_engagements_counted(
     kafka: Settings, tmp_path: Path
@@ -345,9 +364,11 @@ def test_hostile_corpus_is_dead_lettered_and_good_engagements_counted(
         producer.flush()
     finally:
         producer.close()
+    before = _exported(local, user_id=5)
     stats = run_stream_features(
         local, store=store, group_id=group, max_messages=2 * len(corpus), idle_timeout_s=20
     )
+    after = _exported(local, user_id=5)
     letters: list[DeadLetter] = []
     deadline = time.monotonic() + 60
     try:
@@ -363,3 +384,9 @@ def test_hostile_corpus_is_dead_lettered_and_good_engagements_counted(
     )
     assert Counter((d.partition, d.offset) for d in letters) == Counter(dict.fromkeys(hostile, 1))
     assert all(d.source == "engagements" and d.reason for d in letters)
+    # /metrics of stream-features says the same: the good engagements are user 5's likes,
+    # counted under user 5's experiment arm.
+    assert after["counted"] - before["counted"] == len(corpus)
+    assert after["dead_lettered"] - before["dead_lettered"] == len(hostile)
+    assert after["likes"] - before["likes"] == len(corpus)
+    assert after["last_push"] > 1.7e9

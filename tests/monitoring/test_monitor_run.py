@@ -9,6 +9,7 @@ import pytest
 from monitor_names import DAY, MonitorWorld
 
 from feedrank.errors import FeedrankError
+from feedrank.exporter import read_outcomes
 from jobs.monitor import CHECKS, report_path, run_monitor
 from jobs.monitor_cli import print_summary
 
@@ -46,6 +47,12 @@ def test_run_monitor_reports_every_check_of_a_lake_date(
     for line in report["breaches"]:
         assert line.split(" ", 1)[0] in CHECKS
     print_summary(report, path)  # renders without error
+    # The outcome Prometheus scrapes (feedrank batch-metrics): breaches per check.
+    recorded = {
+        labels["check"]: value
+        for labels, value in read_outcomes(cfg)["feedrank_batch_monitor_breaches"]["samples"]
+    }
+    assert recorded == {check: len(report[check]["breaches"]) for check in ("skew", "drift", "auc")}
 
 
 def test_monitor_command_exits_with_one_line_on_a_bad_date():

@@ -9,6 +9,7 @@ from collections import Counter
 import pyarrow.dataset as pads
 import pytest
 
+from feedrank.exporter import read_outcomes
 from feedrank.schemas import Follow, Impression, ServedImpressions, encode
 from jobs import lake
 from jobs.land import QUARANTINE, decode_records, land, write_batch
@@ -91,6 +92,14 @@ def test_landing_restarts_without_duplicates_or_gaps(spark, kafka, tmp_path, mon
     # Nothing new: a further run lands nothing twice.
     land(spark, cfg, ["follows"], checkpoint)
     assert _landed(cfg.paths.lake, everyone) == Counter({f: 1 for f in everyone})
+    # The landing outcomes Prometheus scrapes (feedrank batch-metrics): the crashed batch's
+    # records are counted once, by the replay that published them.
+    outcomes = read_outcomes(cfg)
+    [[labels, landed]] = outcomes["feedrank_landing_records_total"]["samples"]
+    assert labels == {"topic": "follows"} and landed >= len(everyone)
+    [[_, quarantined]] = outcomes["feedrank_landing_quarantined_records_total"]["samples"]
+    assert quarantined >= len(bad)
+    assert outcomes["feedrank_landing_last_run_timestamp_seconds"]["samples"][0][1] > 1.7e9
 
 
 @pytest.mark.integration

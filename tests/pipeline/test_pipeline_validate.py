@@ -16,6 +16,7 @@ import pytest
 from pipeline_helpers import END, START, settings_at
 
 from feedrank.errors import FeedrankError
+from feedrank.exporter import read_outcomes
 from feedrank.feature_spec import VIEWS
 from jobs import lake, synthetic, validate
 from jobs.validate import check_partition, gate, live_rows, psi, validate_date, view_ranges
@@ -103,6 +104,9 @@ def test_gate_catches_dropped_column(settings, tmp_path):
     _write(cfg, _world(seed=12), drop_column=("feed_requests", "device"))
     with pytest.raises(FeedrankError, match=r"schema in feed_requests\.device: column missing"):
         gate(cfg, CHECKED)
+    # The outcome Prometheus scrapes (feedrank batch-metrics), written before the refusal.
+    failures = read_outcomes(cfg)["feedrank_batch_validation_failures"]["samples"]
+    assert failures == [[{"kind": "lake"}, 1]]
 
 
 @pytest.mark.unit

@@ -32,7 +32,7 @@ def test_metrics_endpoint_lists_serving_metrics() -> None:
         "feedrank_serving_degraded_total",
         "feedrank_serving_deadline_misses_total",
         'feedrank_serving_dead_lettered_total{kind="invalid"}',
-        'feedrank_serving_consumer_lag{partition="0"}',
+        'feedrank_serving_consumer_lag_messages{partition="0"}',
         "feedrank_serving_model_reloads_total",
     ):
         assert name in body, name

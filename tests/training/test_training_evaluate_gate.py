@@ -13,6 +13,7 @@ import pytest
 from feedrank import registry
 from feedrank.config import HEADS, Settings
 from feedrank.errors import FeedrankError
+from feedrank.exporter import read_outcomes
 from jobs.evaluate import evaluate
 from jobs.evaluate_gate import promote
 from jobs.train import train
@@ -73,6 +74,17 @@ def test_gate_promotes_a_sane_model_and_refuses_a_shuffled_one(
     assert record["promoted"] is False and record["champion"] == "good"
     # The one-line error names the first failure; labels without signal must fail on AUC.
     assert any(" AUC " in failure for failure in record["failures"]), record["failures"]
+    # The outcomes Prometheus scrapes (feedrank batch-metrics): trained, promoted, refused.
+    outcomes = read_outcomes(train_settings)
+    for name in (
+        "feedrank_batch_last_trained_timestamp_seconds",
+        "feedrank_batch_last_trained_day_timestamp_seconds",
+        "feedrank_batch_last_promoted_timestamp_seconds",
+        "feedrank_batch_champion_data_day_timestamp_seconds",
+    ):
+        [[labels, value]] = outcomes[name]["samples"]
+        assert labels == {} and value > 1.7e9, name
+    assert outcomes["feedrank_batch_promotions_refused_total"]["samples"][0][1] >= 1
 
 
 def test_gate_refuses_a_challenger_worse_than_the_champion(

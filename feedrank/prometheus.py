@@ -1,0 +1,295 @@
+"""A local Prometheus over feedrank's /metrics, with the project's recording and alert rules.
+
+Debian's ``prometheus`` package (``prometheus`` and ``promtool``, installed with apt-get when
+absent, like redis-server) runs on 127.0.0.1:``observability.prometheus_port`` with its data
+in ``<run folder>/prometheus/``. Its config is ``infra/prometheus/prometheus.yml`` rendered
+from the resolved settings (ports, scrape and evaluation intervals) and loads
+``infra/prometheus/*.rules.yml``. ``up`` also starts ``feedrank batch-metrics`` (the batch
+outcomes of the run folder) so that the batch alerts have something to read.
+
+``python -m feedrank.prometheus up|down|status`` (``make prometheus``; ``make down`` stops it).
+Its own module so the service control of ``feedrank.services`` stays as it is; that module's
+``status`` reports these two processes through one hook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from feedrank.config import PROJECT_ROOT, Settings, get_settings
+from feedrank.errors import FeedrankError, run_cli
+
+log = logging.getLogger(__name__)
+
+RULES_DIR = PROJECT_ROOT / "infra" / "prometheus"
+RULE_FILES = ("recording.rules.yml", "alerts.rules.yml")
+PROMETHEUS, BATCH_METRICS = "prometheus", "batch-metrics"
+READY_TIMEOUT_S = 60.0
+
+
+def binary(tool: str = "prometheus") -> str:
+    """Path of ``prometheus`` or ``promtool``; installs Debian's package when missing."""
+    found = shutil.which(tool) or (
+        f"/usr/bin/{tool}" if Path(f"/usr/bin/{tool}").exists() else None
+    )
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise FeedrankError(f"{tool} not found: install it (apt-get install -y prometheus)")
+    print(f"[prometheus] {tool} not installed; installing Debian's package", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (
+        ["apt-get", "update"],
+        ["apt-get", "install", "-y", "--no-install-recommends", "prometheus"],
+    ):
+        subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+    return shutil.which(tool) or f"/usr/bin/{tool}"
+
+
+def _folder(settings: Settings) -> Path:
+    return settings.paths.home / "prometheus"
+
+
+def config_path(settings: Settings) -> Path:
+    return _folder(settings) / "prometheus.yml"
+
+
+def url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.observability.prometheus_port}"
+
+
+def _seconds(value: float) -> str:
+    return f"{int(value * 1000)}ms"
+
+
+def render_config(settings: Settings) -> dict[str, Any]:
+    """``infra/prometheus/prometheus.yml`` with the settings' ports and intervals."""
+    obs = settings.observability
+    host = "127.0.0.1" if obs.metrics_host in ("0.0.0.0", "::", "") else obs.metrics_host
+    config = yaml.safe_load((RULES_DIR / "prometheus.yml").read_text())
+    config["global"] = {
+        "scrape_interval": _seconds(obs.scrape_interval_s),
+        "evaluation_interval": _seconds(obs.evaluation_interval_s),
+    }
+    config["rule_files"] = [str(RULES_DIR / name) for name in RULE_FILES]
+    ports = {
+        "feedrank_serving": settings.serving.metrics_port,
+        "feedrank_stream_features": obs.stream_features_port,
+        "feedrank_batch": obs.batch_port,
+    }
+    for job in config["scrape_configs"]:
+        job["static_configs"] = [{"targets": [f"{host}:{ports[job['job_name']]}"]}]
+    return config
+
+
+def write_config(settings: Settings) -> Path:
+    path = config_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(render_config(settings), sort_keys=False))
+    return path
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return settings.paths.pids / f"{name}.pid"
+
+
+def _owned_pid(settings: Settings, name: str, marker: str) -> int | None:
+    """The recorded pid of ``name`` if it still runs with ``marker`` in its command line."""
+    path = _pid_file(settings, name)
+    try:
+        pid = int(path.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError):
+        path.unlink(missing_ok=True)
+        return None
+    if marker in cmdline and state != "Z":
+        return pid
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _markers(settings: Settings) -> dict[str, str]:
+    return {PROMETHEUS: str(config_path(settings)), BATCH_METRICS: "batch-metrics"}
+
+
+def ready(settings: Settings | None = None, timeout_s: float = 0.0) -> bool:
+    """True once Prometheus answers ``/-/ready``."""
+    settings = settings or get_settings()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url(settings)}/-/ready", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.25)
+
+
+def _spawn(settings: Settings, name: str, argv: list[str]) -> int:
+    settings.paths.logs.mkdir(parents=True, exist_ok=True)
+    settings.paths.pids.mkdir(parents=True, exist_ok=True)
+    with (settings.paths.logs / f"{name}.log").open("ab") as sink:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=settings.paths.home,
+        )
+    _pid_file(settings, name).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def up(settings: Settings | None = None, batch_metrics: bool = True) -> bool:
+    """Start Prometheus (and ``feedrank batch-metrics``) unless running; True if started."""
+    settings = settings or get_settings()
+    markers = _markers(settings)
+    started = False
+    if batch_metrics and _owned_pid(settings, BATCH_METRICS, markers[BATCH_METRICS]) is None:
+        _spawn(
+            settings,
+            BATCH_METRICS,
+            [sys.executable, "-m", "feedrank.cli", "batch-metrics"],
+        )
+        started = True
+    if _owned_pid(settings, PROMETHEUS, markers[PROMETHEUS]) is None:
+        if ready(settings):
+            raise FeedrankError(
+                f"port {settings.observability.prometheus_port} answers as a Prometheus not "
+                f"started from {settings.paths.home}; set observability.prometheus_port"
+            )
+        data = _folder(settings) / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        argv = [
+            binary("prometheus"),
+            f"--config.file={write_config(settings)}",
+            f"--storage.tsdb.path={data}",
+            f"--web.listen-address=127.0.0.1:{settings.observability.prometheus_port}",
+            "--web.enable-lifecycle",
+            "--storage.tsdb.retention.time=15d",
+        ]
+        print(f"[prometheus] starting on {url(settings)}", file=sys.stderr)
+        _spawn(settings, PROMETHEUS, argv)
+        started = True
+    if not ready(settings, READY_TIMEOUT_S):
+        tail = (settings.paths.logs / "prometheus.log").read_text(errors="replace")[-2000:]
+        raise FeedrankError(f"prometheus did not become ready; see logs/prometheus.log:\n{tail}")
+    return started
+
+
+def down(settings: Settings | None = None) -> bool:
+    """Stop our Prometheus and batch-metrics exporter; True if any was stopped."""
+    settings = settings or get_settings()
+    stopped = False
+    for name, marker in _markers(settings).items():
+        pid = _owned_pid(settings, name, marker)
+        if pid is None:
+            continue
+        print(f"[prometheus] stopping {name} (pid {pid})", file=sys.stderr)
+        for sig, wait_s in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline and _owned_pid(settings, name, marker):
+                time.sleep(0.1)
+            if _owned_pid(settings, name, marker) is None:
+                break
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        _pid_file(settings, name).unlink(missing_ok=True)
+        stopped = True
+    return stopped
+
+
+def status(settings: Settings | None = None) -> dict[str, dict[str, object]]:
+    """Entries for ``feedrank.services.status``: pid (ours or None), answering, endpoint."""
+    settings = settings or get_settings()
+    markers = _markers(settings)
+    obs = settings.observability
+    batch_url = f"http://127.0.0.1:{obs.batch_port}/metrics"
+    try:
+        with urllib.request.urlopen(batch_url, timeout=2) as response:
+            batch_ready = response.status == 200
+    except (urllib.error.URLError, OSError):
+        batch_ready = False
+    return {
+        PROMETHEUS: {
+            "pid": _owned_pid(settings, PROMETHEUS, markers[PROMETHEUS]),
+            "ready": ready(settings),
+            "endpoint": url(settings),
+        },
+        BATCH_METRICS: {
+            "pid": _owned_pid(settings, BATCH_METRICS, markers[BATCH_METRICS]),
+            "ready": batch_ready,
+            "endpoint": batch_url,
+        },
+    }
+
+
+def alerts(settings: Settings | None = None) -> list[dict[str, Any]]:
+    """The alerts Prometheus holds now (pending and firing), from its HTTP API."""
+    import json
+
+    settings = settings or get_settings()
+    with urllib.request.urlopen(f"{url(settings)}/api/v1/alerts", timeout=5) as response:
+        return json.loads(response.read())["data"]["alerts"]
+
+
+app = typer.Typer(
+    help="A local Prometheus (Debian's package) with feedrank's scrape config and rules.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command("install")
+def _cli_install() -> None:
+    """Install Debian's prometheus package (prometheus, promtool) unless present."""
+    binary("prometheus")
+    binary("promtool")
+
+
+@app.command("up")
+def _cli_up() -> None:
+    """Start Prometheus and the batch-metrics exporter (127.0.0.1, run folder)."""
+    settings = get_settings()
+    up(settings)
+    typer.echo(f"prometheus: {url(settings)} (rules: {RULES_DIR})")
+
+
+@app.command("down")
+def _cli_down() -> None:
+    """Stop the Prometheus and batch-metrics started from this run folder."""
+    down(get_settings())
+
+
+@app.command("status")
+def _cli_status() -> None:
+    """Whether Prometheus and batch-metrics run and answer."""
+    for name, entry in status(get_settings()).items():
+        state = "up" if entry["ready"] else "down"
+        typer.echo(f"{name:14} {state:5} pid={entry['pid']} {entry['endpoint']}")
+
+
+if __name__ == "__main__":
+    run_cli(app, prog_name="python -m feedrank.prometheus")
