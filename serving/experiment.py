@@ -426,6 +426,8 @@ class CounterfactualRecorder:
         if self._process.is_alive():
             log.warning("counterfactual recorder still busy after %.0f s: stopped", timeout_s)
             self._process.terminate()
+            # Requests it never read stay in the pipe: exiting must not wait to write them.
+            self._jobs.cancel_join_thread()
 
 
 def read_counterfactual_records(folder: Path, request_ids: set[str] | None = None) -> list[dict]:
