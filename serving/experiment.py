@@ -346,9 +346,12 @@ _Job = tuple[FeedRequest, np.ndarray, np.ndarray, np.ndarray, str, str]
 
 
 def _record_requests(settings: Settings, path: Path, jobs: Queue[_Job | None]) -> None:
-    """The recorder process's loop: score each queued request until ``None`` arrives."""
+    """The recorder process's loop: score each queued request until ``None`` arrives or
+    the serve process is gone."""
     import contextlib
+    import multiprocessing
     import os
+    import queue
 
     from serving.scorer import Budget
 
@@ -356,8 +359,17 @@ def _record_requests(settings: Settings, path: Path, jobs: Queue[_Job | None]) -
         os.nice(10)  # the serve loop comes first when the cores are busy
     scoring = CounterfactualScoring(settings)
     models: dict[str, LoadedModel] = {}
+    parent = multiprocessing.parent_process()
     with path.open("a") as out:
-        while (job := jobs.get()) is not None:
+        while True:
+            try:
+                job = jobs.get(timeout=1.0)
+            except queue.Empty:
+                if parent is not None and not parent.is_alive():
+                    return  # the serve process was killed: nothing more will come
+                continue
+            if job is None:
+                return
             request, tweet_ids, author_ids, features, version, served_model = job
             try:
                 if version not in models:
@@ -416,8 +428,9 @@ class CounterfactualRecorder:
             )
         )
 
-    def flush(self, timeout_s: float = 120.0) -> None:
-        """Record every queued request (at most ``timeout_s``) and stop the process."""
+    def flush(self, timeout_s: float = 45.0) -> None:
+        """Record every queued request (at most ``timeout_s``: the demo gives a stopping
+        serve process 60 s) and stop the process."""
         if self._closed:
             return
         self._closed = True
