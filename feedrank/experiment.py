@@ -363,10 +363,15 @@ def print_online_comparison(report: dict, counterfactual: dict | None) -> None:
         table.add_row(name, realized, cf, share)
     Console().print(table)
     if counterfactual:
-        n = next(iter(counterfactual.values()))["requests"]
+        first = next(iter(counterfactual.values()))
+        n, units = first["requests"], first.get("units", first["requests"])
         Console().print(
-            f"counterfactual: {n} requests, every policy ranked each one; expected weighted "
-            "engagements under the true probabilities at the positions served"
+            f"counterfactual: {n} requests from {units} users (intervals resample users), "
+            "every policy ranked each one; expected weighted engagements under the true "
+            "probabilities at the positions served"
+            if units != n
+            else f"counterfactual: {n} requests, every policy ranked each one; expected "
+            "weighted engagements under the true probabilities at the positions served"
         )
 
 
