@@ -390,8 +390,11 @@ def closed_loop(
         **os.environ,
         "FEEDRANK_EXPERIMENT__ARMS": json.dumps(DEMO_ARMS),
         "FEEDRANK_CLOCK__OFFSET_S": str(offset_s),
-        # Every request is also ranked by every policy (paired counterfactual comparison).
-        "FEEDRANK_EXPERIMENT__COUNTERFACTUAL": "true",
+        # Every request is also ranked by every policy (paired counterfactual comparison),
+        # unless the caller's environment switches it off (to measure what it costs).
+        "FEEDRANK_EXPERIMENT__COUNTERFACTUAL": os.environ.get(
+            "FEEDRANK_EXPERIMENT__COUNTERFACTUAL", "true"
+        ),
     }
     log_path = settings.paths.logs / "demo-serve.out"
     exe = Path(sys.executable).with_name("feedrank")

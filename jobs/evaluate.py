@@ -126,7 +126,8 @@ def prepare_rows(settings: Settings, data: TrainingData, lake_root: Path | None 
                     settings, lake_root or settings.paths.lake, joined, max(dates)
                 )
             except (FileNotFoundError, ValueError) as exc:
-                # A lake that is not the simulator's (no engagements or tweets, foreign ids).
+                # A lake that is not the simulator's (no engagements or tweets, foreign ids);
+                # a lake of another simulated world is refused (WorldMismatch propagates).
                 log.warning("knowable references omitted: %s", exc)
             else:
                 joined = joined.merge(refs, on=["request_id", "tweet_id"], how="inner")

@@ -8,8 +8,9 @@ author share, ``FEEDRANK_SIMULATOR__*``), so the curve says whether the gap to t
 ``ceiling`` closes with data (a data gap) or stays (a model gap).
 
 Writes ``curve.json``, ``curve.md`` (the table) and ``curve.png`` (model RCE / ceiling RCE
-per head against training impressions) into ``--out``. Not part of ``make test``: each point
-runs the whole batch pipeline.
+per head against training impressions) into ``--out``; ``--merge`` takes an earlier run's
+``curve.json``, whose points are not rerun and join the table and plot. Not part of
+``make test``: each point runs the whole batch pipeline.
 """
 
 from __future__ import annotations
@@ -172,6 +173,13 @@ def plot_curve(rows: list[dict[str, Any]], path: Path, base_days: int, base_user
     plt.close(fig)
 
 
+def merge_rows(*row_lists: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (days, users), a later list's row replacing an earlier one's; sorted by
+    users then days (the days axis first, then the users axis)."""
+    merged = {(r["days"], r["users"]): r for rows in row_lists for r in rows}
+    return [merged[k] for k in sorted(merged, key=lambda k: (k[1], k[0]))]
+
+
 def quality_curve(
     out: Path,
     days: list[int],
@@ -179,21 +187,30 @@ def quality_curve(
     base_days: int,
     base_users: int,
     held_out: dt.date,
+    earlier: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the grid and write ``curve.json``, ``curve.md`` and ``curve.png`` into ``out``."""
+    """Run the grid and write ``curve.json``, ``curve.md`` and ``curve.png`` into ``out``.
+
+    Points already in ``earlier`` (rows of another run's ``curve.json``) are not rerun; the
+    table, plot and ``curve.json`` hold the earlier rows and this run's together.
+    """
     from rich.progress import Progress
 
     out.mkdir(parents=True, exist_ok=True)
+    earlier = earlier or []
+    known = {(r["days"], r["users"]) for r in earlier}
     rows: list[dict[str, Any]] = []
-    points = grid_points(days, users, base_days, base_users)
+    points = [p for p in grid_points(days, users, base_days, base_users) if p not in known]
     with Progress() as progress:
         task = progress.add_task("quality curve", total=len(points))
         for d, u in points:
             progress.update(task, description=f"{d} days, {u:,} users")
             rows.append(run_point(out, d, u, held_out))
             # Written after every point, so an interrupted curve keeps what it measured.
-            (out / "curve.json").write_text(json.dumps(rows, indent=2))
+            (out / "curve.json").write_text(json.dumps(merge_rows(earlier, rows), indent=2))
             progress.advance(task)
+    rows = merge_rows(earlier, rows)
+    (out / "curve.json").write_text(json.dumps(rows, indent=2))
     (out / "curve.md").write_text(render_table(rows))
     plot_curve(rows, out / "curve.png", base_days, base_users)
     return rows
@@ -222,6 +239,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             "2026-11-09", help="The held-out validation day of every point (YYYY-MM-DD)."
         ),
         out: Path = typer.Option(None, help="Output folder (default <reports>/quality-curve)."),
+        merge: list[Path] | None = typer.Option(
+            None,
+            help="An earlier run's curve.json (repeatable): its points are not rerun and "
+            "join this run's table and plot.",
+        ),
     ) -> None:
         """Train and evaluate on growing data; table and plot of model / ceiling RCE."""
         day_list = _int_list(days, "--days")
@@ -233,6 +255,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         except ValueError:
             raise typer.BadParameter(f"--held-out {held_out!r} is not YYYY-MM-DD") from None
         folder = out or get_settings().paths.reports / "quality-curve"
-        rows = quality_curve(folder, day_list, user_list, base_days, base_users, held)
+        earlier: list[dict[str, Any]] = []
+        for path in merge or []:
+            if not path.is_file():
+                raise typer.BadParameter(f"--merge {path}: no such file")
+            earlier = merge_rows(earlier, json.loads(path.read_text()))
+        rows = quality_curve(folder, day_list, user_list, base_days, base_users, held, earlier)
         typer.echo(render_table(rows))
         typer.echo(f"curve: {folder / 'curve.md'}, {folder / 'curve.png'}")

@@ -461,7 +461,7 @@ def simulate_backfill(
         "users": cfg.users,
         "authors": world.n_authors,
         "candidates_per_request": cfg.candidates_per_request,
-        "world": _world_key(cfg),
+        "world": world_key(cfg),
         "written_from": (first + dt.timedelta(days=max(first_written, 1) - 1)).isoformat(),
         "rows": rows,
         "engagements_per_impression": rates,
@@ -482,7 +482,7 @@ def simulate_backfill(
     return summary
 
 
-def _world_key(cfg: SimulatorConfig) -> dict[str, Any]:
+def world_key(cfg: SimulatorConfig) -> dict[str, Any]:
     """The settings that shape the world and its days (not which days are simulated)."""
     return cfg.model_dump(exclude={"days", "start_date", "serving_candidates", "live_rate_rps"})
 
@@ -511,7 +511,7 @@ def extend_or_start(
     if manifest is not None:
         start = dt.date.fromisoformat(manifest["start_date"])
         end = dt.date.fromisoformat(manifest["end_date"])
-        if manifest.get("world") != _world_key(cfg):
+        if manifest.get("world") != world_key(cfg):
             why_new = "the lake holds another world (seed or sizes differ)"
         elif start > first_needed:
             why_new = f"the lake's world starts on {start}, after {first_needed}"

@@ -30,7 +30,8 @@ import pandas as pd
 from scipy.special import expit, log_expit, logit, logsumexp
 
 from feedrank.config import HEADS, Settings, SimulatorConfig
-from feedrank.simulator.backfill import MANIFEST, read_lake_table
+from feedrank.errors import FeedrankError
+from feedrank.simulator.backfill import MANIFEST, read_lake_table, world_key
 from feedrank.simulator.engagement import AFFINITY_WEIGHT, COEFFICIENTS
 from feedrank.simulator.oracle import oracle_labels
 from feedrank.simulator.world import AFFINITY_SD, World
@@ -137,17 +138,45 @@ def _lake_dates(lake: Path, last_date: str) -> list[str]:
     return [f.name.split("=", 1)[1] for f in folders if f.name.split("=", 1)[1] <= last_date]
 
 
+LOGGING_ONLY = frozenset({"candidates_per_request"})
+
+
+class WorldMismatch(FeedrankError):
+    """The lake was simulated by another world than the configured one."""
+
+
 def lake_world(settings: Settings, lake: Path) -> World:
-    """The world of a lake: its manifest's seed and size over ``settings.simulator``."""
+    """The world of a lake: its manifest's seed and size over ``settings.simulator``.
+
+    Raises:
+        WorldMismatch: another world-shaping setting (topics, author share, rates, …) of the
+            manifest's ``world`` differs from ``settings.simulator``; for a manifest without
+            ``world``, a different author count.
+    """
     manifest_path = lake / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     updates = {k: manifest[k] for k in ("seed", "users") if k in manifest}
     cfg = SimulatorConfig.model_validate({**settings.simulator.model_dump(), **updates})
+    recorded = manifest.get("world")
+    if recorded is not None:
+        configured = world_key(cfg)
+        # Candidates per request shape which impressions were logged, not the truth: the
+        # references read those from the lake.
+        keys = (recorded.keys() | configured.keys()) - LOGGING_ONLY
+        differ = sorted(k for k in keys if recorded.get(k) != configured.get(k))
+        if differ:
+            found = ", ".join(
+                f"{k} {recorded.get(k)!r} in the lake, {configured.get(k)!r} configured"
+                for k in differ
+            )
+            raise WorldMismatch(
+                f"lake {lake} was simulated by another world: {found}"
+                + "; set the FEEDRANK_SIMULATOR__* the lake was simulated with"
+            )
     world = World.build(cfg)
     if manifest.get("authors", world.n_authors) != world.n_authors:
-        # The manifest does not record author_share or topics: a different author count
-        # means this process's FEEDRANK_SIMULATOR__* is not the world that wrote the lake.
-        raise ValueError(
+        # An older manifest without ``world``: the author count is what it can tell.
+        raise WorldMismatch(
             f"lake {lake} has {manifest['authors']} authors, the configured world "
             f"{world.n_authors}: set the FEEDRANK_SIMULATOR__* the lake was simulated with"
         )

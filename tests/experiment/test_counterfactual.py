@@ -95,3 +95,36 @@ def test_expected_outcome_is_the_viewed_true_engagement_of_the_served_order(
     assert weighted == pytest.approx(expected)
     assert negative == pytest.approx(seen @ probs["negative"])
     assert "negative" not in outcome_weights(weights)
+
+
+def test_user_level_intervals_are_wider_than_session_level_when_users_differ() -> None:
+    # Arms are assigned per user; here users differ (level and gain), each has 8 sessions.
+    rng = np.random.default_rng(11)
+    n_users, per_user = 150, 8
+    users = np.repeat(np.arange(n_users), per_user)
+    level = rng.lognormal(0.0, 1.0, n_users)[users]
+    gain = rng.normal(1.5, 0.4, n_users)[users]
+    chrono = level * rng.lognormal(0.0, 0.3, users.size)
+    values = {"chronological": chrono, "champion": chrono * gain, "oracle": chrono * 2.5}
+
+    def width(entry: dict) -> float:
+        return entry["ci_high"] - entry["ci_low"]
+
+    by_session = counterfactual_report(values)["champion"]
+    by_user = counterfactual_report(values, users=users)["champion"]
+    assert by_user["lift_pct"] == pytest.approx(by_session["lift_pct"])
+    assert (by_user["units"], by_session["units"]) == (n_users, users.size)
+    assert width(by_user) > 1.8 * width(by_session)
+    # Realized arms: half of the users in each; whole users resampled within each arm.
+    control, treatment = users < n_users // 2, users >= n_users // 2
+    welch = compare_to_control(chrono[control], values["champion"][treatment])
+    clustered = compare_to_control(
+        chrono[control], values["champion"][treatment],
+        control_users=users[control], treatment_users=users[treatment],
+    )  # fmt: skip
+    assert clustered.lift.estimate == pytest.approx(welch.lift.estimate)
+    assert clustered.lift.high - clustered.lift.low > 1.8 * (welch.lift.high - welch.lift.low)
+    # With one session per user the two units are the same: about the same interval.
+    single = np.arange(users.size)
+    one_each = counterfactual_report(values, users=single)["champion"]
+    assert width(one_each) == pytest.approx(width(by_session), rel=0.01)

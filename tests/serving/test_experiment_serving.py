@@ -150,6 +150,7 @@ def test_counterfactual_recorder_scores_every_policy_on_the_same_request(
     import numpy as np
 
     from feedrank.feature_spec import model_features
+    from feedrank.simulator.world import World
     from serving.experiment import (
         COUNTERFACTUAL_POLICIES,
         CounterfactualRecorder,
@@ -164,6 +165,7 @@ def test_counterfactual_recorder_scores_every_policy_on_the_same_request(
     settings = settings.model_copy(update={"simulator": simulator})
     recorder = experiment_hooks(settings)["on_scored"]
     assert isinstance(recorder, CounterfactualRecorder)
+    world = World.build(simulator)
     model = load_model(champion, settings)
     columns = {name: i for i, name in enumerate(model_features())}
     rng = np.random.default_rng(0)
@@ -180,7 +182,7 @@ def test_counterfactual_recorder_scores_every_policy_on_the_same_request(
         ctx = PolicyContext(
             request=request,
             tweet_ids=np.arange(1, n + 1, dtype=np.int64),
-            author_ids=rng.choice(recorder.world.author_ids, n),
+            author_ids=rng.choice(world.author_ids, n),
             features=X,
             model=model,
             budget=Budget(deadline_s=now_s + 1.0),

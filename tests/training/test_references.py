@@ -14,6 +14,7 @@ from feedrank.simulator.backfill import read_lake_table, simulate_backfill
 from feedrank.simulator.oracle import oracle_labels
 from feedrank.simulator.references import (
     ReferenceRows,
+    WorldMismatch,
     affinity_loadings,
     lake_references,
     reference_probabilities,
@@ -112,9 +113,13 @@ def test_lake_without_engagements_is_refused(settings: Settings, tmp_path: Path)
 
 
 @pytest.mark.unit
-def test_references_refuse_a_lake_of_another_world(tiny_lake) -> None:
+@pytest.mark.parametrize("other", [{"author_share": 0.5}, {"topics": 30}])
+def test_references_refuse_a_lake_of_another_world(tiny_lake, other: dict) -> None:
     settings, root = tiny_lake
-    simulator = settings.simulator.model_copy(update={"author_share": 0.5})
+    simulator = settings.simulator.model_copy(update=other)
     keys = read_lake_table(root, "oracle").select(["request_id", "tweet_id"]).to_pandas()
-    with pytest.raises(ValueError, match="authors"):
+    (name,) = other
+    # Not a ValueError: evaluate omits the references for a lake that is not the
+    # simulator's, but refuses one simulated by another world.
+    with pytest.raises(WorldMismatch, match=rf"{name} .* in the lake, {other[name]} configured"):
         lake_references(settings.model_copy(update={"simulator": simulator}), root, keys[:10])
