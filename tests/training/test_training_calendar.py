@@ -161,7 +161,7 @@ def calendar_world(spark, settings: Settings, tmp_path_factory: pytest.TempPathF
     return cfg, whole, frame
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)  # a bound for a loaded CI machine; ~4 min quiet is the aim
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
