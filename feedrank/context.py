@@ -5,11 +5,13 @@ fast path all call :func:`context_features`, so offline and online values are th
 construction. The holiday calendar is shared with the simulator, which makes engagement
 depend on holiday proximity.
 
-Which context a model may learn from is chosen for a training window of two or three days
-(``training_days`` of the retrain DAG): a feature that takes a value on the held-out day that
-no training day had is extrapolated by the trees, and the held-out day's probabilities shift
-(27–38% on a Sunday or Monday held out, docs/quality.md). So there is no day-of-week and no
-absolute time; the tweet's age replaces its creation time.
+Which context a model may learn from is chosen for a short training window (``training_days``
+of the retrain DAG: seven training days and the held-out day): a feature that takes a value
+on the held-out day that no training day had is extrapolated by the trees, and the held-out
+day's probabilities shift (27–38% on a Sunday or Monday held out after two training days,
+docs/quality.md). So there is no day-of-week and no absolute time (the tweet's age replaces
+its creation time), and the window is long enough to hold weekend and weekday days, so
+``ctx_is_weekend`` always takes on the held-out day a value the trees have seen.
 """
 
 from __future__ import annotations

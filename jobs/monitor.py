@@ -78,7 +78,6 @@ REQUEST_FEATURES: tuple[str, ...] = tuple(f.name for f in CONTEXT_FEATURES)
 # the training days): their PSI is reported but never a breach.
 DRIFT_EXEMPT: tuple[str, ...] = (
     "tweet_created_ts",
-    "ctx_day_of_week",
     "ctx_is_weekend",
     "ctx_days_to_holiday",
 )

@@ -88,3 +88,9 @@ def test_training_sample_undoes_negative_downsampling(spark, tmp_path):
     assert sorted(sample["user_like_rate_7d"].tolist()) == expected
     assert 0.35 * n < len(sample) < 0.65 * n
     assert list(sample.columns) == model_features()
+
+
+@pytest.mark.unit
+def test_every_drift_exemption_is_a_model_feature():
+    """An exemption for a feature the model no longer has hides nothing and misleads readers."""
+    assert set(DRIFT_EXEMPT) <= set(model_features())

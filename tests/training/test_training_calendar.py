@@ -1,0 +1,185 @@
+"""Calendar tests: the training chain on every day of a week and around the holidays.
+
+The day is a setting, never the wall clock. One tiny simulated world spans Tuesday
+2026-12-15 to Saturday 2027-01-02; its features and its training examples are built once
+(module fixture). For each held-out day D from Wednesday Dec 23 to Saturday Jan 2 (every day
+of the week; Christmas Eve and Day, New Year's Eve and Day and the days either side) a model
+is trained on the retrain DAG's default window (``TRAINING_DAYS``: D-7 … D-1, D held out),
+evaluated on D and put through the real promotion gate (``jobs.evaluate_gate.promote``,
+thresholds unchanged), each in a registry of its own so that only the gate's sanity checks
+decide. Every day's model must pass. The world's first day is the features' warm-up day,
+as in ``make demo`` (no window starts on it).
+
+The training-data job runs once over the whole span and each window's run folder holds that
+run's rows of D-7 … D. A row does not depend on the window it was built in (point-in-time
+joins per row, a deterministic keep hash), so this equals running the job on each window at
+a fraction of the Spark time.
+
+It can fail, and does: with the old 3-day window (two training days) 6 of the 11 days are
+refused on this world, held-out Monday Dec 28 after a weekend-only window among them (reply
+0.736); with the 8-day window 3 of 11 (Fri Dec 25 retweet 0.687, Tue Dec 29 reply 1.280, Wed
+Dec 30 negative 0.741). Measured against the truth instead of one day's draw (mean model /
+mean oracle probability), what is left is the holiday effect, which a window sees at most
+once: Dec 24–25 under-predicted by up to 30%, the Monday after them over-predicted by up to
+28%; and at this size the draw alone moves the oracle's own calibration to 0.81–1.37
+(docs/quality.md, "Every day the same model"). Hence ``xfail(strict=True)``: the day the
+test passes, the marker must go.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from feedrank import feature_spec
+from feedrank.config import HEADS, Settings
+from feedrank.context import holidays_between
+
+pytestmark = pytest.mark.integration
+
+WARM_UP_DAY = dt.date(2026, 12, 15)
+FIRST_HELD_OUT = dt.date(2026, 12, 23)
+LAST_DAY = dt.date(2027, 1, 2)
+HELD_OUT = [
+    FIRST_HELD_OUT + dt.timedelta(days=i) for i in range((LAST_DAY - FIRST_HELD_OUT).days + 1)
+]
+USERS = 300
+
+
+def training_days() -> int:
+    """The retrain DAG's default window (training days and the held-out day)."""
+    import importlib
+    import sys
+
+    dags = str(Path(__file__).parents[2] / "dags")
+    sys.path.insert(0, dags)
+    try:
+        return int(importlib.import_module("feed_ranking_retrain").TRAINING_DAYS)
+    finally:
+        sys.path.remove(dags)
+
+
+def _settings_at(settings: Settings, home: Path) -> Settings:
+    training = settings.training.model_copy(
+        update={"n_estimators": 150, "search_budget_s": 0.0, "early_stopping_rounds": 10}
+    )
+    simulator = settings.simulator.model_copy(update={"users": USERS})
+    return settings.model_copy(
+        update={
+            "paths": settings.paths.model_copy(update={"home": home}),
+            "training": training,
+            "simulator": simulator,
+        }
+    )
+
+
+def window_run(whole: Path, frame: pd.DataFrame, held_out: dt.date, days: int, out: Path) -> Path:
+    """The run folder of the ``days``-day window ending on ``held_out``, cut from ``whole``."""
+    from jobs.train import effective_keep_rate
+
+    first = held_out - dt.timedelta(days=days - 1)
+    day = pd.to_datetime(frame["served_at"], utc=True).dt.date
+    manifest = json.loads((whole / "manifest.json").read_text())
+    run = out / f"{first.isoformat()}_{held_out.isoformat()}"
+    splits = {
+        "train": frame[(day >= first) & (day < held_out)],
+        "validation": frame[day == held_out],
+    }
+    for split, rows in splits.items():
+        (run / split).mkdir(parents=True)
+        rows.drop(columns="split").to_parquet(run / split / "part-00000.parquet", index=False)
+    train = splits["train"]
+    manifest.update(
+        run_id=run.name,
+        rows={s: len(r) for s, r in splits.items()},
+        positives={s: {h: int(r[f"label_{h}"].sum()) for h in HEADS} for s, r in splits.items()},
+        keep_rates={
+            h: effective_keep_rate(
+                train[f"label_{h}"].to_numpy(), train[feature_spec.KEEP_PROB_COLUMN].to_numpy()
+            )
+            for h in HEADS
+        },
+        train_dates=[(first + dt.timedelta(days=i)).isoformat() for i in range(days - 1)],
+        validation_dates=[held_out.isoformat()],
+    )
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
+def gate_each_day(
+    cfg: Settings, whole: Path, frame: pd.DataFrame, held_out: list[dt.date], days: int
+) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
+    """Train on each window, run the real gate; (refusals, per-head calibration) by day."""
+    from feedrank.errors import FeedrankError
+    from jobs.evaluate_gate import promote
+    from jobs.train import train
+
+    refused: dict[str, str] = {}
+    calibration: dict[str, dict[str, float]] = {}
+    for day in held_out:
+        home = cfg.paths.home / f"w{days}" / day.isoformat()
+        day_cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"home": home})})
+        run = window_run(whole, frame, day, days, day_cfg.paths.training)
+        version = f"d{day:%Y%m%d}"
+        train(day_cfg, data=run, version=version, show_progress=False)
+        name = f"{day:%a %Y-%m-%d}"
+        try:
+            decision = promote(day_cfg, version, data=run)
+        except FeedrankError as exc:  # the gate's one-line refusal names the first failure
+            refused[name] = str(exc).split("; see")[0]
+            decision = json.loads((day_cfg.paths.reports / version / "promotion.json").read_text())
+        calibration[name] = {
+            h: round(decision["challenger_heads"][h]["calibration"], 3) for h in HEADS
+        }
+    return refused, calibration
+
+
+@pytest.fixture(scope="module")
+def calendar_world(spark, settings: Settings, tmp_path_factory: pytest.TempPathFactory):
+    """One simulated world over the whole span, its features and its training examples."""
+    from feedrank.simulator.backfill import simulate_backfill
+    from jobs import features, training_data
+
+    cfg = _settings_at(settings, tmp_path_factory.mktemp("calendar"))
+    first = WARM_UP_DAY + dt.timedelta(days=1)
+    simulate_backfill(
+        cfg,
+        cfg.paths.lake,
+        days=(LAST_DAY - WARM_UP_DAY).days + 1,
+        start_date=WARM_UP_DAY.isoformat(),
+        progress=False,
+    )
+    features.run_features(spark, cfg, first, LAST_DAY)
+    whole = training_data.run_training_data(spark, cfg, first, LAST_DAY, run_id="whole")
+    frame = pd.concat(
+        pd.read_parquet(whole / split).assign(split=split) for split in ("train", "validation")
+    )
+    return cfg, whole, frame
+
+
+@pytest.mark.timeout(1800)  # a bound for a loaded CI machine; ~4 min quiet is the aim
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="issue 32 open: holidays the window sees at most once, and one tiny day's draw, "
+    "still move a head's calibration outside the gate on 3 of 11 days (module docstring)",
+)
+def test_every_held_out_day_passes_the_gate(calendar_world) -> None:
+    """A model trained on the DAG's window before each held-out day passes the gate."""
+    cfg, whole, frame = calendar_world
+    days = training_days()
+    # The window holds weekend and weekday days whatever the held-out day is.
+    assert days - 1 >= 7
+    assert FIRST_HELD_OUT - dt.timedelta(days=days - 1) > WARM_UP_DAY
+    # The span covers a whole week and the holidays the test is about.
+    assert {d.weekday() for d in HELD_OUT} == set(range(7))
+    assert {dt.date(2026, 12, 24), dt.date(2026, 12, 25), dt.date(2027, 1, 1)} <= set(
+        holidays_between(FIRST_HELD_OUT, LAST_DAY)
+    )
+    refused, calibration = gate_each_day(cfg, whole, frame, HELD_OUT, days)
+    assert not refused, f"gate refused: {refused}; calibration: {calibration}"
+    assert len(calibration) == len(HELD_OUT)
