@@ -353,7 +353,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         json_path: Path = typer.Option(None, "--json", help="Also write the report here."),
     ) -> None:
         """Per-arm weighted engagements and negative actions per session, lift vs control."""
-        from jobs.lake import check_interval, days_between, parse_date
+        from feedrank.lake import check_interval, days_between, parse_date
 
         settings = get_settings()
         first = parse_date(start, "--start")

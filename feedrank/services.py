@@ -52,6 +52,7 @@ import typer
 
 from feedrank.config import PROJECT_ROOT, Settings, get_settings
 from feedrank.errors import FeedrankError
+from feedrank.readiness import kafka_ready, redis_ready
 
 if TYPE_CHECKING:
     from kafka import KafkaAdminClient
@@ -379,45 +380,6 @@ def _prepare_kafka(settings: Settings) -> tuple[Path, Path]:
     return config, log4j
 
 
-def kafka_ready(settings: Settings | None = None, timeout_s: float = 0.0) -> bool:
-    """True once a kafka-python metadata request to the configured broker succeeds.
-
-    Args:
-        settings: resolved settings (``kafka.bootstrap_servers``).
-        timeout_s: keep retrying this long; 0 means a single attempt.
-    """
-    from kafka import KafkaAdminClient
-
-    settings = _settings(settings)
-    deadline = time.monotonic() + timeout_s
-    # kafka-python logs every refused connection at ERROR; while waiting that is expected.
-    kafka_logger = logging.getLogger("kafka")
-    level = kafka_logger.level
-    kafka_logger.setLevel(logging.CRITICAL)
-    try:
-        while True:
-            remaining_ms = max(int((deadline - time.monotonic()) * 1000), 0)
-            try:
-                admin = KafkaAdminClient(
-                    bootstrap_servers=settings.kafka.bootstrap_servers,
-                    client_id="feedrank-ready",
-                    api_version_auto_timeout_ms=max(min(remaining_ms, 3000), 1000),
-                    request_timeout_ms=5000,
-                )
-                try:
-                    admin.list_topics()
-                    return True
-                finally:
-                    admin.close()
-            except Exception as exc:  # any failure means "not ready yet"
-                log.debug("kafka not ready: %s", exc)
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.25)
-    finally:
-        kafka_logger.setLevel(level)
-
-
 def topic_partition_counts(admin: KafkaAdminClient) -> dict[str, int]:
     """Partitions per topic in the cluster, as a ``KafkaAdminClient`` sees them."""
     return {t["topic"]: len(t["partitions"]) for t in admin.describe_topics()}
@@ -608,29 +570,6 @@ def _redis_binary() -> str:
 
 def _redis_dir(settings: Settings) -> Path:
     return settings.paths.home / "redis"
-
-
-def redis_ready(settings: Settings | None = None, timeout_s: float = 0.0) -> bool:
-    """True once the configured redis-server answers PING."""
-    import redis
-
-    settings = _settings(settings)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            client = redis.Redis(
-                host=settings.redis.host, port=settings.redis.port, socket_timeout=2
-            )
-            try:
-                if client.ping():
-                    return True
-            finally:
-                client.close()
-        except redis.RedisError as exc:
-            log.debug("redis not ready: %s", exc)
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
 
 
 def redis_up(settings: Settings | None = None) -> bool:

@@ -120,7 +120,7 @@ def prepare_world(settings: Settings) -> tuple[Settings, str, np.ndarray, np.nda
     champion = champion_version(settings)
     if champion is not None and len(users) and len(tweets):
         return settings, "demo", users, tweets
-    from feedrank.featurestore import build_synthetic_store
+    from feedrank.synthetic_features import build_synthetic_store
 
     home = settings.paths.home / "bench" / "serving"
     world = settings.model_copy(update={"paths": PathsConfig(home=home)})

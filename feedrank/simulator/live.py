@@ -130,7 +130,7 @@ class LiveSimulator:
         from kafka import KafkaConsumer, KafkaProducer, TopicPartition
         from kafka.errors import KafkaError
 
-        from feedrank.services import kafka_ready
+        from feedrank.readiness import kafka_ready
 
         bootstrap = self.settings.kafka.bootstrap_servers
         if not kafka_ready(self.settings):
