@@ -296,7 +296,7 @@ def report_from_lake(
     ``request_ids`` keeps only those requests' sessions (a demo rerun on the same day must not
     pool the earlier run's sessions with its own).
     """
-    from feedrank.simulator.backfill import read_lake_table
+    from feedrank.lake import read_lake_table
 
     columns = ["request_id", "arm"]
     impressions = read_lake_table(lake, "impressions", dates).select(columns).to_pandas()

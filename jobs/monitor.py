@@ -41,7 +41,6 @@ import datetime as dt
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -51,11 +50,12 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from feedrank import lake, publish
 from feedrank.config import HEADS, MonitoringConfig, Settings
 from feedrank.errors import FeedrankError
 from feedrank.feature_spec import CONTEXT_FEATURES, ID_COLUMNS, model_features
 from feedrank.metrics import head_metrics
-from jobs import lake
+from jobs import spark_io
 from jobs.training_data import (
     ID_KEYS,
     MODEL_VIEWS,
@@ -559,10 +559,7 @@ def registry_predictor(settings: Settings) -> Predictor:
 
 def write_report(path: Path, report: Mapping[str, Any]) -> None:
     """Write ``report`` as JSON atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    lake.write_json(tmp, dict(report))
-    os.replace(tmp, path)
+    publish.write_json_atomic(path, dict(report))
 
 
 def report_path(settings: Settings, day: dt.date) -> Path:
@@ -593,7 +590,7 @@ def run_monitor(
     parts = _input_partitions(settings, day)
     if not parts["impressions"]:
         raise FileNotFoundError(f"no impressions partition for {day} under {settings.paths.lake}")
-    read = lake.read_partitions
+    read = spark_io.read_partitions
     impressions = read(spark, parts["impressions"], lake.table_schema("impressions"))
     impressions = impressions.where(F.col("features").isNotNull()).cache()
     engagements = read(spark, parts["engagements"], lake.table_schema("engagements"))
@@ -613,7 +610,7 @@ def run_monitor(
         if missing:
             skew = {"status": f"skipped: no feature partitions for {missing[0]}", "breaches": []}
         else:
-            views = {v: read(spark, parts[v], lake.view_schema(v)) for v in MODEL_VIEWS}
+            views = {v: read(spark, parts[v], lake.feature_table_schema(v)) for v in MODEL_VIEWS}
             skew = skew_report(impressions, feed_requests, views, mon.skew_mismatch_alert)
         run_dir = training_run or default_training_run(settings, versions)
         if run_dir is None or not (Path(run_dir) / "manifest.json").is_file():

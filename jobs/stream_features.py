@@ -43,14 +43,20 @@ from typing import Any
 import pandas as pd
 
 from feedrank import feature_spec as spec
-from feedrank.config import GROUP_POLL_TIMEOUT_MS, POSITIVE_HEADS, Settings, get_settings
+from feedrank.config import (
+    GROUP_POLL_TIMEOUT_MS,
+    POSITIVE_HEADS,
+    Settings,
+    Topics,
+    get_settings,
+)
 from feedrank.errors import FeedrankError
 from feedrank.schemas import DeadLetter, Engagement, decode_record
 
 log = logging.getLogger(__name__)
 
-TOPIC = "engagements"
-DLQ_TOPIC = f"{TOPIC}.dlq"
+TOPIC = Topics.ENGAGEMENTS
+DLQ_TOPIC = Topics.dlq(TOPIC)
 GROUP_ID = "feedrank-stream-features"
 TWEET_WINDOWS_S = {"tweet_engagements_30m": 1800.0, "tweet_engagements_1h": 3600.0}
 USER_WINDOWS_S = {"user_engagements_1h": 3600.0}

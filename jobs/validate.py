@@ -33,11 +33,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from feedrank import lake, publish
 from feedrank.config import HEADS, MonitoringConfig, Settings
 from feedrank.errors import FeedrankError
 from feedrank.feature_spec import VIEWS
 from feedrank.schemas import LAKE_TABLES, table_schema
-from jobs import lake
 
 PSI_BINS = 10
 PSI_MIN_ROWS = 200  # below this, PSI is mostly sampling noise
@@ -358,7 +358,7 @@ def _feature_reports(
                 view,
                 cur,
                 prev,
-                lake.view_schema(view),
+                lake.feature_table_schema(view),
                 settings.monitoring,
                 view_ranges(view),
                 enforce_drift=False,
@@ -408,7 +408,7 @@ def validate_date(
         raise FileNotFoundError(f"no {kind} partitions for {day} or the day before under {root}")
     path = report_path(settings, day, kind)
     findings = [f for r in reports for f in r.findings]
-    lake.write_json(
+    publish.write_json(
         path,
         {
             "date": day.isoformat(),

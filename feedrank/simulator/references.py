@@ -30,7 +30,8 @@ import pandas as pd
 from scipy.special import expit, log_expit, logit, logsumexp
 
 from feedrank.config import HEADS, Settings, SimulatorConfig
-from feedrank.simulator.backfill import MANIFEST, read_lake_table
+from feedrank.lake import read_lake_table
+from feedrank.simulator.backfill import MANIFEST
 from feedrank.simulator.engagement import AFFINITY_WEIGHT, COEFFICIENTS
 from feedrank.simulator.oracle import oracle_labels
 from feedrank.simulator.world import AFFINITY_SD, World

@@ -68,7 +68,8 @@ def served_lake(monitor_world: MonitorWorld) -> MonitorWorld:
 
     The same impressions as before; START's keep no vectors (a day with nothing to monitor).
     """
-    from jobs import lake, synthetic
+    from feedrank import lake
+    from jobs import synthetic
 
     cfg = monitor_world.settings
     for part in lake.partition_dir(cfg.paths.lake, "impressions", DAY).glob("*.parquet"):

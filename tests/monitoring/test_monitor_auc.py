@@ -12,7 +12,7 @@ from monitor_names import MODEL_VERSION
 from feedrank.config import HEADS
 from feedrank.errors import FeedrankError
 from feedrank.feature_spec import model_features
-from jobs import lake, synthetic
+from jobs import spark_io, synthetic
 from jobs.monitor import auc_report, feature_matrix, labelled_served, registry_predictor
 
 WIDTH = len(model_features())
@@ -124,8 +124,8 @@ def test_live_auc_of_a_registered_model_on_landed_engagements(
     synthetic.write_lake_rows(tmp_path, "impressions", impressions)
     synthetic.write_lake_rows(tmp_path, "engagements", engagements)
     labelled = labelled_served(
-        lake.read_lake(spark, tmp_path, "impressions", None, None),
-        lake.read_lake(spark, tmp_path, "engagements", None, None),
+        spark_io.read_lake(spark, tmp_path, "impressions", None, None),
+        spark_io.read_lake(spark, tmp_path, "engagements", None, None),
         window,
     ).sort_values("tweet_id")
     assert labelled["label_like"].tolist() == [0, 1, 0, 1]
@@ -185,8 +185,8 @@ def test_impressions_whose_labels_are_still_landing_are_not_judged(spark, tmp_pa
     ]
     synthetic.write_lake_rows(tmp_path, "impressions", impressions)
     synthetic.write_lake_rows(tmp_path, "engagements", engagements)
-    imps = lake.read_lake(spark, tmp_path, "impressions", None, None)
-    engs = lake.read_lake(spark, tmp_path, "engagements", None, None)
+    imps = spark_io.read_lake(spark, tmp_path, "impressions", None, None)
+    engs = spark_io.read_lake(spark, tmp_path, "engagements", None, None)
     horizon = label_horizon(engs)
     assert horizon == landed_until
     labelled = labelled_served(imps, engs, window, horizon=horizon)

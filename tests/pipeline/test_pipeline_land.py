@@ -9,8 +9,9 @@ from collections import Counter
 import pyarrow.dataset as pads
 import pytest
 
+from feedrank import lake
 from feedrank.schemas import Follow, Impression, ServedImpressions, encode
-from jobs import lake
+from jobs import spark_io
 from jobs.land import QUARANTINE, decode_records, land, write_batch
 
 # Spark on a shared 2-core machine: streaming start-up needs headroom.
@@ -66,7 +67,7 @@ def test_landing_restarts_without_duplicates_or_gaps(spark, kafka, tmp_path, mon
     # Crash mid-batch: the table's files are published, then the job dies before the
     # quarantine is written and the offsets are committed. The replay must overwrite.
     _produce(cfg, second)
-    real = lake.write_spark_parquet
+    real = spark_io.write_spark_parquet
     calls = []
 
     def dying(df, path, partition_by=None):

@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from pipeline_helpers import END, START, settings_at
 
+from feedrank import lake
 from feedrank.errors import FeedrankError
 from feedrank.feature_spec import VIEWS
-from jobs import lake, synthetic, validate
+from jobs import synthetic, validate
 from jobs.validate import check_partition, gate, live_rows, psi, validate_date, view_ranges
 
 DAY0 = dt.date(2026, 11, 1)
@@ -136,14 +137,14 @@ def test_stream_tombstones_are_not_nulls_but_a_null_beside_a_count_is(settings):
             }
             for i, (n30, n60) in enumerate(counters)
         ]
-        return pa.Table.from_pylist(rows, schema=lake.view_schema(view))
+        return pa.Table.from_pylist(rows, schema=lake.feature_table_schema(view))
 
     def null_findings(counters: list[tuple[int | None, int | None]]) -> list[str]:
         report = check_partition(
             view,
             table(counters),
             None,
-            lake.view_schema(view),
+            lake.feature_table_schema(view),
             settings.monitoring,
             view_ranges(view),
             enforce_drift=False,
@@ -232,7 +233,7 @@ def test_cli_bad_dates_exit_nonzero_with_one_line(monkeypatch, capsys, args):
 def _feature_row(view: str, day: dt.date) -> pa.Table:
     """One plausible row of ``view``'s snapshot of ``day`` (valid from the next midnight)."""
     valid_from = lake.midnight(day + dt.timedelta(days=1))
-    schema = lake.view_schema(view)
+    schema = lake.feature_table_schema(view)
     row = {
         f.name: valid_from
         if pa.types.is_timestamp(f.type)
@@ -310,7 +311,7 @@ def test_a_nullable_column_is_judged_against_the_day_before_only():
     """A rate is null where it has no denominator yet: on a table's first day there is no
     baseline for that share, from the second day on it may not grow by more than the limit."""
     view = "user_engagement_daily"
-    schema = lake.view_schema(view)
+    schema = lake.feature_table_schema(view)
     rate = "user_like_rate_1d"
     assert rate not in validate.required_columns(view, schema)
 
