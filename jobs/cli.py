@@ -129,10 +129,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ] = 1_000_000,
     ) -> None:
         """Point-in-time joins: Spark vs Feast's file offline store vs DuckDB ASOF JOIN."""
-        from jobs import bench
+        from jobs.training_data_bench import bench_training_data
 
         settings = get_settings()
         setup_logging("bench", settings)
-        result = bench.bench_training_data(settings, rows, json_path, feast_max_rows)
+        result = bench_training_data(settings, rows, json_path, feast_max_rows)
         for key, value in result.items():
             typer.echo(f"{key:>18}: {value}")

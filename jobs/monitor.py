@@ -24,7 +24,7 @@ scorer used (``Impression.features``, ordered as :func:`feedrank.feature_spec.mo
 3. **AUC** (:func:`auc_report`) — labels from :func:`jobs.training_data.attribute_labels`
    (the pipeline's attribution window), predictions recomputed from the logged vectors with
    the served model version (:meth:`feedrank.registry.LoadedModel.predict_heads`); ROC-AUC
-   per head through :func:`feedrank.metrics.head_metrics`. Only impressions whose attribution
+   per head (:func:`feedrank.offline_metrics.head_metrics`). Only impressions whose attribution
    window closed within the landed engagements (:func:`label_horizon`) are judged: the retrain
    DAG monitors day ``D`` right after midnight, when engagements with the last hour's
    impressions are still landing, and a label still on its way is not a negative. The others
@@ -54,7 +54,7 @@ from feedrank import lake, publish
 from feedrank.config import HEADS, MonitoringConfig, Settings
 from feedrank.errors import FeedrankError
 from feedrank.feature_spec import CONTEXT_FEATURES, ID_COLUMNS, model_features
-from feedrank.metrics import head_metrics
+from feedrank.offline_metrics import head_metrics
 from jobs import spark_io
 from jobs.training_data import (
     ID_KEYS,

@@ -20,7 +20,7 @@ Pure steps (DataFrames in, DataFrame out), composed by :func:`build_training_exa
 :func:`run_training_data` is the shell: reads an explicit interval, writes
 ``<paths.training>/<run_id>/{train,validation,audit}/`` and ``manifest.json`` atomically.
 The audit folder keeps each row's per-view source ``event_timestamp`` for the leak check
-(:mod:`jobs.leaks`).
+(:mod:`tests/leak_checks.py <leak_checks>`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from feedrank.config import HEADS
 from feedrank.lake import read_lake_table
-from feedrank.metrics import head_metrics
+from feedrank.offline_metrics import head_metrics
 
 
 def oracle_labels(root: Path, date: str, attribution_window_s: int) -> pa.Table:

@@ -41,7 +41,7 @@ LAYER_OF_PREFIX: dict[str, str] = {
     "feedrank.schemas": "contracts",
     "feedrank.stats": "contracts",
     "feedrank.featurestore": "libraries",
-    "feedrank.metrics": "libraries",
+    "feedrank.offline_metrics": "libraries",
     "feedrank.ranking": "libraries",
     "feedrank.readiness": "libraries",
     "feedrank.registry": "libraries",
@@ -57,7 +57,7 @@ LAYER_OF_PREFIX: dict[str, str] = {
     "feedrank.services": "entry points",
 }
 # A module whose name has one of these parts (or ends a part in ``_cli`` / ``_bench``) is an
-# entry point wherever it lives: ``serving.cli``, ``jobs.training_cli``, ``serving.bench``.
+# entry point wherever it lives: ``serving.cli``, ``jobs.training_cli``, ``serving.latency_bench``.
 ENTRY_POINT_PARTS = {"cli", "bench"}
 
 

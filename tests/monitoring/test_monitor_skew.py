@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import synthetic_lake
 from monitor_names import DAY, MonitorWorld
 
 from feedrank.feature_spec import model_features
-from jobs import spark_io, synthetic
+from jobs import spark_io
 from jobs.monitor import REQUEST_FEATURES, compare_served, offline_features, served_with_features
 from jobs.training_data import MODEL_VIEWS
 
@@ -15,7 +16,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 def _served(spark, rows: list[dict], folder):
     """Served impressions written and read back as a lake table (the landed form)."""
-    synthetic.write_lake_rows(folder, "impressions", rows)
+    synthetic_lake.write_lake_rows(folder, "impressions", rows)
     return served_with_features(spark_io.read_lake(spark, folder, "impressions", None, None))
 
 

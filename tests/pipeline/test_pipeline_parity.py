@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import pytest
 from pipeline_helpers import FEATURE_START, PipelineRun, read_rows, settings_at
+from reference_joins import AsOfIndex, epoch_seconds
 
 from feedrank import feature_spec as spec
 from feedrank import lake
 from feedrank.config import FeastConfig
 from jobs import spark_io
-from jobs.reference import AsOfIndex, epoch_seconds
 from jobs.training_data import JOIN_ORDER, MODEL_VIEWS, VIEW_KEY_COLUMNS
 
 # Spark on a shared 2-core machine: the session-wide pipeline build needs headroom.

@@ -8,14 +8,14 @@ import math
 
 import pyarrow.parquet as pq
 import pytest
+from leak_checks import check_no_leaks, find_leaks
 from pipeline_helpers import EDGE_SERVED_AT, END, START, read_rows
+from reference_joins import reference_training_examples
 
 from feedrank.config import HEADS
 from feedrank.errors import FeedrankError
 from feedrank.feature_spec import KEEP_PROB_COLUMN, VIEWS, training_columns
 from jobs import spark_io
-from jobs.leaks import check_no_leaks, find_leaks
-from jobs.reference import reference_training_examples
 from jobs.training_data import JOIN_ORDER, asof_join, source_ts_column
 
 # Spark on a shared 2-core machine: the session-wide pipeline build needs headroom.

@@ -13,12 +13,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import synthetic_lake
 from pipeline_helpers import END, START, settings_at
 
 from feedrank import lake
 from feedrank.errors import FeedrankError
 from feedrank.feature_spec import VIEWS
-from jobs import synthetic, validate
+from jobs import validate
 from jobs.validate import check_partition, gate, live_rows, psi, validate_date, view_ranges
 
 DAY0 = dt.date(2026, 11, 1)
@@ -26,7 +27,7 @@ CHECKED = DAY0 + dt.timedelta(days=2)
 
 
 def _world(seed: int) -> dict[str, list[dict]]:
-    return synthetic.generate_world(DAY0, 3, users=80, seed=seed, candidates=6)
+    return synthetic_lake.generate_world(DAY0, 3, users=80, seed=seed, candidates=6)
 
 
 def _on_day(rows: list[dict], column: str, day: dt.date) -> list[dict]:
@@ -67,7 +68,7 @@ def _write(settings, world, drop_column: tuple[str, str] | None = None) -> None:
     broken = [r for r in world["impressions"] if r["position"] is None]
     if broken:  # the contract writer refuses nulls in a required column: bypass it
         world = {**world, "impressions": [r for r in world["impressions"] if r not in broken]}
-    synthetic.write_world(settings.paths.lake, world)
+    synthetic_lake.write_world(settings.paths.lake, world)
     if broken:
         path = lake.partition_dir(settings.paths.lake, "impressions", CHECKED) / (
             "part-00000.parquet"

@@ -10,7 +10,7 @@ from scipy.special import expit, logit
 
 from feedrank.config import HEADS, Settings, SimulatorConfig
 from feedrank.lake import read_lake_table
-from feedrank.metrics import head_metrics
+from feedrank.offline_metrics import head_metrics
 from feedrank.simulator.backfill import simulate_backfill
 from feedrank.simulator.oracle import oracle_labels
 from feedrank.simulator.references import (
