@@ -1,5 +1,8 @@
 """``feedrank demo``: the whole loop on one machine, with a short summary at the end.
 
+Long because: the demo is one script of steps (world, DAG, serving, landing, summary) that read
+in order.
+
 Start Kafka → make the simulated world reach the demo's day (``--today``, default the wall
 clock's UTC day): a new backfill whose last day ends at that day's midnight, or the lake's
 world extended by the missing days → run the retrain DAG with ``airflow dags test``

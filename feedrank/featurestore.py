@@ -1,5 +1,8 @@
 """The Feast feature store of feedrank: configuration, object builders, apply and materialize.
 
+Long because: the Feast object builders follow feature_spec one to one; config, apply and
+materialize are a few functions each.
+
 ``feature_repo/`` declares the Feast objects in Feast's own idiom; every object there is
 built by a helper of this module from :mod:`feedrank.feature_spec`, so feature names, dtypes
 and TTLs have exactly one definition. The store's configuration (registry, online and offline

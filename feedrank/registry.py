@@ -1,5 +1,8 @@
 """Versioned model registry: one directory per model version, a gated champion pointer.
 
+Long because: the model version's file format (write, load, verify, champion pointer) is one
+contract.
+
 Layout under ``settings.paths.models``::
 
     <version>/

@@ -1,5 +1,7 @@
 """Event and lake-table schemas: the data contract, defined once.
 
+Long because: every event's schema and the one decoder of consumed records are one contract.
+
 Every event has a pydantic model (validated at each boundary: Kafka producers and consumers,
 the landing job, the CLI) and an Arrow schema derived from that same model for the Parquet
 lake, so the two can never drift. Kafka payloads are JSON objects carrying

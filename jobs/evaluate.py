@@ -1,5 +1,7 @@
 """``feedrank evaluate``: a model version against baselines and the simulator's oracle.
 
+Long because: the metrics, references and plots of one evaluation report.
+
 Everything is measured on the same held-out rows: the validation split (the last day, split
 by time) of a training-data run, inner-joined with the lake ``oracle`` table on
 ``(request_id, tweet_id)`` so the oracle's true probabilities are scored on exactly the rows

@@ -1,5 +1,8 @@
 """Feature jobs: lake DataFrames -> the feature tables of :data:`feedrank.feature_spec.VIEWS`.
 
+Long because: every feature view's Spark definition sits beside the others, so the spec and the
+jobs compare view by view.
+
 Every function here is pure (DataFrames in, DataFrame out); :func:`run_features` is the thin
 shell that reads the lake for an explicit date interval and writes date partitions.
 

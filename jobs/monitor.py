@@ -1,5 +1,8 @@
 """Monitoring of the live model: training/serving skew, drift and daily AUC, from the lake.
 
+Long because: the three checks (skew, drift, live AUC) share one reading of the day; splitting
+them is open (issue 23).
+
 Three checks over the impressions served on one date that carry the feature vector the
 scorer used (``Impression.features``, ordered as :func:`feedrank.feature_spec.model_features`):
 

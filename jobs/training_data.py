@@ -1,5 +1,8 @@
 """Training examples: labelled impressions with every feature joined as of the impression.
 
+Long because: labels, point-in-time joins, downsampling and the split are one job whose steps
+share columns.
+
 Pure steps (DataFrames in, DataFrame out), composed by :func:`build_training_examples`:
 
 1. :func:`attribute_labels` — ``label_<head>`` = 1 when the same user engaged with the same

@@ -1,5 +1,7 @@
 """Validation gates: per-partition checks of the lake and feature tables before anything trains.
 
+Long because: the checks of one validation gate and its report.
+
 Two gates, each over what exists when it runs (the retrain DAG runs them at two points):
 the **lake** gate (:func:`validate_date` with ``kind="lake"``) checks the landed lake tables
 of a date and their label rates, before any feature is built; the **feature** gate

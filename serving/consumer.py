@@ -1,5 +1,7 @@
 """``feedrank serve``: the thin Kafka loop around :class:`serving.scorer.Scorer`.
 
+Long because: the at-least-once loop (poll, answer, settle, commit) is one state machine.
+
 One process = one member of the consumer group ``serving.group_id`` on ``feed_requests``;
 start several and they share the partitions. Delivery is at-least-once:
 

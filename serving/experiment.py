@@ -1,5 +1,7 @@
 """The online experiment and shadow mode, plugged into the scorer's arm and hook points.
 
+Long because: the arms, the shadow and the counterfactual recorders of one online experiment.
+
 Arms come from ``settings.experiment.arms`` (stable hash of the user id, see
 :func:`feedrank.experiment.assign_arm`): ``control`` is the old chronological feed,
 ``treatment`` the champion, ``challenger`` a named registry version, and ``oracle`` ranks by

@@ -1,5 +1,7 @@
 """``feedrank bench serving``: end-to-end serving latency on the real broker.
 
+Long because: three measurements (end to end, naive path, model floor) on the same requests.
+
 One run measures, on the same requests:
 
 * **end to end** — a ``feedrank serve`` process (its own consumer group, started at the end

@@ -1,5 +1,8 @@
 """Batch backfill: days of the old chronological system's logs as Hive-partitioned Parquet.
 
+Long because: a simulated day's stages (tweets, requests, impressions, engagements, follows)
+share the world's state.
+
 Layout: ``<out>/<table>/date=YYYY-MM-DD/part-0.parquet`` for every table of
 ``feedrank.schemas.LAKE_TABLES``, each written with ``table_schema(table)`` (microsecond UTC
 timestamps) and partitioned by the table's ``EVENT_TIME`` column. ``<out>/_manifest.json``

@@ -1,5 +1,8 @@
 """Live mode: the simulated world as a stream of events on the real Kafka broker.
 
+Long because: one live loop: producers, the feed reader and the closed-loop engagement
+scheduler.
+
 Events are ``feedrank.schemas.encode()`` JSON: ``tweets`` (keyed by tweet id), ``follows``
 (keyed by follower) and ``feed_requests`` (keyed by user, ``serving_candidates`` candidates
 each) at a chosen request rate; tweets and follows keep the world's ratio to requests. At
