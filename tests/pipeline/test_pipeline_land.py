@@ -76,10 +76,10 @@ def test_landing_restarts_without_duplicates_or_gaps(spark, kafka, tmp_path, mon
         if len(calls) == 2:
             raise WriterCrash("killed mid-batch")
 
-    monkeypatch.setattr(lake, "write_spark_parquet", dying)
+    monkeypatch.setattr(spark_io, "write_spark_parquet", dying)
     with pytest.raises(Exception):  # noqa: B017 - Spark wraps the callback's error
         land(spark, cfg, ["follows"], checkpoint)
-    monkeypatch.setattr(lake, "write_spark_parquet", real)
+    monkeypatch.setattr(spark_io, "write_spark_parquet", real)
 
     land(spark, cfg, ["follows"], checkpoint)
     everyone = set(first) | set(second)
