@@ -150,14 +150,17 @@ def missing_partitions(lake: Path, tables: tuple[str, ...], days: Days) -> list[
     """``table/date=D`` of every partition not yet landed (a folder with a Parquet file).
 
     Landing and the simulator publish a partition with one rename, so a folder that holds a
-    Parquet file is complete.
+    Parquet file is complete. The layout is :mod:`feedrank.lake`'s (imported when the sensor
+    runs, not when the DAG is parsed).
     """
+    from feedrank.lake import partition_dir
+
     missing = []
     for table in tables:
         for day in days:
-            folder = lake / table / f"date={day.isoformat()}"
+            folder = partition_dir(lake, table, day)
             if not any(folder.glob("*.parquet")):
-                missing.append(f"{table}/date={day.isoformat()}")
+                missing.append(f"{table}/{folder.name}")
     return missing
 
 

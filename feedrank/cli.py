@@ -1,6 +1,6 @@
 """The ``feedrank`` command: one entry point, a subcommand per capability.
 
-Each capability module exposes ``register(app, bench_app)`` and is listed in ``COMMAND_MODULES``;
+Each capability module exposes ``register(app, bench_app)`` and is listed in ``COMMAND_REGISTRARS``;
 heavy imports (Spark, Feast, XGBoost) stay inside the command bodies so ``--help`` is fast.
 Bad arguments and :class:`FeedrankError` end the process with one line on stderr and a
 non-zero exit.
@@ -8,13 +8,22 @@ non-zero exit.
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 
 import typer
 
 from feedrank.config import dump_settings, get_settings
-from feedrank.errors import run_cli
+from feedrank.demo import register as register_demo
+from feedrank.cli_runner import run_cli
+from feedrank.exporter import register as register_exporter
+from feedrank.experiment import register as register_experiment
+from feedrank.featurestore_cli import register as register_featurestore
+from feedrank.simulator.cli import register as register_simulator
+from jobs.cli import register as register_jobs
+from jobs.monitor_cli import register as register_monitor
+from jobs.quality_curve import register as register_quality_curve
+from jobs.training_cli import register as register_training
+from serving.cli import register as register_serving
 
 app = typer.Typer(
     name="feedrank",
@@ -28,18 +37,19 @@ bench_app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 
-# Modules that add subcommands; each defines ``register(app: typer.Typer, bench: typer.Typer)``.
-COMMAND_MODULES: tuple[str, ...] = (
-    "serving.cli",
-    "feedrank.simulator.cli",
-    "jobs.training_cli",
-    "feedrank.featurestore",
-    "feedrank.experiment",
-    "feedrank.demo",
-    "jobs.cli",
-    "jobs.monitor_cli",
-    "jobs.quality_curve",
-    "feedrank.exporter",
+# Each command module defines ``register(app: typer.Typer, bench: typer.Typer)``; plain imports,
+# so the import graph is visible to tools and tests (the modules keep heavy imports lazy).
+COMMAND_REGISTRARS = (
+    register_serving,
+    register_simulator,
+    register_training,
+    register_featurestore,
+    register_experiment,
+    register_demo,
+    register_jobs,
+    register_monitor,
+    register_quality_curve,
+    register_exporter,
 )
 
 
@@ -64,8 +74,8 @@ def show_config() -> None:
     typer.echo(dump_settings(get_settings()), nl=False)
 
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(_name).register(app, bench_app)
+for _register in COMMAND_REGISTRARS:
+    _register(app, bench_app)
 
 
 def main() -> None:

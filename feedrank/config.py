@@ -1,5 +1,7 @@
 """Typed configuration for every feedrank component.
 
+Long because: one model per component, each field with its description, in one place.
+
 One pydantic model per component, assembled into :class:`Settings`. Values come from, in
 order of precedence: environment variables (``FEEDRANK_<SECTION>__<FIELD>``), the profile
 YAML (``feedrank/profiles/<profile>.yaml``, profile chosen by ``FEEDRANK_PROFILE``; default
@@ -114,14 +116,30 @@ class TopicConfig(Section):
     max_message_bytes: int = Field(default=1_048_576, description="Largest accepted message.")
 
 
+class Topics:
+    """feedrank's topic names, declared once: every producer and consumer takes them from here."""
+
+    TWEETS = "tweets"
+    FOLLOWS = "follows"
+    FEED_REQUESTS = "feed_requests"
+    IMPRESSIONS = "impressions"
+    ENGAGEMENTS = "engagements"
+    RANKED_FEEDS = "ranked_feeds"
+    ALL = (TWEETS, FOLLOWS, FEED_REQUESTS, IMPRESSIONS, ENGAGEMENTS, RANKED_FEEDS)
+
+    @staticmethod
+    def dlq(name: str) -> str:
+        """The dead-letter topic of topic ``name``."""
+        return f"{name}.dlq"
+
+
 def _default_topics() -> dict[str, TopicConfig]:
-    names = ("tweets", "follows", "feed_requests", "impressions", "engagements", "ranked_feeds")
-    topics = {name: TopicConfig() for name in names}
+    topics = {name: TopicConfig() for name in Topics.ALL}
     # The serving group's unit of scale-out: 6 splits evenly over 1, 2, 3 or 6 `feedrank serve`
     # processes (with 3, two processes got 2 and 1 partitions: twice the load on one).
-    topics["feed_requests"] = TopicConfig(partitions=6)
-    for name in names:
-        topics[f"{name}.dlq"] = TopicConfig(partitions=1)
+    topics[Topics.FEED_REQUESTS] = TopicConfig(partitions=6)
+    for name in Topics.ALL:
+        topics[Topics.dlq(name)] = TopicConfig(partitions=1)
     return topics
 
 

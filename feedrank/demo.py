@@ -1,5 +1,8 @@
 """``feedrank demo``: the whole loop on one machine, with a short summary at the end.
 
+Long because: the demo is one script of steps (world, DAG, serving, landing, summary) that read
+in order.
+
 Start Kafka → make the simulated world reach the demo's day (``--today``, default the wall
 clock's UTC day): a new backfill whose last day ends at that day's midnight, or the lake's
 world extended by the missing days → run the retrain DAG with ``airflow dags test``
@@ -36,8 +39,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from feedrank.config import Settings, get_settings
+from feedrank.config import Settings, Topics, get_settings
 from feedrank.errors import FeedrankError
+from feedrank.stats import percentile
 
 console = Console()
 DEMO_ARMS = {"control": 0.45, "treatment": 0.45, "oracle": 0.10}
@@ -349,7 +353,7 @@ def _wait_until_serving(
 
     if settings.serving.metrics_port <= 0:
         raise FeedrankError("the demo needs serving.metrics_port > 0: it reads /metrics")
-    consumer, ends = _end_offsets(settings, "feed_requests")
+    consumer, ends = _end_offsets(settings, Topics.FEED_REQUESTS)
     consumer.close()
     url = f"http://127.0.0.1:{settings.serving.metrics_port}/metrics"
     deadline = time.monotonic() + timeout_s
@@ -409,7 +413,7 @@ def closed_loop(
         )
     try:
         _wait_until_serving(settings, server)
-        consumer, start = _end_offsets(settings, "ranked_feeds")
+        consumer, start = _end_offsets(settings, Topics.RANKED_FEEDS)
         stats = run_live(settings, rate_rps, duration_s, closed_loop=True, lake=settings.paths.lake)
         wanted = set(stats.request_ids)
         feeds = [f for f in _read_feeds(settings, start, consumer) if f.request_id in wanted]
@@ -430,8 +434,8 @@ def latency_table(feeds: list) -> dict:
         ms = np.array([(f.served_at - f.requested_at).total_seconds() * 1e3 for f in arm_feeds])
         out[arm] = {
             "feeds": len(arm_feeds),
-            "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)),
+            "p50_ms": percentile(ms, 50),
+            "p99_ms": percentile(ms, 99),
             "deadline_misses": sum(f.deadline_missed for f in arm_feeds),
             "degraded_share": float(np.mean([f.degraded for f in arm_feeds])),
         }

@@ -1,5 +1,8 @@
 """Online experiment: stable arm assignment and per-arm metrics with confidence intervals.
 
+Long because: arm assignment, the realized-outcome analysis and its user-level bootstrap, and
+the command that reports them; splitting the analysis from its command is open.
+
 A session is one served feed (one feed request). Its outcome is the weighted sum of the
 engagements the (simulated) user made with what was shown, weights from
 ``settings.ranking.weights``; negative actions per session are the counter-metric.
@@ -387,7 +390,7 @@ def report_from_lake(
     ``request_ids`` keeps only those requests' sessions (a demo rerun on the same day must not
     pool the earlier run's sessions with its own).
     """
-    from feedrank.simulator.backfill import read_lake_table
+    from feedrank.lake import read_lake_table
 
     columns = ["request_id", "arm", "user_id"]
     impressions = read_lake_table(lake, "impressions", dates).select(columns).to_pandas()
@@ -444,7 +447,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         json_path: Path = typer.Option(None, "--json", help="Also write the report here."),
     ) -> None:
         """Per-arm weighted engagements and negative actions per session, lift vs control."""
-        from jobs.lake import check_interval, days_between, parse_date
+        from feedrank.lake import check_interval, days_between, parse_date
 
         settings = get_settings()
         first = parse_date(start, "--start")

@@ -1,5 +1,8 @@
 """The Feast feature store of feedrank: configuration, object builders, apply and materialize.
 
+Long because: the Feast object builders follow feature_spec one to one; config, apply and
+materialize are a few functions each.
+
 ``feature_repo/`` declares the Feast objects in Feast's own idiom; every object there is
 built by a helper of this module from :mod:`feedrank.feature_spec`, so feature names, dtypes
 and TTLs have exactly one definition. The store's configuration (registry, online and offline
@@ -29,7 +32,6 @@ from feedrank.errors import FeedrankError
 
 if TYPE_CHECKING:
     import feast
-    import typer
     from feast.repo_config import RepoConfig
 
 TIMESTAMP_FIELD = "event_timestamp"
@@ -202,7 +204,7 @@ def materialize(
         The names of the materialized views.
     """
     settings = settings or get_settings()
-    end = _utc(end)
+    end = as_utc(end)
     names = (
         list(views)
         if views
@@ -211,9 +213,9 @@ def materialize(
     unknown = sorted(set(names) - set(spec.VIEWS))
     if unknown:
         raise FeedrankError(f"unknown feature view(s): {', '.join(unknown)}")
-    if start is not None and _utc(start) >= end:
+    if start is not None and as_utc(start) >= end:
         raise FeedrankError(
-            f"--start {_utc(start).isoformat()} must be before --end {end.isoformat()}"
+            f"--start {as_utc(start).isoformat()} must be before --end {end.isoformat()}"
         )
     registry = store_dir(settings) / "registry.db"
     if not registry.is_file():
@@ -225,7 +227,7 @@ def materialize(
         if start is None:
             store.materialize_incremental(end_date=end, feature_views=names)
         else:
-            store.materialize(start_date=_utc(start), end_date=end, feature_views=names)
+            store.materialize(start_date=as_utc(start), end_date=end, feature_views=names)
     return names
 
 
@@ -248,7 +250,7 @@ def materialize_as_of(
         materialize(settings, start=as_of - dt.timedelta(days=ttl_days), end=as_of, views=names)
 
 
-def _utc(ts: dt.datetime) -> dt.datetime:
+def as_utc(ts: dt.datetime) -> dt.datetime:
     return ts.replace(tzinfo=dt.UTC) if ts.tzinfo is None else ts.astimezone(dt.UTC)
 
 
@@ -450,232 +452,3 @@ def build_feature_service(
     if names != spec.model_features():
         raise ValueError("ranker_v1 does not list model_features() in order")
     return service
-
-
-# --------------------------------------------------------------------------------- the CLI
-
-
-def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    """Add ``feast-apply``, ``feast-yaml``, ``materialize``, ``stream-features`` and
-    ``bench hydration``."""
-    import typer
-
-    date_formats = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M"]
-
-    @app.command("feast-apply")
-    def feast_apply_command() -> None:
-        """Register feature_repo/ in the profile's Feast store (same as `feast apply`)."""
-        from feedrank.logs import setup_logging
-
-        settings = get_settings()
-        log = setup_logging("feast-apply", settings)
-        apply_repo(settings, quiet=False)
-        log.info("applied feature_repo to %s", store_dir(settings))
-        typer.echo(
-            f"applied feature_repo/ ({settings.feast.online_store} online, "
-            f"{settings.feast.offline_store} offline) -> {store_dir(settings)}"
-        )
-
-    @app.command("feast-yaml")
-    def feast_yaml_command() -> None:
-        """Write the profile's resolved feature_store.yaml to the run folder; print its path.
-
-        Then: feast -c feature_repo -f "$(feedrank feast-yaml)" plan
-        """
-        typer.echo(str(write_feature_store_yaml(get_settings())))
-
-    @app.command("materialize")
-    def materialize_command(
-        end: dt.datetime = typer.Option(
-            ..., "--end", formats=date_formats, help="End of the window (UTC)."
-        ),
-        start: dt.datetime | None = typer.Option(
-            None,
-            "--start",
-            formats=date_formats,
-            help="Start of the window (UTC); omitted: continue from the last run.",
-        ),
-        view: list[str] | None = typer.Option(None, "--view", help="Only these views."),
-        with_stream_views: bool = typer.Option(
-            False, "--with-stream-views", help="Also backfill the pushed real-time views."
-        ),
-    ) -> None:
-        """Materialize offline feature tables into the online store (idempotent)."""
-        from feedrank.logs import setup_logging
-
-        settings = get_settings()
-        log = setup_logging("materialize", settings)
-        names = materialize(
-            settings, start=start, end=end, views=view, include_stream_views=with_stream_views
-        )
-        log.info("materialized %s up to %s", names, end)
-        typer.echo(f"materialized {len(names)} views up to {_utc(end).isoformat()}")
-
-    @app.command("stream-features")
-    def stream_features_command(
-        max_messages: int | None = typer.Option(None, min=1, help="Stop after this many."),
-        idle_timeout_s: float | None = typer.Option(
-            None, min=0.1, help="Stop after this long without messages (default: never)."
-        ),
-    ) -> None:
-        """Engagements topic -> 30 min / 1 h counters -> Feast push (at-least-once)."""
-        from feedrank.exporter import start_metrics_server
-        from feedrank.logs import setup_logging
-        from jobs.stream_features import run_stream_features
-
-        settings = get_settings()
-        log = setup_logging("stream-features", settings)
-        obs = settings.observability
-        try:
-            start_metrics_server(obs.stream_features_port, obs.metrics_host)
-        except OSError as exc:  # the job matters more than its metrics
-            log.warning("no /metrics on %s:%d: %s", obs.metrics_host, obs.stream_features_port, exc)
-        stats = run_stream_features(
-            settings, max_messages=max_messages, idle_timeout_s=idle_timeout_s, progress=True
-        )
-        typer.echo(stats.summary())
-
-    @bench_app.command("hydration")
-    def bench_hydration_command(
-        candidates: int = typer.Option(1000, min=1, help="Candidate tweets per request."),
-        requests: int = typer.Option(200, min=10, help="Timed requests per path."),
-        json_path: Path | None = typer.Option(None, "--json", help="Write results here."),
-    ) -> None:
-        """p50/p99 of feature hydration: Feast SQLite, Feast Redis and the fast path."""
-        from serving.hydration import run_bench
-
-        run_bench(get_settings(), candidates=candidates, requests=requests, json_path=json_path)
-
-
-# ------------------------------------------------------------ synthetic tables from the spec
-
-
-def build_synthetic_store(
-    settings: Settings, *, start: dt.date, users: int, authors: int, tweets: int, seed: int = 1
-) -> dt.datetime:
-    """A ready online store over spec-generated tables (benchmarks and serving tests).
-
-    Two days of tables from ``start``, applied and materialized (stream views included) up to
-    one hour past their last day, over a window wider than every view's TTL.
-
-    Returns:
-        The moment the store was materialized to.
-    """
-    days = 2
-    write_synthetic_feature_tables(
-        settings.paths.features,
-        start=start,
-        days=days,
-        users=users,
-        authors=authors,
-        tweets=tweets,
-        seed=seed,
-    )
-    apply_repo(settings)
-    end = dt.datetime.combine(start, dt.time(), tzinfo=dt.UTC) + dt.timedelta(days=days, hours=1)
-    materialize(settings, start=end - dt.timedelta(days=70), end=end, include_stream_views=True)
-    return end
-
-
-def write_synthetic_feature_tables(
-    root: Path,
-    *,
-    start: dt.date,
-    days: int = 3,
-    users: int = 200,
-    authors: int = 40,
-    tweets: int = 2_000,
-    topics: int = 12,
-    stream_step_minutes: int = 30,
-    seed: int = 0,
-) -> dict[str, int]:
-    """Write every view's Parquet table under ``root/<view>/``, generated from the spec.
-
-    Used by tests and by ``feedrank bench hydration`` where the Spark jobs' output is absent.
-    Tables follow the feature-table contract: join keys, ``event_timestamp`` and
-    ``created_timestamp`` (``timestamp[us, UTC]``) and the view's features with their dtypes.
-    Daily views carry one snapshot per day (event time = next midnight) for a random ~90% of
-    their entities; event views one row per tweet at its creation; stream views intraday
-    counters every ``stream_step_minutes``. About 5% of float values are NaN. Ids start at 0.
-
-    Returns:
-        Rows written per view.
-    """
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rng = np.random.default_rng(seed)
-    day0 = dt.datetime.combine(start, dt.time(), tzinfo=dt.UTC).timestamp()
-    span_s = days * 86400.0
-    tweet_created = np.sort(rng.uniform(day0 - 86400.0, day0 + span_s, tweets)).round(3)
-    tweet_author = rng.integers(0, authors, tweets)
-    tweet_topic = rng.integers(0, topics, tweets)
-    pairs_ua = rng.choice(users * authors, size=min(users * authors, users * 10), replace=False)
-    pairs_ut = rng.choice(users * topics, size=min(users * topics, users * 4), replace=False)
-    keys_of = {
-        "user": {"user_id": np.arange(users)},
-        "author": {"author_id": np.arange(authors)},
-        "tweet": {"tweet_id": np.arange(tweets)},
-        "user_author": {"user_id": pairs_ua // authors, "author_id": pairs_ua % authors},
-        "user_topic": {"user_id": pairs_ut // topics, "topic": pairs_ut % topics},
-    }
-    semantic = {
-        "tweet_created_ts": lambda idx: tweet_created[idx],
-        "tweet_topic": lambda idx: tweet_topic[idx],
-        "tweet_author_id": lambda idx: tweet_author[idx],
-        "user_active_hour_peak": lambda idx: rng.integers(-1, 24, len(idx)),
-    }
-
-    def values(feature: spec.Feature, entity_idx: np.ndarray) -> np.ndarray:
-        if feature.name in semantic:
-            return np.asarray(semantic[feature.name](entity_idx))
-        if feature.dtype == "int64":
-            return rng.integers(0, 500, len(entity_idx))
-        out = rng.uniform(0, 1, len(entity_idx))
-        out[rng.uniform(size=len(entity_idx)) < 0.05] = np.nan
-        return out
-
-    written: dict[str, int] = {}
-    for view in spec.VIEWS.values():
-        keys = keys_of[view.entity]
-        n_entities = len(next(iter(keys.values())))
-        batches: list[tuple[np.ndarray, np.ndarray]] = []  # (entity index, event epoch s)
-        if view.kind == "event":
-            idx = np.arange(n_entities)
-            batches.append((idx, tweet_created[idx]))
-        elif view.kind == "daily":
-            for day in range(days):
-                snapshot = day0 + (day + 1) * 86400.0
-                idx = np.flatnonzero(rng.uniform(size=n_entities) < 0.9)
-                if view.entity == "tweet":
-                    idx = idx[tweet_created[idx] < snapshot]
-                batches.append((idx, np.full(len(idx), snapshot)))
-        else:
-            step = stream_step_minutes * 60.0
-            for tick in np.arange(day0 + step, day0 + span_s + step / 2, step):
-                idx = np.flatnonzero(rng.uniform(size=n_entities) < 0.05)
-                if view.entity == "tweet":
-                    idx = idx[tweet_created[idx] < tick]
-                batches.append((idx, np.full(len(idx), tick)))
-        folder = root / view.name
-        folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("*.parquet"):
-            old.unlink()
-        total = 0
-        for part, (idx, event_s) in enumerate(batches):
-            if len(idx) == 0:
-                continue
-            event_us = (event_s * 1e6).astype("int64")
-            columns: dict[str, pa.Array] = {
-                k: pa.array(v[idx].astype("int64")) for k, v in keys.items()
-            }
-            columns[TIMESTAMP_FIELD] = pa.array(event_us, pa.timestamp("us", tz="UTC"))
-            columns[CREATED_FIELD] = pa.array(event_us + 1_000_000, pa.timestamp("us", tz="UTC"))
-            for feature in view.features:
-                data = values(feature, idx).astype(feature.dtype)
-                columns[feature.name] = pa.array(data, from_pandas=False)
-            pq.write_table(pa.table(columns), folder / f"part-{part:05d}.parquet")
-            total += len(idx)
-        written[view.name] = total
-    return written

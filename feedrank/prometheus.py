@@ -31,7 +31,8 @@ import typer
 import yaml
 
 from feedrank.config import PROJECT_ROOT, Settings, get_settings
-from feedrank.errors import FeedrankError, run_cli
+from feedrank.cli_runner import run_cli
+from feedrank.errors import FeedrankError
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,8 @@
 """Versioned model registry: one directory per model version, a gated champion pointer.
 
+Long because: the model version's file format (write, load, verify, champion pointer) is one
+contract.
+
 Layout under ``settings.paths.models``::
 
     <version>/
@@ -26,8 +29,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ import numpy as np
 from feedrank import feature_spec
 from feedrank.config import HEADS, Settings
 from feedrank.errors import FeedrankError
+from feedrank.publish import write_dir_atomic, write_json_atomic
 from feedrank.ranking import weighted_score
 
 FORMAT_VERSION = 1
@@ -369,8 +371,8 @@ def save_model(
     final = root / version
     if final.exists():
         raise FeedrankError(f"model version {version} already exists at {final}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=root))
-    try:
+
+    def build(tmp: Path) -> None:
         files: dict[str, str] = {}
         for head in HEADS:
             path = tmp / head_file(head)
@@ -401,10 +403,8 @@ def save_model(
             "files": files,
         }
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=_json_default))
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_dir_atomic(final, build, replace=False)
     return final
 
 
@@ -594,13 +594,4 @@ def set_champion(settings: Settings, version: str, **details: Any) -> None:
         **details,
     }
     root = settings.paths.models
-    fd, tmp = tempfile.mkstemp(prefix=".champion.", suffix=".json", dir=root)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(record, fh, indent=2, default=_json_default)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, root / CHAMPION_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(root / CHAMPION_FILE, record, sort_keys=False, default=_json_default)

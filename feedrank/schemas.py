@@ -1,5 +1,7 @@
 """Event and lake-table schemas: the data contract, defined once.
 
+Long because: every event's schema and the one decoder of consumed records are one contract.
+
 Every event has a pydantic model (validated at each boundary: Kafka producers and consumers,
 the landing job, the CLI) and an Arrow schema derived from that same model for the Parquet
 lake, so the two can never drift. Kafka payloads are JSON objects carrying
@@ -27,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from feedrank.config import HEADS, TopicConfig
+from feedrank.config import HEADS, TopicConfig, Topics
 
 SCHEMA_VERSION = 1
 Head = Literal["like", "reply", "retweet", "click", "negative"]
@@ -236,7 +238,7 @@ class DeadLetter(BaseModel):
     @property
     def dlq_topic(self) -> str:
         """The dead-letter topic of the record's source topic."""
-        return f"{self.source}.dlq"
+        return Topics.dlq(self.source)
 
     def to_bytes(self) -> bytes:
         """The wire form of the dead letter (compact UTF-8 JSON)."""
@@ -245,17 +247,17 @@ class DeadLetter(BaseModel):
 
 # Topic name -> the event carried, and the lake table it lands in (same name).
 TOPIC_EVENTS: dict[str, type[Event]] = {
-    "tweets": Tweet,
-    "follows": Follow,
-    "feed_requests": FeedRequest,
-    "impressions": ServedImpressions,
-    "engagements": Engagement,
-    "ranked_feeds": RankedFeed,
+    Topics.TWEETS: Tweet,
+    Topics.FOLLOWS: Follow,
+    Topics.FEED_REQUESTS: FeedRequest,
+    Topics.IMPRESSIONS: ServedImpressions,
+    Topics.ENGAGEMENTS: Engagement,
+    Topics.RANKED_FEEDS: RankedFeed,
 }
 # Lake table name -> its row; a topic's table holds the ``lake_rows()`` of its events.
 LAKE_TABLES: dict[str, type[Event]] = {
     "users": User,
-    **{name: model for name, model in TOPIC_EVENTS.items() if name != "ranked_feeds"},
+    **{name: model for name, model in TOPIC_EVENTS.items() if name != Topics.RANKED_FEEDS},
     "impressions": Impression,
     "oracle": OracleRow,
 }

@@ -31,8 +31,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Compute feature-table snapshots from START to END (inclusive) from the lake."""
+        from feedrank import lake
         from feedrank.spark import get_spark
-        from jobs import features, lake
+        from jobs import features
 
         first, last = lake.parse_date(start, "--start"), lake.parse_date(end, "--end")
         lake.check_interval(first, last)
@@ -53,8 +54,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Build point-in-time-correct training examples of impressions from START to END."""
+        from feedrank import lake
         from feedrank.spark import get_spark
-        from jobs import lake, training_data
+        from jobs import training_data
 
         first, last = lake.parse_date(start, "--start"), lake.parse_date(end, "--end")
         lake.check_interval(first, last)
@@ -81,7 +83,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     ) -> None:
         """Check DATE's landed lake tables (or, with --features, its feature tables) against
         the day before; fail on a threshold breach."""
-        from jobs import lake, validate
+        from feedrank import lake
+        from jobs import validate
 
         days = [lake.parse_date(d, "--date") for d in date]
         settings = get_settings()
@@ -126,10 +129,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ] = 1_000_000,
     ) -> None:
         """Point-in-time joins: Spark vs Feast's file offline store vs DuckDB ASOF JOIN."""
-        from jobs import bench
+        from jobs.training_data_bench import bench_training_data
 
         settings = get_settings()
         setup_logging("bench", settings)
-        result = bench.bench_training_data(settings, rows, json_path, feast_max_rows)
+        result = bench_training_data(settings, rows, json_path, feast_max_rows)
         for key, value in result.items():
             typer.echo(f"{key:>18}: {value}")

@@ -1,5 +1,7 @@
 """``feedrank evaluate``: a model version against baselines and the simulator's oracle.
 
+Long because: the metrics, references and plots of one evaluation report.
+
 Everything is measured on the same held-out rows: the validation split (the last day, split
 by time) of a training-data run, inner-joined with the lake ``oracle`` table on
 ``(request_id, tweet_id)`` so the oracle's true probabilities are scored on exactly the rows
@@ -8,7 +10,7 @@ the model is.
 Downsampling. The validation split may have its all-negative impressions downsampled
 (``keep_prob`` < 1). Head metrics must describe the real traffic, so each row counts
 ``1/keep_prob`` times: rows are repeated that many times before calling
-:func:`feedrank.metrics.head_metrics` (exact when ``1/keep_prob`` is a whole number, as with
+:func:`feedrank.offline_metrics.head_metrics` (exact when ``1/keep_prob`` is a whole number, as with
 the default keep-rate 0.25; otherwise rounded, and the rounding is reported). NDCG is
 computed on the rows as they are — every ranker sees the same thinned lists, so the
 comparison stays fair.
@@ -46,7 +48,7 @@ import pandas as pd
 from feedrank import feature_spec, registry
 from feedrank.config import HEADS, POSITIVE_HEADS, Settings
 from feedrank.errors import FeedrankError
-from feedrank.metrics import head_metrics
+from feedrank.offline_metrics import head_metrics
 from feedrank.ranking import author_diversity, engagement_relevance, grouped_ndcg, weighted_score
 from feedrank.simulator.references import REFERENCES, lake_references
 from jobs.train import TrainingData, feature_matrix, load_training_data, resolve_run

@@ -1,5 +1,8 @@
 """Feature jobs: lake DataFrames -> the feature tables of :data:`feedrank.feature_spec.VIEWS`.
 
+Long because: every feature view's Spark definition sits beside the others, so the spec and the
+jobs compare view by view.
+
 Every function here is pure (DataFrames in, DataFrame out); :func:`run_features` is the thin
 shell that reads the lake for an explicit date interval and writes date partitions.
 
@@ -41,9 +44,10 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from feedrank import lake
 from feedrank.config import HEADS, POSITIVE_HEADS, Settings
 from feedrank.feature_spec import ENTITIES, TARGET_ENCODING_SMOOTHING, VIEWS, View
-from jobs import lake
+from jobs import spark_io
 
 log = logging.getLogger("feedrank.features")
 
@@ -629,7 +633,7 @@ def run_features(
     lake.check_interval(start, end)
     # Read once, reused by every view (the lake slice is small next to executor memory).
     tables = {
-        name: lake.read_lake(spark, settings.paths.lake, name, None, end).cache()
+        name: spark_io.read_lake(spark, settings.paths.lake, name, None, end).cache()
         for name in FEATURE_INPUTS
     }
     if not lake.existing_partitions(settings.paths.lake, "impressions", None, end):
@@ -640,7 +644,7 @@ def run_features(
         if name not in frames:
             raise ValueError(f"unknown feature view {name!r}")
         log.info("writing %s for %s..%s", name, start, end)
-        written[name] = lake.write_date_partitions(
+        written[name] = spark_io.write_date_partitions(
             frames[name], settings.paths.features, name, lake.days_between(start, end)
         )
     for frame in tables.values():

@@ -29,11 +29,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from feedrank import lake, publish
 from feedrank.config import Settings
 from feedrank.errors import FeedrankError
 from feedrank.exporter import record_outcome, record_time
 from feedrank.schemas import EVENT_TIME, DeadLetter, decode, table_schema
-from jobs import lake
+from jobs import spark_io
 
 log = logging.getLogger("feedrank.land")
 
@@ -91,7 +92,7 @@ def decode_records(records: DataFrame) -> DataFrame:
 
 def table_rows(decoded: DataFrame, topic: str) -> DataFrame:
     """Good records of ``topic`` as the lake table's columns plus the ``date`` partition."""
-    schema = lake.spark_schema(table_schema(topic))
+    schema = spark_io.spark_schema(table_schema(topic))
     parsed = decoded.where((F.col("topic") == topic) & F.col("ok")).select(
         F.from_json("json", schema).alias("r")
     )
@@ -139,9 +140,9 @@ def write_batch(
                 settings.paths.lake / QUARANTINE / topic,
             )
         for name, (frame, root) in outputs.items():
-            tmp = lake.temp_dir_for(root)
+            tmp = publish.temp_sibling(root)
             try:
-                lake.write_spark_parquet(frame, tmp, partition_by=lake.DATE_COLUMN)
+                spark_io.write_spark_parquet(frame, tmp, partition_by=lake.DATE_COLUMN)
                 counts[name] = _publish(tmp, root, batch_id)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -1,5 +1,8 @@
 """Monitoring of the live model: training/serving skew, drift and daily AUC, from the lake.
 
+Long because: the three checks (skew, drift, live AUC) share one reading of the day; splitting
+them is open (issue 23).
+
 Three checks over the impressions served on one date that carry the feature vector the
 scorer used (``Impression.features``, ordered as :func:`feedrank.feature_spec.model_features`):
 
@@ -24,7 +27,7 @@ scorer used (``Impression.features``, ordered as :func:`feedrank.feature_spec.mo
 3. **AUC** (:func:`auc_report`) — labels from :func:`jobs.training_data.attribute_labels`
    (the pipeline's attribution window), predictions recomputed from the logged vectors with
    the served model version (:meth:`feedrank.registry.LoadedModel.predict_heads`); ROC-AUC
-   per head through :func:`feedrank.metrics.head_metrics`. Only impressions whose attribution
+   per head (:func:`feedrank.offline_metrics.head_metrics`). Only impressions whose attribution
    window closed within the landed engagements (:func:`label_horizon`) are judged: the retrain
    DAG monitors day ``D`` right after midnight, when engagements with the last hour's
    impressions are still landing, and a label still on its way is not a negative. The others
@@ -41,7 +44,6 @@ import datetime as dt
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -51,12 +53,13 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from feedrank import lake, publish
 from feedrank.config import HEADS, MonitoringConfig, Settings
 from feedrank.errors import FeedrankError
 from feedrank.exporter import record_outcome, record_time
 from feedrank.feature_spec import CONTEXT_FEATURES, ID_COLUMNS, model_features
-from feedrank.metrics import head_metrics
-from jobs import lake
+from feedrank.offline_metrics import head_metrics
+from jobs import spark_io
 from jobs.training_data import (
     ID_KEYS,
     MODEL_VIEWS,
@@ -559,10 +562,7 @@ def registry_predictor(settings: Settings) -> Predictor:
 
 def write_report(path: Path, report: Mapping[str, Any]) -> None:
     """Write ``report`` as JSON atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    lake.write_json(tmp, dict(report))
-    os.replace(tmp, path)
+    publish.write_json_atomic(path, dict(report))
 
 
 def report_path(settings: Settings, day: dt.date) -> Path:
@@ -593,7 +593,7 @@ def run_monitor(
     parts = _input_partitions(settings, day)
     if not parts["impressions"]:
         raise FileNotFoundError(f"no impressions partition for {day} under {settings.paths.lake}")
-    read = lake.read_partitions
+    read = spark_io.read_partitions
     impressions = read(spark, parts["impressions"], lake.table_schema("impressions"))
     impressions = impressions.where(F.col("features").isNotNull()).cache()
     engagements = read(spark, parts["engagements"], lake.table_schema("engagements"))
@@ -613,7 +613,7 @@ def run_monitor(
         if missing:
             skew = {"status": f"skipped: no feature partitions for {missing[0]}", "breaches": []}
         else:
-            views = {v: read(spark, parts[v], lake.view_schema(v)) for v in MODEL_VIEWS}
+            views = {v: read(spark, parts[v], lake.feature_table_schema(v)) for v in MODEL_VIEWS}
             skew = skew_report(impressions, feed_requests, views, mon.skew_mismatch_alert)
         run_dir = training_run or default_training_run(settings, versions)
         if run_dir is None or not (Path(run_dir) / "manifest.json").is_file():

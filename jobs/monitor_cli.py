@@ -75,9 +75,10 @@ def monitor_command(
     ] = None,
 ) -> None:
     """Skew, drift and live AUC of the impressions served on DATE; exit 1 on a breach."""
+    from feedrank import lake
     from feedrank.logs import setup_logging
     from feedrank.spark import get_spark
-    from jobs import lake, monitor
+    from jobs import monitor
 
     day = lake.parse_date(date, "--date")
     settings = get_settings()

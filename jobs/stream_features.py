@@ -1,5 +1,8 @@
 """Streaming features: engagements topic -> windowed counters -> Feast push.
 
+Long because: the window counters, the consumer loop with its dead letters and commits, and
+the stream metrics of one job.
+
 The pure part is :class:`WindowCounters` (event-time sliding windows: a tweet's positive
 engagements in the last 30 minutes and hour, a user's in the last hour; positive heads are
 like, reply, retweet and click). :func:`run_stream_features` is the thin Kafka shell:
@@ -44,15 +47,21 @@ import pandas as pd
 from prometheus_client import Counter, Gauge, Histogram
 
 from feedrank import feature_spec as spec
-from feedrank.config import GROUP_POLL_TIMEOUT_MS, POSITIVE_HEADS, Settings, get_settings
+from feedrank.config import (
+    GROUP_POLL_TIMEOUT_MS,
+    POSITIVE_HEADS,
+    Settings,
+    Topics,
+    get_settings,
+)
 from feedrank.errors import FeedrankError
 from feedrank.experiment import assign_arm
 from feedrank.schemas import DeadLetter, Engagement, decode_record
 
 log = logging.getLogger(__name__)
 
-TOPIC = "engagements"
-DLQ_TOPIC = f"{TOPIC}.dlq"
+TOPIC = Topics.ENGAGEMENTS
+DLQ_TOPIC = Topics.dlq(TOPIC)
 GROUP_ID = "feedrank-stream-features"
 
 # /metrics of `feedrank stream-features` (observability.stream_features_port).

@@ -1,5 +1,8 @@
 """``feedrank train``: one XGBoost model per engagement head plus the light ranker.
 
+Long because: one training run (matrices, per-head boosters, calibration, light ranker, registry
+record) shares its state; splitting it is open (issue 23).
+
 Input is a run of ``feedrank training-data`` (``<paths.training>/<run_id>/{train,validation}``
 + ``manifest.json``, layout in :mod:`feedrank.feature_spec`). Output is a registry version
 (:func:`feedrank.registry.save_model`).

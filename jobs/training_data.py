@@ -1,5 +1,8 @@
 """Training examples: labelled impressions with every feature joined as of the impression.
 
+Long because: labels, point-in-time joins, downsampling and the split are one job whose steps
+share columns.
+
 Pure steps (DataFrames in, DataFrame out), composed by :func:`build_training_examples`:
 
 1. :func:`attribute_labels` — ``label_<head>`` = 1 when the same user engaged with the same
@@ -20,7 +23,7 @@ Pure steps (DataFrames in, DataFrame out), composed by :func:`build_training_exa
 :func:`run_training_data` is the shell: reads an explicit interval, writes
 ``<paths.training>/<run_id>/{train,validation,audit}/`` and ``manifest.json`` atomically.
 The audit folder keeps each row's per-view source ``event_timestamp`` for the leak check
-(:mod:`jobs.leaks`).
+(:mod:`tests/leak_checks.py <leak_checks>`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from feedrank import lake, publish
 from feedrank.config import HEADS, Settings
 from feedrank.context import context_features
 from feedrank.errors import FeedrankError
@@ -55,7 +59,7 @@ from feedrank.feature_spec import (
     training_columns,
 )
 from feedrank.schemas import DEVICES
-from jobs import lake
+from jobs import spark_io
 
 log = logging.getLogger("feedrank.training_data")
 
@@ -464,16 +468,19 @@ def run_training_data(
             f"no feature partitions for {', '.join(missing)} near "
             f"{start}..{end}; run feedrank features first"
         )
-    impressions = lake.read_partitions(
+    impressions = spark_io.read_partitions(
         spark, parts["impressions"], lake.table_schema("impressions")
     )
-    engagements = lake.read_partitions(
+    engagements = spark_io.read_partitions(
         spark, parts["engagements"], lake.table_schema("engagements")
     )
-    feed_requests = lake.read_partitions(
+    feed_requests = spark_io.read_partitions(
         spark, parts["feed_requests"], lake.table_schema("feed_requests")
     )
-    views = {v: lake.read_partitions(spark, parts[v], lake.view_schema(v)) for v in MODEL_VIEWS}
+    views = {
+        v: spark_io.read_partitions(spark, parts[v], lake.feature_table_schema(v))
+        for v in MODEL_VIEWS
+    }
 
     labelled = attribute_labels(impressions, engagements, td.attribution_window_s).cache()
     keep_rates = negative_keep_rates(labelled, td.negative_keep_rate)
@@ -491,13 +498,13 @@ def run_training_data(
     home = settings.paths.home
 
     def build(tmp: Path) -> None:
-        lake.write_spark_parquet(
+        spark_io.write_spark_parquet(
             examples.select(*training_columns(), "split"), tmp / "_splits", partition_by="split"
         )
         for split in SPLITS:
             fresh, final = tmp / "_splits" / f"split={split}", tmp / split
             if fresh.is_dir():
-                lake._rename_parts(fresh)
+                spark_io.rename_parts(fresh)
                 fresh.rename(final)
             else:  # an empty split still gets a readable, typed file
                 final.mkdir(parents=True)
@@ -510,8 +517,8 @@ def run_training_data(
             "requested_at",
             *[source_ts_column(v) for v in JOIN_ORDER],
         )
-        lake.write_spark_parquet(audit, tmp / AUDIT_DIR)
-        lake._rename_parts(tmp / AUDIT_DIR)
+        spark_io.write_spark_parquet(audit, tmp / AUDIT_DIR)
+        spark_io.rename_parts(tmp / AUDIT_DIR)
         manifest = {
             "run_id": run_id,
             "rows": {s: int(by_split[s]["rows"]) if s in by_split else 0 for s in SPLITS},
@@ -537,10 +544,10 @@ def run_training_data(
             "schema_sha256": schema_sha256(),
             "content_sha256": {s: lake.content_hash(tmp / s) for s in SPLITS},
         }
-        lake.write_json(tmp / "manifest.json", manifest)
+        publish.write_json(tmp / "manifest.json", manifest)
 
     try:
-        lake.write_dir_atomic(target, build)
+        publish.write_dir_atomic(target, build)
     finally:
         examples.unpersist()
         labelled.unpersist()

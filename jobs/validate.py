@@ -1,5 +1,7 @@
 """Validation gates: per-partition checks of the lake and feature tables before anything trains.
 
+Long because: the checks of one validation gate and its report.
+
 Two gates, each over what exists when it runs (the retrain DAG runs them at two points):
 the **lake** gate (:func:`validate_date` with ``kind="lake"``) checks the landed lake tables
 of a date and their label rates, before any feature is built; the **feature** gate
@@ -33,12 +35,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from feedrank import lake, publish
 from feedrank.config import HEADS, MonitoringConfig, Settings
 from feedrank.errors import FeedrankError
 from feedrank.exporter import record_outcome, record_time
 from feedrank.feature_spec import VIEWS
 from feedrank.schemas import LAKE_TABLES, table_schema
-from jobs import lake
 
 PSI_BINS = 10
 PSI_MIN_ROWS = 200  # below this, PSI is mostly sampling noise
@@ -359,7 +361,7 @@ def _feature_reports(
                 view,
                 cur,
                 prev,
-                lake.view_schema(view),
+                lake.feature_table_schema(view),
                 settings.monitoring,
                 view_ranges(view),
                 enforce_drift=False,
@@ -409,7 +411,7 @@ def validate_date(
         raise FileNotFoundError(f"no {kind} partitions for {day} or the day before under {root}")
     path = report_path(settings, day, kind)
     findings = [f for r in reports for f in r.findings]
-    lake.write_json(
+    publish.write_json(
         path,
         {
             "date": day.isoformat(),

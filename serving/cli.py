@@ -60,7 +60,7 @@ def bench_serving(
     ] = None,
 ) -> None:
     """End-to-end serving latency on the real broker, against the naive path and model floor."""
-    from serving.bench import print_table, run_bench
+    from serving.latency_bench import print_table, run_bench
 
     figures = run_bench(
         get_settings(),

@@ -1,5 +1,7 @@
 """``feedrank serve``: the thin Kafka loop around :class:`serving.scorer.Scorer`.
 
+Long because: the at-least-once loop (poll, answer, settle, commit) is one state machine.
+
 One process = one member of the consumer group ``serving.group_id`` on ``feed_requests``;
 start several and they share the partitions. Delivery is at-least-once:
 
@@ -42,7 +44,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from feedrank.config import GROUP_POLL_TIMEOUT_MS, Settings
+from feedrank.config import GROUP_POLL_TIMEOUT_MS, Settings, Topics
 from feedrank.errors import FeedrankError
 from feedrank.logs import setup_logging
 from feedrank.schemas import (
@@ -61,10 +63,10 @@ from serving.scorer import NO_CHAMPION_RANKER, ModelSlot, Scorer, load_serving_m
 
 log = logging.getLogger("feedrank.serving")
 
-REQUESTS_TOPIC = "feed_requests"
-FEEDS_TOPIC = "ranked_feeds"
-IMPRESSIONS_TOPIC = "impressions"
-DLQ_TOPIC = "feed_requests.dlq"
+REQUESTS_TOPIC = Topics.FEED_REQUESTS
+FEEDS_TOPIC = Topics.RANKED_FEEDS
+IMPRESSIONS_TOPIC = Topics.IMPRESSIONS
+DLQ_TOPIC = Topics.dlq(REQUESTS_TOPIC)
 MAX_POLL_RECORDS = 32  # small batches: a request never waits long behind its batch-mates
 # Answered but not yet acknowledged and committed: the window a crash redelivers.
 MAX_UNSETTLED_RECORDS = 2 * MAX_POLL_RECORDS

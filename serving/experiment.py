@@ -1,5 +1,7 @@
 """The online experiment and shadow mode, plugged into the scorer's arm and hook points.
 
+Long because: the arms, the shadow and the counterfactual recorders of one online experiment.
+
 Arms come from ``settings.experiment.arms`` (stable hash of the user id, see
 :func:`feedrank.experiment.assign_arm`): ``control`` is the old chronological feed,
 ``treatment`` the champion, ``challenger`` a named registry version, and ``oracle`` ranks by
@@ -37,6 +39,7 @@ from feedrank.experiment import assign_arm, outcome_weights
 from feedrank.feature_spec import model_features
 from feedrank.registry import LoadedModel
 from feedrank.schemas import DEVICES, FeedRequest
+from feedrank.stats import percentile
 from serving.scorer import (
     PolicyContext,
     PolicyResult,
@@ -202,8 +205,8 @@ def summarize_shadow(records: list[dict]) -> dict:
         "challenger": records[-1]["challenger"],
         "spearman_mean": float(np.mean(corr)) if corr else None,
         "top10_overlap_mean": float(np.mean([r["top10_overlap"] for r in records])),
-        "latency_p50_ms": float(np.percentile(latency, 50)),
-        "latency_p99_ms": float(np.percentile(latency, 99)),
+        "latency_p50_ms": percentile(latency, 50),
+        "latency_p99_ms": percentile(latency, 99),
     }
 
 

@@ -1,5 +1,8 @@
 """The scorer core: one feed request in, a ranked feed and its impressions out. No Kafka here.
 
+Long because: the funnel's stages share one request's deadline state; one class keeps them in
+order.
+
 The funnel per request (each stage timed and checked against the request's deadline,
 ``requested_at + serving.budget_ms``):
 

@@ -1,5 +1,8 @@
 """Batch backfill: days of the old chronological system's logs as Hive-partitioned Parquet.
 
+Long because: a simulated day's stages (tweets, requests, impressions, engagements, follows)
+share the world's state.
+
 Layout: ``<out>/<table>/date=YYYY-MM-DD/part-0.parquet`` for every table of
 ``feedrank.schemas.LAKE_TABLES``, each written with ``table_schema(table)`` (microsecond UTC
 timestamps) and partitioned by the table's ``EVENT_TIME`` column. ``<out>/_manifest.json``
@@ -30,10 +33,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from feedrank.config import HEADS, Settings, SimulatorConfig
+from feedrank.lake import write_partitioned
 from feedrank.schemas import DEVICES, EVENT_TIME, LAKE_TABLES, table_schema
 from feedrank.simulator.engagement import draw_delays_s, draw_engagements, head_probabilities
 from feedrank.simulator.world import (
@@ -76,68 +79,6 @@ def _table(name: str, columns: dict[str, Any]) -> pa.Table:
 
 def _date_of_us(us: np.ndarray) -> np.ndarray:
     return np.floor_divide(us, US_PER_DAY)
-
-
-def write_partitioned(
-    table_name: str, table: pa.Table, out_dir: Path, others_expected: bool = False
-) -> list[Path]:
-    """Write ``table`` as ``out_dir/<table_name>/date=.../part-0.parquet``, one per day.
-
-    Rows keep their order within a partition. Each partition is written beside the lake and
-    published with one rename, replacing that day's old folder, so a reader never sees a
-    half-written partition. Partitions of other days are left alone (the lake may hold
-    landed days too) but logged, since they may come from another run (unless
-    ``others_expected``: a world extended by new days keeps its earlier ones).
-
-    Returns:
-        The published part files.
-    """
-    column = EVENT_TIME[table_name]
-    us = table.column(column).cast(pa.int64()).to_numpy()
-    days = _date_of_us(us)
-    final = out_dir / table_name
-    staging = out_dir / f".{table_name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    final.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    for day in np.unique(days):
-        folder = f"date={(dt.date(1970, 1, 1) + dt.timedelta(days=int(day))).isoformat()}"
-        part = staging / folder / "part-0.parquet"
-        part.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(
-            table.filter(pa.array(days == day)), part, compression="zstd", write_statistics=True
-        )
-        shutil.rmtree(final / folder, ignore_errors=True)
-        part.parent.rename(final / folder)
-        written.append(final / folder / part.name)
-    shutil.rmtree(staging, ignore_errors=True)
-    others = sorted({p.name for p in final.glob("date=*")} - {p.parent.name for p in written})
-    if others and not others_expected:
-        log.warning("%s keeps partitions this run did not write: %s", table_name, others)
-    return written
-
-
-def read_lake_table(root: Path, table: str, dates: list[str] | None = None) -> pa.Table:
-    """Read a lake table back (all partitions, or the given ``YYYY-MM-DD`` dates), in order.
-
-    Args:
-        root: the lake folder that holds one folder per table.
-        table: a name in ``feedrank.schemas.LAKE_TABLES``.
-        dates: partitions to read; all when None.
-
-    Returns:
-        The rows with exactly ``table_schema(table)``.
-    """
-    schema = table_schema(table)
-    folder = Path(root) / table
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no table {table!r} under {root}")
-    parts = sorted(folder.glob("date=*/part-*.parquet"))
-    if dates is not None:
-        wanted = {f"date={d}" for d in dates}
-        parts = [p for p in parts if p.parent.name in wanted]
-    tables = [pq.read_table(p, schema=schema) for p in parts]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def _day_tweets(world: World, day_start_us: int, first_id: int, rng: np.random.Generator) -> dict:

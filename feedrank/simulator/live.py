@@ -1,5 +1,8 @@
 """Live mode: the simulated world as a stream of events on the real Kafka broker.
 
+Long because: one live loop: producers, the feed reader and the closed-loop engagement
+scheduler.
+
 Events are ``feedrank.schemas.encode()`` JSON: ``tweets`` (keyed by tweet id), ``follows``
 (keyed by follower) and ``feed_requests`` (keyed by user, ``serving_candidates`` candidates
 each) at a chosen request rate; tweets and follows keep the world's ratio to requests. At
@@ -30,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from feedrank.config import HEADS, Settings, SimulatorConfig
+from feedrank.config import HEADS, Settings, SimulatorConfig, Topics
 from feedrank.errors import FeedrankError
 from feedrank.schemas import (
     DEVICES,
@@ -49,8 +52,6 @@ from feedrank.simulator.world import CANDIDATE_WINDOW_S, SECONDS_PER_DAY, World
 
 log = logging.getLogger("feedrank.simulator.live")
 
-TWEETS_TOPIC, FOLLOWS_TOPIC, REQUESTS_TOPIC = "tweets", "follows", "feed_requests"
-FEEDS_TOPIC, ENGAGEMENTS_TOPIC = "ranked_feeds", "engagements"
 TICK_S = 0.05
 DEFAULT_DELAY_SCALE = 0.05
 DEFAULT_DRAIN_S = 10.0
@@ -130,7 +131,7 @@ class LiveSimulator:
         from kafka import KafkaConsumer, KafkaProducer, TopicPartition
         from kafka.errors import KafkaError
 
-        from feedrank.services import kafka_ready
+        from feedrank.readiness import kafka_ready
 
         bootstrap = self.settings.kafka.bootstrap_servers
         if not kafka_ready(self.settings):
@@ -151,11 +152,13 @@ class LiveSimulator:
                     group_id=None,
                     enable_auto_commit=False,
                 )
-                partitions = consumer.partitions_for_topic(FEEDS_TOPIC)
+                partitions = consumer.partitions_for_topic(Topics.RANKED_FEEDS)
                 if not partitions:
                     producer.close()
-                    raise FeedrankError(f"topic {FEEDS_TOPIC!r} does not exist (run make up)")
-                assigned = [TopicPartition(FEEDS_TOPIC, p) for p in sorted(partitions)]
+                    raise FeedrankError(
+                        f"topic {Topics.RANKED_FEEDS!r} does not exist (run make up)"
+                    )
+                assigned = [TopicPartition(Topics.RANKED_FEEDS, p) for p in sorted(partitions)]
                 consumer.assign(assigned)
                 # Only feeds answering this run's requests matter: start at the end.
                 consumer.seek_to_end(*assigned)
@@ -192,7 +195,7 @@ class LiveSimulator:
                 length=int(batch["length"][i]),
                 language=str(batch["language"][i]),
             )
-            self._send(TWEETS_TOPIC, tweet.tweet_id, encode(tweet))
+            self._send(Topics.TWEETS, tweet.tweet_id, encode(tweet))
         self.stats.tweets += len(order)
 
     def _authors(self, n: int) -> np.ndarray:
@@ -237,7 +240,7 @@ class LiveSimulator:
                 device=DEVICES[int(devices[i])],
                 candidate_tweet_ids=candidates.tolist(),
             )
-            self._send(REQUESTS_TOPIC, request.user_id, encode(request))
+            self._send(Topics.FEED_REQUESTS, request.user_id, encode(request))
             if self.closed_loop:
                 self.pending[request_id] = (int(users[i]), now_us, int(devices[i]))
             self.stats.requests += 1
@@ -250,7 +253,7 @@ class LiveSimulator:
             event = Follow(
                 follower_id=int(follower), followee_id=int(followee), created_at=_dt(now_us)
             )
-            self._send(FOLLOWS_TOPIC, event.follower_id, encode(event))
+            self._send(Topics.FOLLOWS, event.follower_id, encode(event))
         self.stats.follows += len(followers)
 
     # ---------------------------------------------------------------- closed loop
@@ -308,7 +311,7 @@ class LiveSimulator:
         batch = self.consumer.poll(timeout_ms=0, max_records=500)
         for records in batch.values():
             for record in records:
-                event = decode_record(FEEDS_TOPIC, record)
+                event = decode_record(Topics.RANKED_FEEDS, record)
                 if isinstance(event, DeadLetter):
                     self.stats.feeds_dead_lettered += 1
                     self.producer.send(event.dlq_topic, value=event.to_bytes())
@@ -325,7 +328,7 @@ class LiveSimulator:
         """Publish the engagements whose time has come."""
         while self.scheduled and self.scheduled[0][0] <= now_us:
             _, _, key, value = heapq.heappop(self.scheduled)
-            self.producer.send(ENGAGEMENTS_TOPIC, key=key, value=value)
+            self.producer.send(Topics.ENGAGEMENTS, key=key, value=value)
             head = Engagement.model_validate_json(value).head
             self.stats.engagements[head] += 1
 
@@ -383,7 +386,7 @@ def run_live(
     tweets_per_request = world.author_tweets_per_day.sum() * per_request
     follows_per_request = NEW_FOLLOWS_PER_USER_PER_DAY * world.n_users * per_request
     if lake is not None:
-        from feedrank.simulator.backfill import read_lake_table
+        from feedrank.lake import read_lake_table
 
         world.load_tweets(read_lake_table(lake, "tweets"))
         world.load_follows(read_lake_table(lake, "follows"), before_us=sim.now_us())

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from feedrank.config import HEADS
-from feedrank.metrics import head_metrics
-from feedrank.simulator.backfill import read_lake_table
+from feedrank.lake import read_lake_table
+from feedrank.offline_metrics import head_metrics
 
 
 def oracle_labels(root: Path, date: str, attribution_window_s: int) -> pa.Table:

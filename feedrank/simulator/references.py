@@ -31,7 +31,8 @@ from scipy.special import expit, log_expit, logit, logsumexp
 
 from feedrank.config import HEADS, Settings, SimulatorConfig
 from feedrank.errors import FeedrankError
-from feedrank.simulator.backfill import MANIFEST, read_lake_table, world_key
+from feedrank.lake import read_lake_table
+from feedrank.simulator.backfill import MANIFEST, world_key
 from feedrank.simulator.engagement import AFFINITY_WEIGHT, COEFFICIENTS
 from feedrank.simulator.oracle import oracle_labels
 from feedrank.simulator.world import AFFINITY_SD, World

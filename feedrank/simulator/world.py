@@ -1,5 +1,7 @@
 """The simulated world: users, authors, follow graph, latent tastes, tweets, candidates.
 
+Long because: the world's state and its ground-truth model are one object.
+
 Everything is a deterministic function of ``(SimulatorConfig, seed)``: the same pair builds
 the same world. User ids are ``0..users-1``; authors are a subset of users (``author_id`` is
 the author's user id); tweet ids start at :data:`TWEET_ID_BASE` so they can never be

@@ -64,11 +64,11 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def _content_hashes(root: Path) -> dict[str, str]:
-    """Row-content hash (``jobs.lake.content_hash``) of every table folder under ``root``.
+    """Row-content hash (``feedrank.lake.content_hash``) of every table folder under ``root``.
 
     Independent of Parquet file bytes and part-file layout: a rerun must give the same rows.
     """
-    from jobs.lake import content_hash
+    from feedrank.lake import content_hash
 
     return {
         p.name: content_hash(p)

@@ -268,11 +268,11 @@ def test_a_breached_gate_fails_the_task_without_retry(
     import pyarrow.parquet as pq
     from airflow.sdk.exceptions import AirflowFailException
 
+    from feedrank import lake
     from feedrank.feature_spec import VIEWS
-    from jobs import lake
 
     view = next(iter(VIEWS))
-    schema = lake.view_schema(view)
+    schema = lake.feature_table_schema(view)
     folder = lake.partition_dir(tmp_path / "features", view, dt.date(2026, 11, 2))
     folder.mkdir(parents=True)
     row = {f.name: 0 for f in schema if not pa.types.is_timestamp(f.type)}

@@ -86,8 +86,8 @@ def _lake_with_two_arms(lake) -> None:
 
     import pyarrow as pa
 
+    from feedrank.lake import write_partitioned
     from feedrank.schemas import Engagement, Impression, table_schema
-    from feedrank.simulator.backfill import write_partitioned
 
     t0 = dt.datetime(2026, 11, 5, 12, tzinfo=dt.UTC)
     impressions, engagements = [], []

@@ -1,7 +1,8 @@
 """Feature-store fixtures: a Feast store over feature tables generated from the spec.
 
 Until the Spark feature jobs' output is wired in here, the tables come from
-``write_synthetic_feature_tables`` (driven by ``feature_spec``), in a run folder of their own.
+``feedrank.synthetic_features.write_synthetic_feature_tables`` (driven by ``feature_spec``),
+in a run folder of their own.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from feedrank.config import FeastConfig, PathsConfig, Settings
 @pytest.fixture(scope="session")
 def feature_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder holding the synthetic feature tables."""
-    from feedrank.featurestore import write_synthetic_feature_tables
+    from feedrank.synthetic_features import write_synthetic_feature_tables
 
     home = tmp_path_factory.mktemp("feast-home")
     write_synthetic_feature_tables(

@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from feedrank.config import Settings
-from feedrank.errors import validation_lines
+from feedrank.cli_runner import validation_lines
 
 FEEDRANK = str(Path(sys.executable).parent / "feedrank")
 

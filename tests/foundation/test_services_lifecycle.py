@@ -55,9 +55,13 @@ def test_up_twice_down_twice_redis_profile(tmp_path: Path) -> None:
         **os.environ,
         "FEEDRANK_PROFILE": "redis",
         "FEEDRANK_PATHS__HOME": str(home),
-        "FEEDRANK_KAFKA__PORT": "39092",
-        "FEEDRANK_KAFKA__CONTROLLER_PORT": "39093",
-        "FEEDRANK_REDIS__PORT": "36379",
+        # 100 above the session's own ports (tests/conftest.py), so two sessions with their
+        # own ports never race for the same ones (fixed ports did, between worktrees).
+        "FEEDRANK_KAFKA__PORT": str(int(os.environ["FEEDRANK_KAFKA__PORT"]) + 100),
+        "FEEDRANK_KAFKA__CONTROLLER_PORT": str(
+            int(os.environ["FEEDRANK_KAFKA__CONTROLLER_PORT"]) + 100
+        ),
+        "FEEDRANK_REDIS__PORT": str(int(os.environ["FEEDRANK_REDIS__PORT"]) + 100),
     }
     try:
         first = _run(["up"], env)

@@ -31,15 +31,17 @@ def monitor_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="session")
 def monitor_world(spark, monitor_settings: Settings) -> MonitorWorld:
     """Two days of a 12-user world, its feature tables, and DAY's served impressions."""
-    from jobs import features, synthetic
-    from jobs.reference import reference_training_examples
+    import synthetic_lake
+    from reference_joins import reference_training_examples
+
+    from jobs import features
     from jobs.training_data import JOIN_ORDER
 
     cfg = monitor_settings
-    world = synthetic.generate_world(
+    world = synthetic_lake.generate_world(
         START, 2, users=12, seed=5, requests_per_user_day=2.0, candidates=5
     )
-    synthetic.write_world(cfg.paths.lake, world)
+    synthetic_lake.write_world(cfg.paths.lake, world)
     features.run_features(spark, cfg, START, DAY)
     views = {name: _rows(cfg.paths.features / name) for name in JOIN_ORDER}
     day_impressions = [r for r in world["impressions"] if r["served_at"].date() == DAY]
@@ -68,12 +70,14 @@ def served_lake(monitor_world: MonitorWorld) -> MonitorWorld:
 
     The same impressions as before; START's keep no vectors (a day with nothing to monitor).
     """
-    from jobs import lake, synthetic
+    import synthetic_lake
+
+    from feedrank import lake
 
     cfg = monitor_world.settings
     for part in lake.partition_dir(cfg.paths.lake, "impressions", DAY).glob("*.parquet"):
         part.unlink()
-    synthetic.write_lake_rows(cfg.paths.lake, "impressions", monitor_world.served)
+    synthetic_lake.write_lake_rows(cfg.paths.lake, "impressions", monitor_world.served)
     return monitor_world
 
 

@@ -7,12 +7,13 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
+import synthetic_lake
 from monitor_names import MODEL_VERSION
 
 from feedrank.config import HEADS
 from feedrank.errors import FeedrankError
 from feedrank.feature_spec import model_features
-from jobs import lake, synthetic
+from jobs import spark_io
 from jobs.monitor import auc_report, feature_matrix, labelled_served, registry_predictor
 
 WIDTH = len(model_features())
@@ -121,11 +122,11 @@ def test_live_auc_of_a_registered_model_on_landed_engagements(
         }
         for head, level, delay in delays
     ]
-    synthetic.write_lake_rows(tmp_path, "impressions", impressions)
-    synthetic.write_lake_rows(tmp_path, "engagements", engagements)
+    synthetic_lake.write_lake_rows(tmp_path, "impressions", impressions)
+    synthetic_lake.write_lake_rows(tmp_path, "engagements", engagements)
     labelled = labelled_served(
-        lake.read_lake(spark, tmp_path, "impressions", None, None),
-        lake.read_lake(spark, tmp_path, "engagements", None, None),
+        spark_io.read_lake(spark, tmp_path, "impressions", None, None),
+        spark_io.read_lake(spark, tmp_path, "engagements", None, None),
         window,
     ).sort_values("tweet_id")
     assert labelled["label_like"].tolist() == [0, 1, 0, 1]
@@ -183,10 +184,10 @@ def test_impressions_whose_labels_are_still_landing_are_not_judged(spark, tmp_pa
         }
         for head, engaged_at in (("like", noon + dt.timedelta(minutes=5)), ("click", landed_until))
     ]
-    synthetic.write_lake_rows(tmp_path, "impressions", impressions)
-    synthetic.write_lake_rows(tmp_path, "engagements", engagements)
-    imps = lake.read_lake(spark, tmp_path, "impressions", None, None)
-    engs = lake.read_lake(spark, tmp_path, "engagements", None, None)
+    synthetic_lake.write_lake_rows(tmp_path, "impressions", impressions)
+    synthetic_lake.write_lake_rows(tmp_path, "engagements", engagements)
+    imps = spark_io.read_lake(spark, tmp_path, "impressions", None, None)
+    engs = spark_io.read_lake(spark, tmp_path, "engagements", None, None)
     horizon = label_horizon(engs)
     assert horizon == landed_until
     labelled = labelled_served(imps, engs, window, horizon=horizon)

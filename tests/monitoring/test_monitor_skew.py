@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import synthetic_lake
 from monitor_names import DAY, MonitorWorld
 
 from feedrank.feature_spec import model_features
-from jobs import lake, synthetic
+from jobs import spark_io
 from jobs.monitor import REQUEST_FEATURES, compare_served, offline_features, served_with_features
 from jobs.training_data import MODEL_VIEWS
 
@@ -15,8 +16,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 def _served(spark, rows: list[dict], folder):
     """Served impressions written and read back as a lake table (the landed form)."""
-    synthetic.write_lake_rows(folder, "impressions", rows)
-    return served_with_features(lake.read_lake(spark, folder, "impressions", None, None))
+    synthetic_lake.write_lake_rows(folder, "impressions", rows)
+    return served_with_features(spark_io.read_lake(spark, folder, "impressions", None, None))
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +30,10 @@ def skew_inputs(spark, monitor_world: MonitorWorld, tmp_path_factory):
     cfg = monitor_world.settings
     served = _served(spark, monitor_world.served, tmp_path_factory.mktemp("served"))
     first_user = monitor_world.served[0]["user_id"]
-    feeds = lake.read_lake(spark, cfg.paths.lake, "feed_requests", None, DAY).where(
+    feeds = spark_io.read_lake(spark, cfg.paths.lake, "feed_requests", None, DAY).where(
         f"user_id != {first_user}"
     )
-    views = {v: lake.read_view(spark, cfg.paths.features, v, None, DAY) for v in MODEL_VIEWS}
+    views = {v: spark_io.read_view(spark, cfg.paths.features, v, None, DAY) for v in MODEL_VIEWS}
     offline = offline_features(served, feeds, views).cache()
     unknown = sum(r["user_id"] == first_user for r in monitor_world.served)
     return served, offline, unknown

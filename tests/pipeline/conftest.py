@@ -23,14 +23,16 @@ def pipeline_run(
     Spark's cost is mostly per job, the parity test's mostly per request (a materialization
     and an online read each).
     """
-    from jobs import features, synthetic, training_data
+    import synthetic_lake
+
+    from jobs import features, training_data
 
     cfg = settings_at(settings, tmp_path_factory.mktemp("pipeline"))
-    world = synthetic.generate_world(
+    world = synthetic_lake.generate_world(
         START, (END - START).days + 1, users=14, seed=3, requests_per_user_day=2.0, candidates=35
     )
     add_edge_cases(world)
-    synthetic.write_world(cfg.paths.lake, world)
+    synthetic_lake.write_world(cfg.paths.lake, world)
     features.run_features(spark, cfg, FEATURE_START, END)
     run_dir = training_data.run_training_data(spark, cfg, START, END)
     return PipelineRun(cfg, world, run_dir)

@@ -7,7 +7,8 @@ import json
 import pytest
 from pipeline_helpers import END, FEATURE_START, START
 
-from jobs import features, lake, training_data
+from feedrank import lake
+from jobs import features, spark_io, training_data
 
 # Spark on a shared 2-core machine: the session-wide pipeline build needs headroom.
 pytestmark = pytest.mark.timeout(900)
@@ -19,7 +20,7 @@ class WriterCrash(RuntimeError):
 
 def _crash_after_writing(monkeypatch: pytest.MonkeyPatch, after: int = 1) -> None:
     """Let the real writer write ``after`` outputs, then die (as a killed job would)."""
-    real = lake.write_spark_parquet
+    real = spark_io.write_spark_parquet
     calls = {"n": 0}
 
     def dying(df, path, partition_by=None):
@@ -28,7 +29,7 @@ def _crash_after_writing(monkeypatch: pytest.MonkeyPatch, after: int = 1) -> Non
         if calls["n"] >= after:
             raise WriterCrash(f"killed after writing {path}")
 
-    monkeypatch.setattr(lake, "write_spark_parquet", dying)
+    monkeypatch.setattr(spark_io, "write_spark_parquet", dying)
 
 
 def _snapshot(folder) -> dict[str, bytes]:

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from pipeline_helpers import END, FEATURE_START, read_rows
 
+from feedrank import lake
 from feedrank.config import HEADS, POSITIVE_HEADS
 from feedrank.feature_spec import TARGET_ENCODING_SMOOTHING, VIEWS
-from jobs import lake
 from jobs.features import STREAM_STEP_S
 
 # Spark on a shared 2-core machine: the session-wide pipeline build needs headroom.
@@ -27,7 +27,7 @@ def test_every_view_has_exactly_the_contract_columns_and_dtypes(pipeline_run):
     for name in VIEWS:
         files = sorted((pipeline_run.settings.paths.features / name).glob("date=*/*.parquet"))
         assert files, name
-        expected = lake.view_schema(name)
+        expected = lake.feature_table_schema(name)
         for file in files:
             schema = pq.read_schema(file)
             assert schema.names == expected.names, name

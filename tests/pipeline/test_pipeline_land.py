@@ -9,9 +9,10 @@ from collections import Counter
 import pyarrow.dataset as pads
 import pytest
 
+from feedrank import lake
 from feedrank.exporter import read_outcomes
 from feedrank.schemas import Follow, Impression, ServedImpressions, encode
-from jobs import lake
+from jobs import spark_io
 from jobs.land import QUARANTINE, decode_records, land, write_batch
 
 # Spark on a shared 2-core machine: streaming start-up needs headroom.
@@ -67,7 +68,7 @@ def test_landing_restarts_without_duplicates_or_gaps(spark, kafka, tmp_path, mon
     # Crash mid-batch: the table's files are published, then the job dies before the
     # quarantine is written and the offsets are committed. The replay must overwrite.
     _produce(cfg, second)
-    real = lake.write_spark_parquet
+    real = spark_io.write_spark_parquet
     calls = []
 
     def dying(df, path, partition_by=None):
@@ -76,10 +77,10 @@ def test_landing_restarts_without_duplicates_or_gaps(spark, kafka, tmp_path, mon
         if len(calls) == 2:
             raise WriterCrash("killed mid-batch")
 
-    monkeypatch.setattr(lake, "write_spark_parquet", dying)
+    monkeypatch.setattr(spark_io, "write_spark_parquet", dying)
     with pytest.raises(Exception):  # noqa: B017 - Spark wraps the callback's error
         land(spark, cfg, ["follows"], checkpoint)
-    monkeypatch.setattr(lake, "write_spark_parquet", real)
+    monkeypatch.setattr(spark_io, "write_spark_parquet", real)
 
     land(spark, cfg, ["follows"], checkpoint)
     everyone = set(first) | set(second)

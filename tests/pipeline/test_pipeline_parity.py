@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 import pytest
 from pipeline_helpers import FEATURE_START, PipelineRun, read_rows, settings_at
+from reference_joins import AsOfIndex, epoch_seconds
 
 from feedrank import feature_spec as spec
+from feedrank import lake
 from feedrank.config import FeastConfig
-from jobs import lake
-from jobs.reference import AsOfIndex, epoch_seconds
+from jobs import spark_io
 from jobs.training_data import JOIN_ORDER, MODEL_VIEWS, VIEW_KEY_COLUMNS
 
 # Spark on a shared 2-core machine: the session-wide pipeline build needs headroom.
@@ -355,7 +356,7 @@ def test_counter_quiet_for_longer_than_the_ttl_reads_the_same_in_training_and_on
     # Training: the feature job's tables, joined as of the request.
     lake_rows = spark.createDataFrame(
         [e.model_dump() for e in engagements],
-        lake.spark_schema(lake.table_schema("engagements")),
+        spark_io.spark_schema(lake.table_schema("engagements")),
     )
     tables = {
         "tweet_realtime": features.tweet_realtime(lake_rows, day, requested.date()),
@@ -454,7 +455,9 @@ def test_pair_quiet_for_longer_than_its_window_reads_the_same_in_training_and_on
         ), view
         assert all(r[names[0]] is not None for r in rows[view][:-1]), view
         assert all(r[n] is None for n in names for r in rows[view][-1:]), view
-        lake.write_date_partitions(frame, cfg.paths.features, view, lake.days_between(day, last))
+        spark_io.write_date_partitions(
+            frame, cfg.paths.features, view, lake.days_between(day, last)
+        )
 
     apply_repo(cfg)
     store = feature_store(cfg)

@@ -8,14 +8,14 @@ import math
 
 import pyarrow.parquet as pq
 import pytest
+from leak_checks import check_no_leaks, find_leaks
 from pipeline_helpers import EDGE_SERVED_AT, END, START, read_rows
+from reference_joins import reference_training_examples
 
 from feedrank.config import HEADS
 from feedrank.errors import FeedrankError
 from feedrank.feature_spec import KEEP_PROB_COLUMN, VIEWS, training_columns
-from jobs import lake
-from jobs.leaks import check_no_leaks, find_leaks
-from jobs.reference import reference_training_examples
+from jobs import spark_io
 from jobs.training_data import JOIN_ORDER, asof_join, source_ts_column
 
 # Spark on a shared 2-core machine: the session-wide pipeline build needs headroom.
@@ -125,7 +125,7 @@ def test_leak_check_catches_a_same_day_snapshot_join(spark, pipeline_run):
 
     cfg = pipeline_run.settings
     audit = spark.read.parquet(str(pipeline_run.run_dir / "audit"))
-    imps = lake.read_lake(spark, cfg.paths.lake, "impressions", START, END).select(
+    imps = spark_io.read_lake(spark, cfg.paths.lake, "impressions", START, END).select(
         "request_id", "tweet_id", "user_id"
     )
     daily = spark.read.parquet(str(cfg.paths.features / "user_engagement_daily"))

@@ -13,12 +13,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import synthetic_lake
 from pipeline_helpers import END, START, settings_at
 
+from feedrank import lake
 from feedrank.errors import FeedrankError
 from feedrank.exporter import read_outcomes
 from feedrank.feature_spec import VIEWS
-from jobs import lake, synthetic, validate
+from jobs import validate
 from jobs.validate import check_partition, gate, live_rows, psi, validate_date, view_ranges
 
 DAY0 = dt.date(2026, 11, 1)
@@ -26,7 +28,7 @@ CHECKED = DAY0 + dt.timedelta(days=2)
 
 
 def _world(seed: int) -> dict[str, list[dict]]:
-    return synthetic.generate_world(DAY0, 3, users=80, seed=seed, candidates=6)
+    return synthetic_lake.generate_world(DAY0, 3, users=80, seed=seed, candidates=6)
 
 
 def _on_day(rows: list[dict], column: str, day: dt.date) -> list[dict]:
@@ -67,7 +69,7 @@ def _write(settings, world, drop_column: tuple[str, str] | None = None) -> None:
     broken = [r for r in world["impressions"] if r["position"] is None]
     if broken:  # the contract writer refuses nulls in a required column: bypass it
         world = {**world, "impressions": [r for r in world["impressions"] if r not in broken]}
-    synthetic.write_world(settings.paths.lake, world)
+    synthetic_lake.write_world(settings.paths.lake, world)
     if broken:
         path = lake.partition_dir(settings.paths.lake, "impressions", CHECKED) / (
             "part-00000.parquet"
@@ -140,14 +142,14 @@ def test_stream_tombstones_are_not_nulls_but_a_null_beside_a_count_is(settings):
             }
             for i, (n30, n60) in enumerate(counters)
         ]
-        return pa.Table.from_pylist(rows, schema=lake.view_schema(view))
+        return pa.Table.from_pylist(rows, schema=lake.feature_table_schema(view))
 
     def null_findings(counters: list[tuple[int | None, int | None]]) -> list[str]:
         report = check_partition(
             view,
             table(counters),
             None,
-            lake.view_schema(view),
+            lake.feature_table_schema(view),
             settings.monitoring,
             view_ranges(view),
             enforce_drift=False,
@@ -236,7 +238,7 @@ def test_cli_bad_dates_exit_nonzero_with_one_line(monkeypatch, capsys, args):
 def _feature_row(view: str, day: dt.date) -> pa.Table:
     """One plausible row of ``view``'s snapshot of ``day`` (valid from the next midnight)."""
     valid_from = lake.midnight(day + dt.timedelta(days=1))
-    schema = lake.view_schema(view)
+    schema = lake.feature_table_schema(view)
     row = {
         f.name: valid_from
         if pa.types.is_timestamp(f.type)
@@ -314,7 +316,7 @@ def test_a_nullable_column_is_judged_against_the_day_before_only():
     """A rate is null where it has no denominator yet: on a table's first day there is no
     baseline for that share, from the second day on it may not grow by more than the limit."""
     view = "user_engagement_daily"
-    schema = lake.view_schema(view)
+    schema = lake.feature_table_schema(view)
     rate = "user_like_rate_1d"
     assert rate not in validate.required_columns(view, schema)
 

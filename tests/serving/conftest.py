@@ -51,7 +51,7 @@ def feast_world(serve_settings: Settings) -> Settings:
     """A real Feast store (this profile's online store) materialized from synthetic tables."""
     import datetime as dt
 
-    from feedrank.featurestore import build_synthetic_store
+    from feedrank.synthetic_features import build_synthetic_store
 
     build_synthetic_store(
         serve_settings,

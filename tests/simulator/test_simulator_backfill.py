@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from feedrank.config import HEADS, Settings
+from feedrank.lake import read_lake_table
 from feedrank.schemas import EVENT_TIME, LAKE_TABLES, table_schema
-from feedrank.simulator.backfill import read_lake_table, simulate_backfill
+from feedrank.simulator.backfill import simulate_backfill
 from feedrank.simulator.engagement import HEAD_RATE_RANGES
 
 SMALL = {"days": 2, "users": 200, "candidates": 40}

@@ -1,11 +1,11 @@
-"""feedrank.metrics: RCE and the per-head metric set."""
+"""feedrank.offline_metrics: RCE and the per-head metric set."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from feedrank.metrics import head_metrics, rce
+from feedrank.offline_metrics import head_metrics, rce
 
 
 @pytest.mark.unit

@@ -10,8 +10,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from feedrank.config import HEADS, Settings, SimulatorConfig
+from feedrank.lake import read_lake_table
 from feedrank.schemas import DEVICES
-from feedrank.simulator.backfill import read_lake_table, simulate_backfill
+from feedrank.simulator.backfill import simulate_backfill
 from feedrank.simulator.engagement import LATENT_INPUTS, draw_engagements, head_probabilities
 from feedrank.simulator.oracle import oracle_labels, oracle_metrics
 from feedrank.simulator.world import World

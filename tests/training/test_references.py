@@ -9,8 +9,9 @@ import pytest
 from scipy.special import expit, logit
 
 from feedrank.config import HEADS, Settings, SimulatorConfig
-from feedrank.metrics import head_metrics
-from feedrank.simulator.backfill import read_lake_table, simulate_backfill
+from feedrank.lake import read_lake_table
+from feedrank.offline_metrics import head_metrics
+from feedrank.simulator.backfill import simulate_backfill
 from feedrank.simulator.oracle import oracle_labels
 from feedrank.simulator.references import (
     ReferenceRows,

@@ -1,5 +1,7 @@
 """``feedrank bench serving``: end-to-end serving latency on the real broker.
 
+Long because: three measurements (end to end, naive path, model floor) on the same requests.
+
 One run measures, on the same requests:
 
 * **end to end** — a ``feedrank serve`` process (its own consumer group, started at the end
@@ -34,9 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from feedrank.config import HEADS, PathsConfig, Settings
+from feedrank.config import HEADS, PathsConfig, Settings, Topics
 from feedrank.errors import FeedrankError
 from feedrank.schemas import DEVICES, DeadLetter, FeedRequest, decode_record, encode
+from feedrank.stats import percentile
 
 SYNTHETIC_USERS, SYNTHETIC_TWEETS = 2_000, 20_000
 SYNTHETIC_START = dt.date(2026, 11, 1)
@@ -120,7 +123,7 @@ def prepare_world(settings: Settings) -> tuple[Settings, str, np.ndarray, np.nda
     champion = champion_version(settings)
     if champion is not None and len(users) and len(tweets):
         return settings, "demo", users, tweets
-    from feedrank.featurestore import build_synthetic_store
+    from feedrank.synthetic_features import build_synthetic_store
 
     home = settings.paths.home / "bench" / "serving"
     world = settings.model_copy(update={"paths": PathsConfig(home=home)})
@@ -158,8 +161,8 @@ def _group_at_end(settings: Settings, group_id: str) -> None:
     )
     try:
         parts = [
-            TopicPartition("feed_requests", p)
-            for p in consumer.partitions_for_topic("feed_requests")
+            TopicPartition(Topics.FEED_REQUESTS, p)
+            for p in consumer.partitions_for_topic(Topics.FEED_REQUESTS)
         ]
         consumer.assign(parts)
         consumer.commit(
@@ -178,7 +181,8 @@ def _feeds_consumer(settings: Settings) -> Any:
         fetch_max_wait_ms=20,
     )
     parts = [
-        TopicPartition("ranked_feeds", p) for p in consumer.partitions_for_topic("ranked_feeds")
+        TopicPartition(Topics.RANKED_FEEDS, p)
+        for p in consumer.partitions_for_topic(Topics.RANKED_FEEDS)
     ]
     consumer.assign(parts)
     for tp, offset in consumer.end_offsets(parts).items():
@@ -233,10 +237,6 @@ def _scrape_heavy(world: Settings, servers: int) -> dict[str, float]:
                 if sample.name in totals:
                     totals[sample.name] += sample.value
     return totals
-
-
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
 def _requests(
@@ -396,7 +396,7 @@ def run_bench(
     last = max((a["received"] for a in answered), default=first_sent)
     degraded = sum(a["feed"].degraded for a in answered)
     stage_ms = {
-        stage: _percentile(
+        stage: percentile(
             [a["feed"].timings_ms[stage] for a in answered if stage in a["feed"].timings_ms],
             50,
         )
@@ -413,8 +413,8 @@ def run_bench(
         "answered": len(answered),
         "unanswered": len(sent) - len(answered),
         "ranked_feeds_dead_lettered": len(dead_lettered),
-        "p50_ms": _percentile(latencies_ms, 50),
-        "p99_ms": _percentile(latencies_ms, 99),
+        "p50_ms": percentile(latencies_ms, 50),
+        "p99_ms": percentile(latencies_ms, 99),
         "max_ms": max(latencies_ms, default=float("nan")),
         "throughput_rps": len(answered) / max(last - first_sent, 1e-9),
         "deadline_misses": sum(a["feed"].deadline_missed for a in answered),
@@ -422,9 +422,9 @@ def run_bench(
         "degraded_count": degraded,
         "budget_ms": world.serving.budget_ms,
         "server_stage_p50_ms": stage_ms,
-        "requested_to_served_p50_ms": _percentile(server_ms, 50),
-        "requested_to_served_p99_ms": _percentile(server_ms, 99),
-        "served_to_consumed_p50_ms": _percentile(delivery_ms, 50),
+        "requested_to_served_p50_ms": percentile(server_ms, 50),
+        "requested_to_served_p99_ms": percentile(server_ms, 99),
+        "served_to_consumed_p50_ms": percentile(delivery_ms, 50),
         # From the servers' /metrics over the measured load: candidates the heavy ranker
         # scored per heavy-ranked request, and requests pruned below the cap for aim_ms.
         "heavy_rows_mean": heavy["feedrank_serving_heavy_rows_sum"]
@@ -468,10 +468,10 @@ def _offline_paths(world: Settings, sample: list[tuple[int, list[int], str]]) ->
         model.predict_heads(ready)
         floor_ms.append((time.perf_counter() - started) * 1e3)
     return {
-        "naive_p50_ms": _percentile(naive_ms, 50),
+        "naive_p50_ms": percentile(naive_ms, 50),
         "naive_requests": len(naive_ms),
-        "fast_hydrate_p50_ms": _percentile(fast_ms, 50),
-        "model_floor_p50_ms": _percentile(floor_ms, 50),
+        "fast_hydrate_p50_ms": percentile(fast_ms, 50),
+        "model_floor_p50_ms": percentile(floor_ms, 50),
         "model_version": model.version,
         "model_trees_per_head": int(model.boosters[HEADS[0]].num_boosted_rounds()),
     }

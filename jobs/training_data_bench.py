@@ -25,9 +25,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from feedrank import lake, publish
 from feedrank.config import Settings
 from feedrank.feature_spec import VIEWS
-from jobs import lake
+from jobs import spark_io
 
 log = logging.getLogger("feedrank.bench")
 
@@ -39,7 +40,7 @@ STEP_S = 300
 def _features_table(
     view_name: str, keys: np.ndarray, times_us: np.ndarray, rng: np.random.Generator
 ) -> pa.Table:
-    schema = lake.view_schema(view_name)
+    schema = lake.feature_table_schema(view_name)
     ts = pa.array(times_us, pa.timestamp("us", tz="UTC"))
     columns = {
         schema.names[0]: pa.array(keys, pa.int64()),
@@ -105,7 +106,7 @@ def time_spark(spark, home: Path) -> float:
     imps = spark.read.parquet(str(home / "impressions"))
     out = imps
     for name in BENCH_VIEWS:
-        feats = lake.read_view(spark, home / "features", name, None, None)
+        feats = spark_io.read_view(spark, home / "features", name, None, None)
         out = out.join(
             asof_lookup(imps, feats, VIEWS[name], id_columns=("row_id",)), "row_id", "left"
         )
@@ -123,7 +124,7 @@ def time_duckdb(home: Path) -> float:
     selects, joins = [], []
     for alias, name in zip(("u", "t"), BENCH_VIEWS, strict=True):
         view = VIEWS[name]
-        key = lake.view_schema(name).names[0]
+        key = lake.feature_table_schema(name).names[0]
         path = str(home / "features" / name / "*" / "*.parquet")
         joins.append(
             f"ASOF LEFT JOIN read_parquet('{path}') {alias} "
@@ -192,7 +193,7 @@ def bench_training_data(
         "cores": spark.sparkContext.defaultParallelism,
     }
     if json_path:
-        lake.write_json(Path(json_path), result)
+        publish.write_json(Path(json_path), result)
     shutil.rmtree(home, ignore_errors=True)
     return result
 

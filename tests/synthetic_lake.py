@@ -1,4 +1,4 @@
-"""Small, coherent lake worlds generated from the event schemas (for tests and benchmarks).
+"""Small, coherent lake worlds generated from the event schemas (test support).
 
 Every table is built as rows of its pydantic model's fields and written with
 :func:`feedrank.schemas.table_schema`, so the fixtures cannot drift from the contract. The

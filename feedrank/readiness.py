@@ -1,0 +1,73 @@
+"""Is a service answering? The probes clients run before connecting, and service control
+runs after starting one (below service control, so jobs and the simulator may use them)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from feedrank.config import Settings, get_settings
+
+log = logging.getLogger("feedrank.services")
+
+
+def kafka_ready(settings: Settings | None = None, timeout_s: float = 0.0) -> bool:
+    """True once a kafka-python metadata request to the configured broker succeeds.
+
+    Args:
+        settings: resolved settings (``kafka.bootstrap_servers``).
+        timeout_s: keep retrying this long; 0 means a single attempt.
+    """
+    from kafka import KafkaAdminClient
+
+    settings = settings or get_settings()
+    deadline = time.monotonic() + timeout_s
+    # kafka-python logs every refused connection at ERROR; while waiting that is expected.
+    kafka_logger = logging.getLogger("kafka")
+    level = kafka_logger.level
+    kafka_logger.setLevel(logging.CRITICAL)
+    try:
+        while True:
+            remaining_ms = max(int((deadline - time.monotonic()) * 1000), 0)
+            try:
+                admin = KafkaAdminClient(
+                    bootstrap_servers=settings.kafka.bootstrap_servers,
+                    client_id="feedrank-ready",
+                    api_version_auto_timeout_ms=max(min(remaining_ms, 3000), 1000),
+                    request_timeout_ms=5000,
+                )
+                try:
+                    admin.list_topics()
+                    return True
+                finally:
+                    admin.close()
+            except Exception as exc:  # any failure means "not ready yet"
+                log.debug("kafka not ready: %s", exc)
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.25)
+    finally:
+        kafka_logger.setLevel(level)
+
+
+def redis_ready(settings: Settings | None = None, timeout_s: float = 0.0) -> bool:
+    """True once the configured redis-server answers PING."""
+    import redis
+
+    settings = settings or get_settings()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client = redis.Redis(
+                host=settings.redis.host, port=settings.redis.port, socket_timeout=2
+            )
+            try:
+                if client.ping():
+                    return True
+            finally:
+                client.close()
+        except redis.RedisError as exc:
+            log.debug("redis not ready: %s", exc)
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
