@@ -18,7 +18,6 @@ from typer._click import exceptions as click_exceptions  # typer vendors click
 
 from feedrank.errors import ConfigError, FeedrankError
 
-
 # The log of failures nobody planned for, under the run folder's logs/.
 ERROR_LOG = "feedrank-errors.log"
 

@@ -30,8 +30,8 @@ from typing import Any
 import typer
 import yaml
 
-from feedrank.config import PROJECT_ROOT, Settings, get_settings
 from feedrank.cli_runner import run_cli
+from feedrank.config import PROJECT_ROOT, Settings, get_settings
 from feedrank.errors import FeedrankError
 
 log = logging.getLogger(__name__)

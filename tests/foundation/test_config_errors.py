@@ -11,8 +11,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from feedrank.config import Settings
 from feedrank.cli_runner import validation_lines
+from feedrank.config import Settings
 
 FEEDRANK = str(Path(sys.executable).parent / "feedrank")
 
