@@ -14,11 +14,9 @@ Its own module so the service control of ``feedrank.services`` stays as it is; t
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,6 +31,7 @@ import yaml
 from feedrank.cli_runner import run_cli
 from feedrank.config import PROJECT_ROOT, Settings, get_settings
 from feedrank.errors import FeedrankError
+from feedrank.services.process import owned_pid, spawn, terminate
 
 log = logging.getLogger(__name__)
 
@@ -104,26 +103,6 @@ def write_config(settings: Settings) -> Path:
     return path
 
 
-def _pid_file(settings: Settings, name: str) -> Path:
-    return settings.paths.pids / f"{name}.pid"
-
-
-def _owned_pid(settings: Settings, name: str, marker: str) -> int | None:
-    """The recorded pid of ``name`` if it still runs with ``marker`` in its command line."""
-    path = _pid_file(settings, name)
-    try:
-        pid = int(path.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, ValueError):
-        path.unlink(missing_ok=True)
-        return None
-    if marker in cmdline and state != "Z":
-        return pid
-    path.unlink(missing_ok=True)
-    return None
-
-
 def _markers(settings: Settings) -> dict[str, str]:
     return {PROMETHEUS: str(config_path(settings)), BATCH_METRICS: "batch-metrics"}
 
@@ -144,35 +123,19 @@ def ready(settings: Settings | None = None, timeout_s: float = 0.0) -> bool:
         time.sleep(0.25)
 
 
-def _spawn(settings: Settings, name: str, argv: list[str]) -> int:
-    settings.paths.logs.mkdir(parents=True, exist_ok=True)
-    settings.paths.pids.mkdir(parents=True, exist_ok=True)
-    with (settings.paths.logs / f"{name}.log").open("ab") as sink:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=settings.paths.home,
-        )
-    _pid_file(settings, name).write_text(f"{proc.pid}\n")
-    return proc.pid
-
-
 def up(settings: Settings | None = None, batch_metrics: bool = True) -> bool:
     """Start Prometheus (and ``feedrank batch-metrics``) unless running; True if started."""
     settings = settings or get_settings()
     markers = _markers(settings)
     started = False
-    if batch_metrics and _owned_pid(settings, BATCH_METRICS, markers[BATCH_METRICS]) is None:
-        _spawn(
+    if batch_metrics and owned_pid(settings, BATCH_METRICS, markers[BATCH_METRICS]) is None:
+        spawn(
             settings,
             BATCH_METRICS,
             [sys.executable, "-m", "feedrank.cli", "batch-metrics"],
         )
         started = True
-    if _owned_pid(settings, PROMETHEUS, markers[PROMETHEUS]) is None:
+    if owned_pid(settings, PROMETHEUS, markers[PROMETHEUS]) is None:
         if ready(settings):
             raise FeedrankError(
                 f"port {settings.observability.prometheus_port} answers as a Prometheus not "
@@ -189,7 +152,7 @@ def up(settings: Settings | None = None, batch_metrics: bool = True) -> bool:
             "--storage.tsdb.retention.time=15d",
         ]
         print(f"[prometheus] starting on {url(settings)}", file=sys.stderr)
-        _spawn(settings, PROMETHEUS, argv)
+        spawn(settings, PROMETHEUS, argv)
         started = True
     if not ready(settings, READY_TIMEOUT_S):
         tail = (settings.paths.logs / "prometheus.log").read_text(errors="replace")[-2000:]
@@ -202,21 +165,10 @@ def down(settings: Settings | None = None) -> bool:
     settings = settings or get_settings()
     stopped = False
     for name, marker in _markers(settings).items():
-        pid = _owned_pid(settings, name, marker)
+        pid = owned_pid(settings, name, marker)
         if pid is None:
             continue
-        print(f"[prometheus] stopping {name} (pid {pid})", file=sys.stderr)
-        for sig, wait_s in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, sig)
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline and _owned_pid(settings, name, marker):
-                time.sleep(0.1)
-            if _owned_pid(settings, name, marker) is None:
-                break
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        _pid_file(settings, name).unlink(missing_ok=True)
+        terminate(settings, name, pid, timeout_s=30.0)
         stopped = True
     return stopped
 
@@ -234,12 +186,12 @@ def status(settings: Settings | None = None) -> dict[str, dict[str, object]]:
         batch_ready = False
     return {
         PROMETHEUS: {
-            "pid": _owned_pid(settings, PROMETHEUS, markers[PROMETHEUS]),
+            "pid": owned_pid(settings, PROMETHEUS, markers[PROMETHEUS]),
             "ready": ready(settings),
             "endpoint": url(settings),
         },
         BATCH_METRICS: {
-            "pid": _owned_pid(settings, BATCH_METRICS, markers[BATCH_METRICS]),
+            "pid": owned_pid(settings, BATCH_METRICS, markers[BATCH_METRICS]),
             "ready": batch_ready,
             "endpoint": batch_url,
         },
