@@ -352,9 +352,9 @@ def run_stream_features(
         add_partitions(topic_partitions(), at_end_if_new=new_group_from_latest)
         next_partition_check = time.monotonic() + partition_check_s
         if progress:
-            from tqdm import tqdm
+            from feedrank.logs import progress_bar
 
-            bar = tqdm(desc="engagements", unit="msg", total=max_messages)
+            bar = progress_bar(desc="engagements", unit="msg", total=max_messages)
         last_message = time.monotonic()
         while (max_messages is None or stats.consumed < max_messages) and not (
             stop is not None and stop.is_set()

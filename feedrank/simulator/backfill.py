@@ -29,14 +29,14 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
 from feedrank.config import HEADS, Settings, SimulatorConfig
 from feedrank.lake import write_partitioned
+from feedrank.logs import progress_bar
 from feedrank.schemas import DEVICES, EVENT_TIME, LAKE_TABLES, table_schema
 from feedrank.simulator.engagement import draw_delays_s, draw_engagements, head_probabilities
 from feedrank.simulator.world import (
@@ -45,6 +45,9 @@ from feedrank.simulator.world import (
     World,
     stage_rng,
 )
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = logging.getLogger("feedrank.simulator.backfill")
 
@@ -359,7 +362,7 @@ def simulate_backfill(
     # engagements belong to the first written day's partition.
     first_served = max(first_written - 1, 1)
     total_h = (cfg.days + 1 - first_served) * 24
-    with tqdm(total=total_h, desc="simulate", unit="h", disable=not progress) as bar:
+    with progress_bar(total=total_h, desc="simulate", unit="h", enabled=progress) as bar:
         for day in range(1, cfg.days + 1):
             if day == first_served and first_written > 1:
                 tables = _Tables()  # what came before is state only, already in the lake

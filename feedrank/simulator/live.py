@@ -374,7 +374,7 @@ def run_live(
     Returns:
         Counts of what was produced and consumed; ``request_ids`` lists this run's requests.
     """
-    from tqdm import tqdm
+    from feedrank.logs import progress_bar
 
     if rate_rps <= 0 or duration_s <= 0 or drain_s < 0:
         raise ValueError("rate_rps and duration_s must be > 0 and drain_s >= 0")
@@ -396,8 +396,8 @@ def run_live(
             sim.warm_up(sim.now_us())
         start = time.monotonic()
         sent_requests, tweet_budget, follow_budget = 0, 0.0, 0.0
-        with tqdm(
-            total=round(duration_s, 1), desc="simulate --live", unit="s", disable=not progress
+        with progress_bar(
+            total=round(duration_s, 1), desc="simulate --live", unit="s", enabled=progress
         ) as bar:
             while (elapsed := time.monotonic() - start) < duration_s:
                 now_us = sim.now_us()

@@ -66,3 +66,16 @@ def test_bad_arguments_exit_non_zero_with_one_line(
     assert done.returncode == code
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
+
+
+@pytest.mark.unit
+def test_progress_into_a_log_is_plain_lines(tmp_path: Path) -> None:
+    """Not on a terminal (a log file, a pipe), the progress bar writes a few whole lines with
+    its final state instead of thousands of carriage-return redraws."""
+    done = _run(
+        "simulate", "--days", "2", "--users", "40", "--candidates", "20", "--out", str(tmp_path)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr
+    bars = [line for line in done.stderr.splitlines() if line.startswith("simulate:")]
+    assert bars and "100%" in bars[-1] and len(bars) <= 5, done.stderr
