@@ -72,10 +72,19 @@ def test_bad_arguments_exit_non_zero_with_one_line(
 def test_progress_into_a_log_is_plain_lines(tmp_path: Path) -> None:
     """Not on a terminal (a log file, a pipe), the progress bar writes a few whole lines with
     its final state instead of thousands of carriage-return redraws."""
-    done = _run(
-        "simulate", "--days", "2", "--users", "40", "--candidates", "20", "--out", str(tmp_path)
+    done = subprocess.run(
+        [
+            *FEEDRANK,
+            "simulate",
+            *("--days", "2", "--users", "40", "--candidates", "20"),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,  # bytes: text mode would turn every carriage return into \n
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "\r" not in done.stderr
-    bars = [line for line in done.stderr.splitlines() if line.startswith("simulate:")]
+    assert b"\r" not in done.stderr
+    bars = [line for line in done.stderr.decode().splitlines() if line.startswith("simulate:")]
     assert bars and "100%" in bars[-1] and len(bars) <= 5, done.stderr
