@@ -426,12 +426,21 @@ def closed_loop(
     return feeds, stats.as_dict()
 
 
+def latency_samples(feeds: list) -> dict[str, list[float]]:
+    """Per arm, each served feed's end-to-end latency (requested → served) in ms."""
+    out: dict[str, list[float]] = {}
+    for f in feeds:
+        out.setdefault(f.arm, []).append((f.served_at - f.requested_at).total_seconds() * 1e3)
+    return out
+
+
 def latency_table(feeds: list) -> dict:
     """End-to-end answer latency (requested → served) per arm, misses and degraded share."""
     out: dict = {}
-    for arm in sorted({f.arm for f in feeds}):
+    samples = latency_samples(feeds)
+    for arm in sorted(samples):
         arm_feeds = [f for f in feeds if f.arm == arm]
-        ms = np.array([(f.served_at - f.requested_at).total_seconds() * 1e3 for f in arm_feeds])
+        ms = np.array(samples[arm])
         out[arm] = {
             "feeds": len(arm_feeds),
             "p50_ms": percentile(ms, 50),
@@ -605,7 +614,17 @@ def run_demo(
     out = settings.paths.reports / "demo.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=str))
-    console.print(f"report: {settings.paths.reports / version / 'report.md'}")
+    from feedrank.demo_report import write_report_html
+
+    page = write_report_html(
+        settings.paths.reports / "report.html",
+        summary,
+        metrics,
+        latency_samples(feeds),
+        settings.serving.budget_ms,
+        settings.paths.reports / version / "calibration.png",
+    )
+    console.print(f"report: {page} (offline: {settings.paths.reports / version / 'report.md'})")
     console.print(f"summary: {out}; logs: {settings.paths.logs}")
     console.print(f"demo finished in {summary['seconds']:.0f} s")
     return summary

@@ -62,6 +62,7 @@ LAYER_OF_PREFIX: dict[str, str] = {
     "feedrank.airflow_pools": "entry points",
     "feedrank.prometheus": "entry points",
     "feedrank.demo": "entry points",
+    "feedrank.demo_report": "entry points",
     "feedrank.services": "entry points",
 }
 # A module whose name has one of these parts (or ends a part in ``_cli`` / ``_bench``) is an
