@@ -14,7 +14,8 @@ from feedrank.config import HEADS
 from feedrank.errors import FeedrankError
 from feedrank.feature_spec import model_features
 from jobs import spark_io
-from jobs.monitor import auc_report, feature_matrix, labelled_served, registry_predictor
+from jobs.monitor import registry_predictor
+from jobs.monitor_auc import auc_report, labelled_served, logged_feature_matrix
 
 WIDTH = len(model_features())
 
@@ -79,8 +80,8 @@ def test_too_few_labels_are_reported_not_judged():
 
 
 @pytest.mark.unit
-def test_feature_matrix_turns_missing_into_nan():
-    X = feature_matrix(pd.Series([_vector(2.0)]))
+def test_logged_feature_matrix_turns_missing_into_nan():
+    X = logged_feature_matrix(pd.Series([_vector(2.0)]))
     assert X.shape == (1, WIDTH) and X[0, 0] == 2.0 and np.isnan(X[0, 1:]).all()
 
 
@@ -133,7 +134,7 @@ def test_live_auc_of_a_registered_model_on_landed_engagements(
     assert labelled["label_reply"].tolist() == [1, 0, 0, 0]
 
     predict = registry_predictor(monitor_settings)
-    probabilities = predict(MODEL_VERSION, feature_matrix(labelled["features"]))
+    probabilities = predict(MODEL_VERSION, logged_feature_matrix(labelled["features"]))
     assert np.all(np.diff(probabilities["like"]) > 0)  # strictly rising with the level
 
     report = auc_report(labelled, predict, min_auc=0.6, min_per_class=1)
@@ -150,7 +151,7 @@ def test_impressions_whose_labels_are_still_landing_are_not_judged(spark, tmp_pa
     """Monitoring day D right after midnight: engagements have landed until 23:45, so an
     impression served at 23:30 (window 1 h) may still get its like; it is left out, not
     counted as a negative. One served at 12:00 is judged."""
-    from jobs.monitor import label_horizon
+    from jobs.monitor_auc import label_horizon
 
     window = 3600
     noon = dt.datetime(2026, 11, 2, 12, tzinfo=dt.UTC)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from feedrank.feature_spec import model_features
-from jobs.monitor import DRIFT_EXEMPT, drift_report
+from jobs.monitor_drift import DRIFT_EXEMPT, drift_report
 
 
 def _frame(seed: int, n: int = 2_000) -> pd.DataFrame:
@@ -80,7 +80,7 @@ def test_training_sample_undoes_negative_downsampling(spark, tmp_path):
     manifest = {"negative_keep_rate": rate, "rows": {"train": n, "validation": 0}}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
 
-    from jobs.monitor import training_sample
+    from jobs.monitor_drift import training_sample
 
     sample = training_sample(spark, tmp_path)
     # Exactly the rows the job would have kept had every row been a negative.

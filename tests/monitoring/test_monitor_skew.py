@@ -8,7 +8,12 @@ from monitor_names import DAY, MonitorWorld
 
 from feedrank.feature_spec import model_features
 from jobs import spark_io
-from jobs.monitor import REQUEST_FEATURES, compare_served, offline_features, served_with_features
+from jobs.monitor_skew import (
+    REQUEST_FEATURES,
+    compare_served,
+    offline_features,
+    served_with_features,
+)
 from jobs.training_data import MODEL_VIEWS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
