@@ -129,7 +129,8 @@ def _publish(tmp: Path, root: Path, batch_id: int) -> int:
 def write_batch(
     decoded: DataFrame, batch_id: int, settings: Settings, topics: Iterable[str], landed_on: dt.date
 ) -> dict[str, int]:
-    """Write one micro-batch: each topic's table partitions and the quarantine."""
+    """Write one micro-batch: each topic's table partitions and the quarantine; returns the
+    number of Parquet files published per table (records: :func:`_batch_rows`)."""
     decoded = decoded.cache()
     counts = {}
     try:
@@ -200,10 +201,10 @@ def land(
     totals = {t: {"rows": 0, "quarantined": 0} for t in topics}
 
     def each_batch(batch: DataFrame, batch_id: int) -> None:
-        counts = write_batch(decode_records(batch), batch_id, settings, topics, landed_on)
-        log.info("landing batch %d: %s", batch_id, counts)
-        for name in counts:  # counts are files; the metrics count records
-            rows = _batch_rows(settings.paths.lake / name, batch_id)
+        files = write_batch(decode_records(batch), batch_id, settings, topics, landed_on)
+        records = {name: _batch_rows(settings.paths.lake / name, batch_id) for name in files}
+        log.info("landing batch %d: records %s (files %s)", batch_id, records, files)
+        for name, rows in records.items():
             quarantined = name.startswith(f"{QUARANTINE}/")
             record_outcome(
                 settings,
