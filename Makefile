@@ -30,7 +30,9 @@ help: ## List the targets
 # The stamp is newer than the lock file once `uv sync` has installed exactly that lock.
 .venv/.feedrank-synced: uv.lock pyproject.toml | $(UV_DEP)
 	@echo "[setup] installing the locked dependencies into .venv (uv sync --frozen)"
-	$(UV) sync --frozen
+	@# Bytecode at install time: with PYTHONDONTWRITEBYTECODE set (as on these machines) every
+	@# process would otherwise recompile pyspark, feast, airflow, ... on each start (twice the CPU).
+	$(UV) sync --frozen --compile-bytecode
 	@touch $@
 
 # helm, built from the Go module proxy (the only place it is served here), once per checkout.

@@ -53,13 +53,20 @@ def kafka_ready(settings: Settings | None = None, timeout_s: float = 0.0) -> boo
 def redis_ready(settings: Settings | None = None, timeout_s: float = 0.0) -> bool:
     """True once the configured redis-server answers PING."""
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     settings = settings or get_settings()
     deadline = time.monotonic() + timeout_s
     while True:
         try:
+            # One attempt per round: redis-py's default retries with backoff would make a
+            # stopped server cost seconds (``feedrank.services status`` waited 5 s on it).
             client = redis.Redis(
-                host=settings.redis.host, port=settings.redis.port, socket_timeout=2
+                host=settings.redis.host,
+                port=settings.redis.port,
+                socket_timeout=2,
+                retry=Retry(NoBackoff(), 0),
             )
             try:
                 if client.ping():
