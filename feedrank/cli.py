@@ -12,6 +12,7 @@ import importlib.metadata
 
 import typer
 
+from feedrank.capacity_bench import register as register_capacity
 from feedrank.cli_runner import run_cli
 from feedrank.config import dump_settings, get_settings
 from feedrank.demo import register as register_demo
@@ -50,6 +51,7 @@ COMMAND_REGISTRARS = (
     register_monitor,
     register_quality_curve,
     register_exporter,
+    register_capacity,
 )
 
 
