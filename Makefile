@@ -46,7 +46,7 @@ setup: .venv/.feedrank-synced ## venv + locked deps, Kafka/Spark jars, Airflow D
 	@$(PY) -m feedrank.services setup
 	@$(PY) -m feedrank.prometheus install
 
-up: setup ## Start Kafka (+ Redis for redis/cluster, + Spark cluster for cluster)
+up: setup ## Start Kafka (+ Redis for redis/cluster; cluster: 3 brokers, Spark cluster, 2 serve)
 	@$(PY) -m feedrank.services up
 
 down: ## Stop every service started from the run folder (var/ unless FEEDRANK_PATHS__HOME)

@@ -211,7 +211,7 @@ class _ServingLoop:
         self.producer = KafkaProducer(
             bootstrap_servers=bootstrap,
             client_id=f"{client_id}-out",
-            acks="all",
+            **settings.kafka.producer_options(),
             # A feed's two outputs (the feed, its impressions message) go out at once: waiting
             # for more records would only delay the answer.
             linger_ms=0,

@@ -280,7 +280,11 @@ def run_bench(
     planned = _requests(users, tweets, candidates, n, seed=5)
     log_path = world.paths.logs / "bench-serving.out"
     feeds = _feeds_consumer(world)
-    producer = KafkaProducer(bootstrap_servers=world.kafka.bootstrap_servers, linger_ms=0)
+    producer = KafkaProducer(
+        bootstrap_servers=world.kafka.bootstrap_servers,
+        linger_ms=0,
+        **world.kafka.producer_options(),
+    )
     procs = [_start_server(world, group_id, log_path, i) for i in range(servers)]
     results: dict[str, dict[str, Any]] = {}
     dead_lettered: list[DeadLetter] = []
