@@ -20,7 +20,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from feedrank.config import Settings
 from feedrank.errors import FeedrankError
@@ -155,9 +155,33 @@ def _prepare_node(settings: Settings, node: BrokerNode) -> Path:
     return log4j
 
 
+def describe_topics(
+    admin: KafkaAdminClient, topics: list[str] | None = None, attempts: int = 20
+) -> list[dict[str, Any]]:
+    """``admin.describe_topics(topics)``, retried on a retriable error (the broker asked was
+    killed: the next attempt asks another) and while kafka-python cannot parse the answer.
+
+    kafka-python 2.3 decodes a metadata response's "authorized operations" bit field even
+    when a broker leaves it unset (INT_MIN), and raises ``ValueError: 31 is not a valid
+    ACLOperation``; seen here now and then while the brokers of a cluster start or a leader
+    moves. The next request gets a full answer.
+    """
+    from kafka.errors import KafkaError
+
+    for attempt in range(attempts):
+        try:
+            return admin.describe_topics(topics)
+        except (ValueError, KafkaError) as exc:
+            retriable = isinstance(exc, ValueError) or exc.retriable
+            if not retriable or attempt == attempts - 1:
+                raise
+            time.sleep(0.25)
+    raise AssertionError("unreachable")
+
+
 def topic_partition_counts(admin: KafkaAdminClient) -> dict[str, int]:
     """Partitions per topic in the cluster, as a ``KafkaAdminClient`` sees them."""
-    return {t["topic"]: len(t["partitions"]) for t in admin.describe_topics()}
+    return {t["topic"]: len(t["partitions"]) for t in describe_topics(admin)}
 
 
 def create_topics(admin: KafkaAdminClient, topics: list[NewTopic], timeout_s: float = 30.0) -> None:
@@ -208,7 +232,7 @@ def ensure_topics(settings: Settings | None = None) -> list[str]:
         bootstrap_servers=settings.kafka.bootstrap_servers, client_id="feedrank-topics"
     )
     try:
-        described = {t["topic"]: t["partitions"] for t in admin.describe_topics()}
+        described = {t["topic"]: t["partitions"] for t in describe_topics(admin)}
         existing = {name: len(parts) for name, parts in described.items()}
         missing = [
             NewTopic(
@@ -263,17 +287,44 @@ def _create_offsets_topic(admin: KafkaAdminClient, group_id: str, timeout_s: flo
     replicas: a lookup made while a broker is down would fail until it is back, so the first
     consumer group after a broker failure could not start.
     """
-    from kafka.errors import CoordinatorNotAvailableError
+    from kafka.errors import KafkaError
 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            admin.describe_consumer_groups([group_id])
+            # A coordinator lookup and an offset fetch (describe_consumer_groups would parse
+            # the authorized-operations field that describe_topics' docstring is about).
+            admin.list_consumer_group_offsets(group_id)
             return
-        except CoordinatorNotAvailableError:
-            if time.monotonic() >= deadline:
-                raise FeedrankError("__consumer_offsets not created in time") from None
+        except KafkaError as exc:  # coordinator not available, or still loading
+            if not exc.retriable or time.monotonic() >= deadline:
+                raise FeedrankError(f"__consumer_offsets not created: {exc}") from exc
             time.sleep(0.2)
+
+
+_REBIND_ATTEMPTS = 2
+_PORT_WAIT_S = 10.0
+
+
+def _wait_for_free_ports(settings: Settings, node: BrokerNode) -> None:
+    """:func:`require_free_ports`, waiting a little first: our ports lie in Linux's ephemeral
+    range (32768-60999), where a short-lived client socket may hold one for a moment."""
+    deadline = time.monotonic() + _PORT_WAIT_S
+    while True:
+        try:
+            require_free_ports(
+                f"Kafka {node.name}", settings.kafka.host, node.port, node.controller_port
+            )
+            return
+        except FeedrankError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _lost_its_port(log_file: Path) -> bool:
+    """Whether the node's last start ended on a port taken between our check and its bind."""
+    return "Address already in use" in log_tail(log_file, lines=200)
 
 
 def _start_node(settings: Settings, node: BrokerNode, log4j: Path) -> int:
@@ -327,9 +378,7 @@ def kafka_up(settings: Settings | None = None) -> bool:
         )
         started = time.monotonic()
         for node in down:
-            require_free_ports(
-                f"Kafka {node.name}", settings.kafka.host, node.port, node.controller_port
-            )
+            _wait_for_free_ports(settings, node)
         # Formatting costs a JVM start per node: all at once.
         with ThreadPoolExecutor(max_workers=len(down)) as pool:
             log4js = list(pool.map(lambda node: _prepare_node(settings, node), down))
@@ -337,15 +386,26 @@ def kafka_up(settings: Settings | None = None) -> bool:
         for node, log4j in zip(down, log4js, strict=True):
             pids[node.name] = _start_node(settings, node, log4j)
         deadline = started + timeout_s
+        rebinds = dict.fromkeys((n.name for n in down), _REBIND_ATTEMPTS)
         while not kafka_ready(settings, min(1.0, max(deadline - time.monotonic(), 0.0))):
-            for node in down:
-                if not is_running(pids[node.name]):
-                    pid_file(settings, node.name).unlink(missing_ok=True)
-                    raise FeedrankError(
-                        f"Kafka {node.name} exited during start-up; see "
-                        f"{settings.paths.logs / (node.name + '.log')}:\n"
-                        + log_tail(settings.paths.logs / f"{node.name}.out")
-                    )
+            for node, log4j in zip(down, log4js, strict=True):
+                if is_running(pids[node.name]):
+                    continue
+                pid_file(settings, node.name).unlink(missing_ok=True)
+                log_file = settings.paths.logs / f"{node.name}.log"
+                if rebinds[node.name] > 0 and _lost_its_port(log_file):
+                    # A client socket took the port between the check and the bind (see
+                    # _wait_for_free_ports); it is free again a moment later.
+                    rebinds[node.name] -= 1
+                    log.warning("%s lost its port to another socket; starting it again", node.name)
+                    time.sleep(1.0)
+                    pids[node.name] = _start_node(settings, node, log4j)
+                    continue
+                _stop_nodes(settings, {n.name: pids[n.name] for n in down if n is not node})
+                raise FeedrankError(
+                    f"Kafka {node.name} exited during start-up; see {log_file}:\n"
+                    + log_tail(settings.paths.logs / f"{node.name}.out")
+                )
             if time.monotonic() >= deadline:
                 _stop_nodes(settings, {n.name: pids[n.name] for n in down})
                 raise FeedrankError(
