@@ -1,5 +1,8 @@
 """The local Apache Kafka KRaft brokers: render their configs, start, stop, provision the topics.
 
+Long because: a quorum starts as one unit (every node before any wait, ports raced by client
+sockets, the offsets topic created while all run), and its topics are provisioned here too.
+
 One broker by default (a single-node dynamic quorum, run folder ``kafka/``); ``kafka.brokers``
 > 1 (the cluster profile) starts that many combined broker+controller nodes on loopback, a
 static quorum of all of them, each with its folder ``kafka/node-<id>/``, pid file
