@@ -66,12 +66,19 @@ def _busiest_partition_leader(settings: Settings) -> tuple[int, int]:
 
 class BrokerKill:
     """kill -9 the busiest partition's leader ``kill_after_s`` into the load; restart it
-    ``down_s`` later. Records when each step happened (wall clock)."""
+    ``down_s`` later. Records when each step happened (wall clock).
 
-    def __init__(self, settings: Settings, kill_after_s: float, down_s: float) -> None:
+    ``baseline``: the same load and the same times, nothing killed (the window is then
+    ``down_s`` long), to tell the fault's cost from the load's.
+    """
+
+    def __init__(
+        self, settings: Settings, kill_after_s: float, down_s: float, baseline: bool = False
+    ) -> None:
         self.settings = settings
         self.kill_after_s = kill_after_s
         self.down_s = down_s
+        self.baseline = baseline
         self.events: dict[str, Any] = {}
 
     def __call__(self, load_started_at: float) -> None:
@@ -80,6 +87,12 @@ class BrokerKill:
 
         time.sleep(max(0.0, load_started_at + self.kill_after_s - time.time()))
         partition, leader = _busiest_partition_leader(self.settings)
+        if self.baseline:
+            now = time.time()
+            self.events |= {"partition": partition, "broker": "none", "killed_at": now}
+            time.sleep(self.down_s)
+            self.events |= {"restart_at": time.time(), "restarted_at": time.time()}
+            return
         node = next(n for n in broker_nodes(self.settings) if n.node_id == leader)
         pid = owned_pid(self.settings, node.name, str(node.config))
         if pid is None:
@@ -120,10 +133,15 @@ def broker_kill_report(
         if any(r["received"] is None for r in after)
         else max((r["received"] - killed for r in late), default=0.0)
     )
+    fault = (
+        f"kill -9 {events['broker']} (leader of feed_requests-{events['partition']}), "
+        f"restarted after {events['restart_at'] - killed:.0f} s"
+        if events["broker"] != "none"
+        else "none (baseline: same load, same window)"
+    )
     return {
-        "scenario": "broker_kill",
-        "fault": f"kill -9 {events['broker']} (leader of feed_requests-{events['partition']}), "
-        f"restarted after {events['restart_at'] - killed:.0f} s",
+        "scenario": "broker_kill" if events["broker"] != "none" else "baseline",
+        "fault": fault,
         "rate_rps": figures["rate_rps"],
         "candidates": figures["candidates"],
         "servers": figures["servers"],
@@ -151,8 +169,10 @@ def run_broker_kill(
     duration_s: float = 90.0,
     kill_after_s: float = 20.0,
     down_s: float = 20.0,
+    baseline: bool = False,
 ) -> dict[str, Any]:
-    """Start the chaos run folder's services, run the scenario under load, stop them."""
+    """Start the chaos run folder's services, run the scenario (or its ``baseline``: no
+    fault) under load, stop them."""
     from feedrank import services
     from feedrank.services.process import owned_pid
     from serving.latency_bench import run_bench
@@ -169,7 +189,7 @@ def run_broker_kill(
             "stop them first (make down)"
         )
     started_redis = services.redis_up(chaos)
-    fault = BrokerKill(chaos, kill_after_s=kill_after_s, down_s=down_s)
+    fault = BrokerKill(chaos, kill_after_s=kill_after_s, down_s=down_s, baseline=baseline)
     try:
         figures = run_bench(
             chaos,
@@ -193,6 +213,9 @@ def main(
     rate: Annotated[float, typer.Option(min=1.0, help="Requests per second.")] = 50.0,
     kill_after: Annotated[float, typer.Option(min=1.0, help="Kill this far into it.")] = 20.0,
     down: Annotated[float, typer.Option(min=0.0, help="Seconds before the restart.")] = 20.0,
+    baseline: Annotated[
+        bool, typer.Option("--baseline", help="Same load and window, nothing killed.")
+    ] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Report path.")] = None,
 ) -> None:
     """Run the broker-kill scenario under serving load; print and write its JSON report."""
@@ -201,9 +224,14 @@ def main(
     settings = get_settings()
     setup_logging("chaos", settings)
     report = run_broker_kill(
-        settings, rate_rps=rate, duration_s=duration, kill_after_s=kill_after, down_s=down
+        settings,
+        rate_rps=rate,
+        duration_s=duration,
+        kill_after_s=kill_after,
+        down_s=down,
+        baseline=baseline,
     )
-    path = json_path or settings.paths.reports / "chaos" / "broker_kill.json"
+    path = json_path or settings.paths.reports / "chaos" / f"{report['scenario']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     typer.echo(json.dumps(report, indent=2))
