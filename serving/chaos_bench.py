@@ -35,6 +35,7 @@ from feedrank.stats import percentile
 DEFAULT_RATE_RPS = 50.0
 DEFAULT_CANDIDATES = 1_000
 SERVERS = 2
+TIMELINE_STEP_S = 5
 
 
 def _log(message: str) -> None:
@@ -158,7 +159,30 @@ def broker_kill_report(
         "p99_overall_ms": figures["p99_ms"],
         "recovery_s": recovery,
         "broker_down_to_back_s": back - killed,
+        "timeline": _timeline(rows, killed, budget_ms),
     }
+
+
+def _timeline(rows: list[dict[str, Any]], killed: float, budget_ms: int) -> list[dict[str, Any]]:
+    """Per :data:`TIMELINE_STEP_S` of send time, relative to the kill: sent, lost, late
+    (answered after the budget, or lost) and the p99 latency of the answered."""
+    buckets: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        buckets.setdefault(int((row["requested_at"] - killed) // TIMELINE_STEP_S), []).append(row)
+    out = []
+    for index in sorted(buckets):
+        group = buckets[index]
+        latencies = [(r["received"] - r["requested_at"]) * 1e3 for r in group if r["received"]]
+        out.append(
+            {
+                "from_kill_s": index * TIMELINE_STEP_S,
+                "sent": len(group),
+                "lost": sum(r["received"] is None for r in group),
+                "late": len(group) - sum(lat <= budget_ms for lat in latencies),
+                "p99_ms": round(percentile(latencies, 99), 1) if latencies else None,
+            }
+        )
+    return out
 
 
 def run_broker_kill(

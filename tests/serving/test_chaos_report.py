@@ -47,6 +47,9 @@ def test_counts_window_p99_and_recovery() -> None:
     assert report["p99_fault_window_ms"] > 900.0
     assert report["recovery_s"] == pytest.approx(29.9)
     assert report["scenario"] == "broker_kill" and "kafka-2" in report["fault"]
+    timeline = {b["from_kill_s"]: b for b in report["timeline"]}
+    assert sum(b["sent"] for b in timeline.values()) == 5
+    assert timeline[0]["late"] == 1 and timeline[25]["late"] == 1 and timeline[-10]["late"] == 0
 
 
 def test_a_lost_request_after_the_kill_means_not_recovered() -> None:
