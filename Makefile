@@ -15,7 +15,7 @@ UV_DEP := $(if $(UV_ON_PATH),,.cache/uv-venv/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := python3.11
 
-.PHONY: help setup up down status test test-unit lint demo bench airflow quality-curve prometheus helm k8s-check
+.PHONY: help setup up down status test test-unit lint demo bench chaos airflow quality-curve prometheus helm k8s-check
 
 help: ## List the targets
 	@echo "feedrank — make targets (FEEDRANK_PROFILE=local|redis|cluster picks the services):"
@@ -48,7 +48,7 @@ setup: .venv/.feedrank-synced ## venv + locked deps, Kafka/Spark jars, Airflow D
 	@$(PY) -m feedrank.services setup
 	@$(PY) -m feedrank.prometheus install
 
-up: setup ## Start Kafka (+ Redis for redis/cluster, + Spark cluster for cluster)
+up: setup ## Start Kafka (+ Redis for redis/cluster; cluster: 3 brokers, Spark cluster, 2 serve)
 	@$(PY) -m feedrank.services up
 
 down: ## Stop every service started from the run folder (var/ unless FEEDRANK_PATHS__HOME)
@@ -78,6 +78,11 @@ demo: setup ## Run the platform end to end on the embedded defaults
 
 bench: setup ## Run every `feedrank bench` benchmark and print its table
 	bash infra/bench.sh
+
+# The cluster profile's brokers; the bench world's Feast offline store is the file one (the
+# fault is Kafka's; a Spark master would only take cores from the serve processes).
+chaos: setup ## Broker kill -9 + restart under 50 req/s of 1,000 candidates (cluster profile; docs/reliability.md)
+	FEEDRANK_PROFILE=cluster FEEDRANK_FEAST__OFFLINE_STORE=file $(PY) -m serving.chaos_bench $(CHAOS_ARGS)
 
 quality-curve: setup ## Learning curve: model vs ceiling RCE, 2/4/8 days × 1k/2k/4k users (long)
 	.venv/bin/feedrank quality-curve $(CURVE_ARGS)

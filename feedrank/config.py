@@ -145,17 +145,69 @@ def _default_topics() -> dict[str, TopicConfig]:
 
 class KafkaConfig(Section):
     host: str = Field(default="127.0.0.1", description="Broker listener host (loopback only).")
-    port: int = Field(default=19092, description="Broker client port.")
-    controller_port: int = Field(default=19093, description="KRaft controller port.")
+    port: int = Field(
+        default=19092, description="Client port of the first broker (broker i: port + 2i)."
+    )
+    controller_port: int = Field(
+        default=19093,
+        description="KRaft controller port of the first broker (broker i: controller_port + 2i).",
+    )
+    brokers: int = Field(
+        default=1,
+        ge=1,
+        description="KRaft nodes started on the host, each a combined broker and controller "
+        "(1: a single-node dynamic quorum; more: a static quorum of all of them).",
+    )
+    replication_factor: int = Field(
+        default=1, ge=1, description="Replicas of every topic (and of Kafka's internal ones)."
+    )
+    min_insync_replicas: int = Field(
+        default=1,
+        ge=1,
+        description="min.insync.replicas of every topic: an acks=all write needs this many "
+        "replicas in sync, or it is refused (NotEnoughReplicas) rather than kept on too few.",
+    )
+    idempotent_producers: bool = Field(
+        default=False,
+        description="Producers use enable_idempotence (no duplicate from a retried send). "
+        "kafka-python then sends one request at a time per broker, which slows a busy "
+        "producer: on for the replicated cluster profile, where retries happen.",
+    )
     version: str = Field(default="4.1.1", description="Apache Kafka version fetched by Maven.")
     ready_timeout_s: float = Field(default=60.0, description="How long to wait for readiness.")
     topics: dict[str, TopicConfig] = Field(
         default_factory=_default_topics, description="Every topic feedrank uses, declared once."
     )
 
+    @model_validator(mode="after")
+    def _replication_fits(self) -> KafkaConfig:
+        if self.replication_factor > self.brokers:
+            raise ValueError(
+                f"replication_factor {self.replication_factor} needs as many brokers "
+                f"(brokers: {self.brokers})"
+            )
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError("min_insync_replicas cannot exceed replication_factor")
+        ports = [p for node in self.nodes for p in node[1:]]
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"broker and controller ports overlap: {sorted(ports)}")
+        return self
+
+    @property
+    def nodes(self) -> list[tuple[int, int, int]]:
+        """(node id, client port, controller port) of each local broker, node ids from 1."""
+        return [
+            (i + 1, self.port + 2 * i, self.controller_port + 2 * i) for i in range(self.brokers)
+        ]
+
     @property
     def bootstrap_servers(self) -> str:
-        return f"{self.host}:{self.port}"
+        return ",".join(f"{self.host}:{port}" for _, port, _ in self.nodes)
+
+    def producer_options(self) -> dict[str, Any]:
+        """The durability options every feedrank ``KafkaProducer`` takes: acks from all
+        in-sync replicas, and idempotence when ``idempotent_producers``."""
+        return {"acks": "all", "enable_idempotence": self.idempotent_producers}
 
 
 class RedisConfig(Section):
@@ -314,6 +366,12 @@ class ServingConfig(Section):
     )
     feed_cache_ttl_s: int = Field(default=600, ge=1, description="Ranked feed cache TTL.")
     max_request_bytes: int = Field(default=262_144, description="Larger requests are refused.")
+    processes: int = Field(
+        default=0,
+        ge=0,
+        description="`feedrank serve` processes `make up` starts in the consumer group (process "
+        "i exposes /metrics on metrics_port + i); 0: none, serve is started by hand or the demo.",
+    )
 
 
 class ObservabilityConfig(Section):

@@ -332,7 +332,10 @@ def _read_feeds(settings: Settings, start_offsets: dict, consumer) -> list:
                 (letters if isinstance(event, DeadLetter) else feeds).append(event)
     consumer.close(autocommit=False)
     if letters:
-        producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+        producer = KafkaProducer(
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            **settings.kafka.producer_options(),
+        )
         for letter in letters:
             producer.send(letter.dlq_topic, letter.to_bytes())
         producer.close(timeout=30)

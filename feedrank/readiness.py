@@ -38,7 +38,11 @@ def kafka_ready(settings: Settings | None = None, timeout_s: float = 0.0) -> boo
                 )
                 try:
                     admin.list_topics()
-                    return True
+                    # A replicated cluster is ready when every broker has registered.
+                    if settings.kafka.brokers == 1 or (
+                        len(admin.describe_cluster()["brokers"]) >= settings.kafka.brokers
+                    ):
+                        return True
                 finally:
                     admin.close()
             except Exception as exc:  # any failure means "not ready yet"
@@ -46,6 +50,33 @@ def kafka_ready(settings: Settings | None = None, timeout_s: float = 0.0) -> boo
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.25)
+    finally:
+        kafka_logger.setLevel(level)
+
+
+def kafka_live_brokers(settings: Settings | None = None) -> set[int] | None:
+    """Node ids of the brokers registered with the cluster now (a broker killed drops out after
+    ``broker.session.timeout.ms``), or ``None`` when no broker answers."""
+    from kafka import KafkaAdminClient
+
+    settings = settings or get_settings()
+    kafka_logger = logging.getLogger("kafka")
+    level = kafka_logger.level
+    kafka_logger.setLevel(logging.CRITICAL)
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            client_id="feedrank-ready",
+            api_version_auto_timeout_ms=2000,
+            request_timeout_ms=5000,
+        )
+        try:
+            return {int(b["node_id"]) for b in admin.describe_cluster()["brokers"]}
+        finally:
+            admin.close()
+    except Exception as exc:  # any failure means "none answers"
+        log.debug("kafka not answering: %s", exc)
+        return None
     finally:
         kafka_logger.setLevel(level)
 

@@ -10,6 +10,14 @@ nesting depth, strict about UTF-8 and JSON, it returns the event or a :class:`De
 with the reason and where the record came from, for any bytes and any key; never a crash and
 never a silent drop.
 
+Schema evolution: ``schema_version`` is the *major* version. Adding an optional field (with a
+default) keeps it, so producers and readers can be upgraded in any order: a reader ignores
+fields it does not know (and reports them, see :func:`decode`'s ``on_unknown``), and an old
+producer's message without the new field gets its default. A breaking change (a field
+removed, renamed, retyped, or made required) bumps ``schema_version``; a reader dead-letters
+a version it does not know (kind ``schema_version``) rather than misread it. Producers build
+the models themselves, which still forbid unknown fields, so a typo in code fails loudly.
+
 Timestamps are UTC ``datetime`` in Python and ``timestamp[us, UTC]`` in Arrow (Spark rejects
 nanosecond Parquet timestamps).
 """
@@ -17,12 +25,13 @@ nanosecond Parquet timestamps).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import re
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -32,6 +41,8 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from feedrank.config import HEADS, TopicConfig, Topics
 
 SCHEMA_VERSION = 1
+# The major versions this code reads; a message of any other is dead-lettered.
+READABLE_SCHEMA_VERSIONS: frozenset[int] = frozenset({SCHEMA_VERSION})
 Head = Literal["like", "reply", "retweet", "click", "negative"]
 Device = Literal["mobile", "web", "tablet"]
 DEVICES: tuple[str, ...] = typing.get_args(Device)
@@ -409,8 +420,45 @@ def _text_prefix(data: bytes | None, limit: int) -> str:
     return bytes(data[:limit]).decode("utf-8", errors="replace")
 
 
-def _parse(model: type[Event], payload: Any, max_bytes: int) -> Event:
-    """The event in ``payload``, or :class:`_Rejected` with the kind and reason."""
+@functools.cache
+def _nested_models(model: type[BaseModel]) -> dict[str, tuple[bool, type[BaseModel]]]:
+    """Fields of ``model`` that hold a model, or a list of models: name → (is_list, model)."""
+    nested = {}
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = args[0] if len(args) == 1 else annotation
+        is_list = typing.get_origin(annotation) is list
+        inner = typing.get_args(annotation)[0] if is_list else annotation
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            nested[name] = (is_list, inner)
+    return nested
+
+
+def _strip_unknown(model: type[BaseModel], raw: dict[str, Any], path: str) -> list[str]:
+    """Remove, in place, the keys of ``raw`` (and of its nested objects) that ``model`` does
+    not define; returns their dotted paths (list items as ``[]``). Values of the wrong shape
+    are left for validation to refuse."""
+    fields = model.model_fields
+    unknown = [key for key in raw if key not in fields]
+    for key in unknown:
+        del raw[key]
+    found = [f"{path}{key}" for key in unknown]
+    for name, (is_list, inner) in _nested_models(model).items():
+        value = raw.get(name)
+        if is_list and isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    found += _strip_unknown(inner, item, f"{path}{name}[].")
+        elif not is_list and isinstance(value, dict):
+            found += _strip_unknown(inner, value, f"{path}{name}.")
+    return found
+
+
+def _parse(model: type[Event], payload: Any, max_bytes: int) -> tuple[Event, list[str]]:
+    """The event in ``payload`` and the unknown fields it ignored, or :class:`_Rejected`
+    with the kind and reason."""
     if payload is None:
         raise _Rejected("empty", "empty: no value (a tombstone)")
     if not isinstance(payload, bytes | bytearray | memoryview):
@@ -443,13 +491,23 @@ def _parse(model: type[Event], payload: Any, max_bytes: int) -> Event:
         raise _Rejected("not_utf8", "not_utf8: a string escapes a lone UTF-16 surrogate")
     if not isinstance(raw, dict):
         raise _Rejected("not_object", f"not_object: a JSON {type(raw).__name__}, not an object")
-    if raw.get("schema_version") != SCHEMA_VERSION:
-        version = repr(raw.get("schema_version"))[:40]
-        raise _Rejected("schema_version", f"unsupported schema_version {version}")
+    version = raw.get("schema_version")
+    if type(version) is not int or version not in READABLE_SCHEMA_VERSIONS:
+        readable = ", ".join(map(str, sorted(READABLE_SCHEMA_VERSIONS)))
+        raise _Rejected(
+            "schema_version",
+            f"schema_version: unknown major schema_version {repr(version)[:40]} "
+            f"(this reader knows {readable})",
+        )
+    # A newer producer's optional fields: dropped (the vetted text is re-encoded without
+    # them) and reported, so a rolling upgrade never dead-letters a whole topic.
+    unknown = _strip_unknown(model, raw, "")
+    if unknown:
+        payload = json.dumps(raw, separators=(",", ":")).encode()
     try:
         # Strict, from the vetted text: the wire types are the contract's own (a number is no
         # timestamp, "1" no id, 1 no boolean), which lax coercion of the parsed dict allowed.
-        return model.model_validate_json(payload, strict=True)
+        return model.model_validate_json(payload, strict=True), unknown
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "record"
@@ -466,6 +524,7 @@ def decode(
     offset: int | None = None,
     key: bytes | None = None,
     max_bytes: int = MAX_PAYLOAD_BYTES,
+    on_unknown: Callable[[list[str]], None] | None = None,
 ) -> Event | DeadLetter:
     """Parse and validate one Kafka record; the event, or a dead letter saying why.
 
@@ -473,8 +532,10 @@ def decode(
     letter, cut to :data:`DEAD_LETTER_KEY_BYTES`). The checks, cheapest first: size
     (``max_bytes``), strict UTF-8, nesting depth (:data:`MAX_DEPTH`, scanned without
     recursion), JSON without NaN/Infinity, overflowing floats, integers of more than 4,300
-    digits or duplicate keys, no lone surrogates, an object with ``schema_version``, then the
-    topic's model in strict mode (which bounds every number, string, list and event time).
+    digits or duplicate keys, no lone surrogates, an object with a readable
+    ``schema_version`` (:data:`READABLE_SCHEMA_VERSIONS`), then the topic's model in strict
+    mode (which bounds every number, string, list and event time). Fields the model does not
+    define (a newer producer's optional ones) are ignored, and reported to ``on_unknown``.
 
     Args:
         topic: The topic read; it picks the model (:data:`TOPIC_EVENTS`).
@@ -483,6 +544,9 @@ def decode(
         offset: Where the record was read, copied into a dead letter.
         key: The record's key, copied into a dead letter.
         max_bytes: Larger values are refused unparsed.
+        on_unknown: Called with the dotted paths of the fields ignored, each once
+            (``impressions[].x`` for a field of a list's items), once per record that has
+            any; its own errors propagate (they are the caller's, not the record's).
 
     Returns:
         The validated event, or a :class:`DeadLetter` with ``kind``, ``reason``, a payload
@@ -492,18 +556,25 @@ def decode(
     try:
         if model is None:
             raise _Rejected("unknown_topic", f"unknown topic {topic!r}")
-        return _parse(model, payload, max_bytes)
+        event, unknown = _parse(model, payload, max_bytes)
     except _Rejected as exc:
         kind, reason = exc.kind, exc.reason
     except (RecursionError, MemoryError) as exc:
         kind, reason = "undecodable", f"undecodable: {type(exc).__name__}"
     except Exception as exc:  # the reader must move on whatever the bytes: never raise
         kind, reason = "undecodable", f"undecodable: {type(exc).__name__}: {exc}"[:300]
+    else:
+        if unknown and on_unknown is not None:
+            on_unknown(list(dict.fromkeys(unknown)))
+        return event
     return dead_letter(topic, kind, reason, payload, partition=partition, offset=offset, key=key)
 
 
 def decode_record(
-    topic: str, record: Any, max_bytes: int = MAX_PAYLOAD_BYTES
+    topic: str,
+    record: Any,
+    max_bytes: int = MAX_PAYLOAD_BYTES,
+    on_unknown: Callable[[list[str]], None] | None = None,
 ) -> Event | DeadLetter:
     """:func:`decode` of a consumed Kafka record (``value``, ``key``, ``partition``,
     ``offset``), so a dead letter always says where the record was read."""
@@ -514,6 +585,7 @@ def decode_record(
         offset=record.offset,
         key=record.key,
         max_bytes=max_bytes,
+        on_unknown=on_unknown,
     )
 
 

@@ -295,7 +295,9 @@ def run_stream_features(
         auto_offset_reset="earliest",
         max_poll_records=2000,
     )
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+    producer = KafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_servers, **settings.kafka.producer_options()
+    )
     replaying: dict[Any, int] = {}  # partition -> committed offset the replay runs up to
     uncommitted: dict[Any, int] = {}  # partition -> next offset, counted but not committed
 

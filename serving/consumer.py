@@ -179,6 +179,7 @@ class _ServingLoop:
         self.scorer = scorer
         self.stats = ServingStats()
         self.watcher = ModelWatcher(settings, scorer.models)
+        self._count_unknown = metrics.count_unknown_fields(REQUESTS_TOPIC)
         # Per partition, offsets (of the next message) as the loop moves on: answered, then
         # settled (``positions``), then committed (``committed``; ``base`` before the first
         # commit).
@@ -210,7 +211,7 @@ class _ServingLoop:
         self.producer = KafkaProducer(
             bootstrap_servers=bootstrap,
             client_id=f"{client_id}-out",
-            acks="all",
+            **settings.kafka.producer_options(),
             # A feed's two outputs (the feed, its impressions message) go out at once: waiting
             # for more records would only delay the answer.
             linger_ms=0,
@@ -244,7 +245,10 @@ class _ServingLoop:
         # The dead letter keeps a prefix; the full message stays at its offset for the
         # topic's retention.
         event = decode_record(
-            REQUESTS_TOPIC, record, max_bytes=self.settings.serving.max_request_bytes
+            REQUESTS_TOPIC,
+            record,
+            max_bytes=self.settings.serving.max_request_bytes,
+            on_unknown=self._count_unknown,
         )
         if isinstance(event, DeadLetter):
             return [self._send_dead_letter(event)], None

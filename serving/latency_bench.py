@@ -31,6 +31,8 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -263,11 +265,21 @@ def run_bench(
     naive_requests: int = 10,
     servers: int = 1,
     warmup_s: float = 5.0,
+    fault: Callable[[float], None] | None = None,
+    per_request: bool = False,
 ) -> dict[str, Any]:
     """Run the serving benchmark; returns the figures (see the module docstring).
 
     ``servers`` ``feedrank serve`` processes share the bench's consumer group (scale-out: with
     one process the GIL-bound loop, not the cores, caps the throughput).
+
+    Args:
+        fault: Run on a thread of its own when the measured load starts, with that wall
+            time (``time.time()``): a fault scenario (``serving.chaos_bench``) under load.
+            Its exception fails the run once the load is over.
+        per_request: Also return ``per_request``: each measured request's requested_at,
+            when its first answer was consumed (None: never), how many answers it got,
+            degraded and deadline_missed.
     """
     from kafka import KafkaProducer
 
@@ -280,10 +292,23 @@ def run_bench(
     planned = _requests(users, tweets, candidates, n, seed=5)
     log_path = world.paths.logs / "bench-serving.out"
     feeds = _feeds_consumer(world)
-    producer = KafkaProducer(bootstrap_servers=world.kafka.bootstrap_servers, linger_ms=0)
+    producer = KafkaProducer(
+        bootstrap_servers=world.kafka.bootstrap_servers,
+        linger_ms=0,
+        **world.kafka.producer_options(),
+    )
     procs = [_start_server(world, group_id, log_path, i) for i in range(servers)]
     results: dict[str, dict[str, Any]] = {}
+    answers: Counter[str] = Counter()
     dead_lettered: list[DeadLetter] = []
+    fault_errors: list[BaseException] = []
+
+    def run_fault(started_at: float) -> None:
+        assert fault is not None
+        try:
+            fault(started_at)
+        except BaseException as exc:  # surfaced after the load
+            fault_errors.append(exc)
 
     def collect(wanted: set[str], until_s: float) -> None:
         while time.monotonic() < until_s and not wanted <= results.keys():
@@ -298,6 +323,7 @@ def run_bench(
                         producer.send(feed.dlq_topic, feed.to_bytes())
                         continue
                     results.setdefault(feed.request_id, {"feed": feed, "received": received})
+                    answers[feed.request_id] += 1
             for server in procs:
                 if server.poll() is not None:
                     raise FeedrankError(
@@ -362,12 +388,24 @@ def run_bench(
         sender = threading.Thread(target=produce, name="bench-producer", daemon=True)
         sender.start()
         heavy_before: dict[str, float] | None = None
+        fault_thread: threading.Thread | None = None
         while sender.is_alive():
             collect({r.request_id for r in sent}, time.monotonic() + 0.2)
             if heavy_before is None and measured_from:
                 heavy_before = _scrape_heavy(world, servers)
+            if fault is not None and fault_thread is None and measured_from:
+                fault_thread = threading.Thread(
+                    target=run_fault, args=(measured_from[0],), name="bench-fault", daemon=True
+                )
+                fault_thread.start()
         sender.join()
         collect({r.request_id for r in sent}, time.monotonic() + DRAIN_TIMEOUT_S)
+        if fault_thread is not None:
+            fault_thread.join()
+            # Answers still in flight when the fault ended (a restart takes a while).
+            collect({r.request_id for r in sent}, time.monotonic() + DRAIN_TIMEOUT_S)
+        if fault_errors:
+            raise FeedrankError(f"the fault scenario failed: {fault_errors[0]!r}")
         heavy_after = _scrape_heavy(world, servers)
         heavy = {k: heavy_after[k] - (heavy_before or {}).get(k, 0.0) for k in heavy_after}
     finally:
@@ -412,6 +450,7 @@ def run_bench(
         "requests": len(sent),
         "answered": len(answered),
         "unanswered": len(sent) - len(answered),
+        "answered_twice": sum(answers[r.request_id] > 1 for r in sent),
         "ranked_feeds_dead_lettered": len(dead_lettered),
         "p50_ms": percentile(latencies_ms, 50),
         "p99_ms": percentile(latencies_ms, 99),
@@ -433,7 +472,20 @@ def run_bench(
         "heavy_ranker_cap": world.ranking.heavy_ranker_cap,
         "aim_ms": world.serving.aim_ms,
     }
-    figures.update(_offline_paths(world, planned[:naive_requests]))
+    if per_request:
+        figures["per_request"] = [
+            {
+                "requested_at": r.requested_at.timestamp(),
+                "received": results[r.request_id]["received"] if r.request_id in results else None,
+                "answers": answers[r.request_id],
+                "degraded": r.request_id in results and results[r.request_id]["feed"].degraded,
+                "deadline_missed": r.request_id in results
+                and results[r.request_id]["feed"].deadline_missed,
+            }
+            for r in sent
+        ]
+    if naive_requests > 0:
+        figures.update(_offline_paths(world, planned[:naive_requests]))
     return figures
 
 

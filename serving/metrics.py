@@ -6,9 +6,15 @@ budget so the p99 against the deadline can be read off ``/metrics`` directly.
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from feedrank.exporter import start_metrics_server
+
+log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS_S = (
     0.001,
@@ -71,6 +77,12 @@ DEAD_LETTERED = Counter(
     "feed_requests messages sent to feed_requests.dlq, by kind (feedrank.schemas.DeadLetterKind).",
     ["kind"],
 )
+UNKNOWN_FIELDS = Counter(
+    "feedrank_serving_unknown_fields_total",
+    "Fields the reader did not know and ignored (a newer producer's optional fields), by "
+    "topic; each field counted once per message (feedrank.schemas.decode's on_unknown).",
+    ["topic"],
+)
 CONSUMER_LAG = Gauge(
     "feedrank_serving_consumer_lag_messages",
     "Messages behind the partition's high watermark (this consumer's assignment).",
@@ -91,6 +103,30 @@ MODEL_VERSION = Gauge(
     "1 for the model version currently serving.",
     ["version"],
 )
+
+
+# Field names already logged; bounded, since the names come from whoever writes the topic.
+_LOGGED_UNKNOWN_MAX = 100
+_logged_unknown: set[tuple[str, str]] = set()
+_logged_lock = threading.Lock()
+
+
+def count_unknown_fields(topic: str) -> Callable[[list[str]], None]:
+    """The ``on_unknown`` hook of :func:`feedrank.schemas.decode` for a reader of ``topic``:
+    counts the ignored fields in :data:`UNKNOWN_FIELDS` and logs each new field name once
+    (the metric's only label is the topic, so a hostile writer cannot blow up its series)."""
+    counter = UNKNOWN_FIELDS.labels(topic=topic)
+
+    def record(fields: list[str]) -> None:
+        counter.inc(len(fields))
+        with _logged_lock:
+            new = [f for f in fields if (topic, f) not in _logged_unknown]
+            new = new[: max(0, _LOGGED_UNKNOWN_MAX - len(_logged_unknown))]
+            _logged_unknown.update((topic, f) for f in new)
+        for field in new:
+            log.warning("ignoring unknown field %r of %s (a newer producer?)", field[:80], topic)
+
+    return record
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> int | None:

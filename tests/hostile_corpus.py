@@ -112,9 +112,7 @@ def corrupted_event(draw: st.DrawFn, topic: str) -> bytes:
     # A served feed's fields are those of its impressions: corrupt the first one.
     obj = event["impressions"][0] if topic == "impressions" else event
     how = draw(
-        st.sampled_from(
-            ["missing", "extra", "version", "wrong", "nan", "huge", "dup", "surrogate", "nest"]
-        )
+        st.sampled_from(["missing", "version", "wrong", "nan", "huge", "dup", "surrogate", "nest"])
     )
     field = draw(st.sampled_from(_scalar_fields(obj)))
 
@@ -132,10 +130,9 @@ def corrupted_event(draw: st.DrawFn, topic: str) -> bytes:
         field = "user_id"
     text = _dumps(obj).decode()
     without = _dumps({k: v for k, v in obj.items() if k != field}).decode()
-    if how == "extra":
-        return whole(_dumps({**obj, draw(st.text(min_size=1, max_size=8)) + "_x": 1}))
     if how == "version":
-        return _dumps({**event, "schema_version": draw(st.sampled_from([0, 2, "1", None, -1]))})
+        version = draw(st.sampled_from([0, 2, 3, "1", "1.1", 1.0, True, None, -1]))
+        return _dumps({**event, "schema_version": version})
     if how == "wrong":
         return whole(_dumps({**obj, field: draw(st.sampled_from(_BAD_VALUES))}))
     if how == "nan":
@@ -150,6 +147,33 @@ def corrupted_event(draw: st.DrawFn, topic: str) -> bytes:
         return whole(_dumps({**obj, field: "a\ud800b"}))
     depth = draw(st.integers(17, 2_000))
     return whole((without[:-1] + f',"{field}":' + "[" * depth + "]" * depth + "}").encode())
+
+
+@st.composite
+def evolved_event(draw: st.DrawFn, topic: str) -> tuple[bytes, dict[str, Any], list[str]]:
+    """A valid event of ``topic`` as a newer producer writes it: unknown optional fields added
+    at the top and inside nested objects. Returns the bytes, the event the reader must get
+    (the template) and the paths of the added fields, each once."""
+    event = template(topic, draw(st.integers(1, 10**12)))
+    wire = json.loads(json.dumps(event))
+    names = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=12)
+    values = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=20)
+    values = values | st.lists(st.integers(0, 9), max_size=3) | st.dictionaries(names, values)
+    added: list[str] = []
+    targets = [("", wire, TOPIC_EVENTS[topic])]
+    if topic == "impressions":
+        targets.append(("impressions[].", wire["impressions"][0], Impression))
+    if topic == "ranked_feeds":
+        targets.append(("items[].", wire["items"][0], RankedItem))
+    for prefix, obj, model in targets:
+        for name in draw(st.lists(names, max_size=3, unique=True)):
+            if name not in model.model_fields:
+                obj[name] = draw(values)
+                added.append(prefix + name)
+    if not added:
+        wire["added_in_a_minor_version"] = 1
+        added.append("added_in_a_minor_version")
+    return _dumps(wire), event, added
 
 
 @st.composite
@@ -168,11 +192,15 @@ def nested(draw: st.DrawFn) -> bytes:
 
 @st.composite
 def giant(draw: st.DrawFn, topic: str) -> bytes:
-    """A valid-looking event with one giant string (up to the broker's limit)."""
-    obj = template(topic, draw(st.integers(1, 10**12)))
+    """A valid-looking event with one giant string (up to the broker's limit) in a string
+    field of the contract (an unknown field may be large: only the whole value is bounded)."""
+    event = template(topic, draw(st.integers(1, 10**12)))
+    # A served feed's strings are those of its impressions.
+    obj = event["impressions"][0] if topic == "impressions" else event
     size = draw(st.integers(70, LARGEST_VALUE_BYTES - 2_000))
-    field = draw(st.sampled_from([k for k, v in obj.items() if isinstance(v, str)] or ["pad"]))
-    return _dumps({**obj, field: "g" * size})
+    field = draw(st.sampled_from([k for k, v in obj.items() if isinstance(v, str)]))
+    obj[field] = "g" * size
+    return _dumps(event)
 
 
 def _not_utf8(raw: bytes) -> bytes:

@@ -3,12 +3,15 @@
 ``make up`` / ``make down``, the test fixtures (``tests/conftest.py``) and the demo all go
 through these functions, so what tests exercise is what users run:
 
-* Kafka: an Apache Kafka 4.x KRaft broker+controller from the jars ``infra/kafka/pom.xml``
-  fetches into ``.cache/kafka-jars``, started as ``java -cp '<jars>/*' kafka.Kafka <config>``
-  with its config rendered from settings into the run folder. Ready only when a kafka-python
-  metadata request succeeds; topics come from ``settings.kafka.topics``.
+* Kafka: Apache Kafka 4.x KRaft broker+controller nodes (one, or ``kafka.brokers`` in a
+  static quorum: 3 in the cluster profile) from the jars ``infra/kafka/pom.xml`` fetches into
+  ``.cache/kafka-jars``, started as ``java -cp '<jars>/*' kafka.Kafka <config>`` with their
+  configs rendered from settings into the run folder. Ready only when a kafka-python metadata
+  request succeeds and every broker registered; topics come from ``settings.kafka.topics``
+  (``kafka.replication_factor`` replicas, ``kafka.min_insync_replicas``).
 * Redis: Debian's ``redis-server`` on 127.0.0.1 (installed with apt-get when absent).
 * Spark: a local standalone master + workers from the pip package (``spark-class``).
+* serve: ``serving.processes`` ``feedrank serve`` members of one consumer group (cluster: 2).
 * Airflow: the environment (AIRFLOW_HOME in the run folder, dags folder = ``dags/``) and the
   SQLite metadata DB migration.
 
@@ -19,7 +22,8 @@ process. Starting a running service or stopping a stopped one is a no-op; a port
 another program is a clear error, not a half-started service.
 
 One module per job: :mod:`.process` (pid files, start, stop, locks), :mod:`.jars`,
-:mod:`.kafka_broker`, :mod:`.redis_server`, :mod:`.spark_cluster`, :mod:`.airflow_standalone`,
+:mod:`.kafka_broker`, :mod:`.redis_server`, :mod:`.spark_cluster`, :mod:`.serve_processes`,
+:mod:`.airflow_standalone`,
 :mod:`.status` (everything ``make status`` lists) and :mod:`.__main__` (the command line the
 Makefile uses)::
 
@@ -41,6 +45,7 @@ from feedrank.services.airflow_standalone import (
 )
 from feedrank.services.jars import fetch_jars, kafka_jars_dir, spark_jars_dir
 from feedrank.services.kafka_broker import (
+    broker_nodes,
     create_topics,
     ensure_topics,
     kafka_down,
@@ -48,6 +53,7 @@ from feedrank.services.kafka_broker import (
     topic_partition_counts,
 )
 from feedrank.services.redis_server import redis_down, redis_up
+from feedrank.services.serve_processes import serve_down, serve_up
 from feedrank.services.spark_cluster import (
     spark_cluster_down,
     spark_cluster_ready,
@@ -64,6 +70,7 @@ __all__ = [
     "airflow_ready",
     "airflow_up",
     "airflow_url",
+    "broker_nodes",
     "create_topics",
     "ensure_topics",
     "fetch_jars",
@@ -75,6 +82,8 @@ __all__ = [
     "redis_down",
     "redis_ready",
     "redis_up",
+    "serve_down",
+    "serve_up",
     "spark_cluster_down",
     "spark_cluster_ready",
     "spark_cluster_up",

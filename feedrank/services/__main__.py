@@ -20,11 +20,12 @@ from feedrank.services.jars import fetch_jars
 from feedrank.services.kafka_broker import kafka_down, kafka_up
 from feedrank.services.process import say
 from feedrank.services.redis_server import redis_down, redis_up
+from feedrank.services.serve_processes import serve_down, serve_up
 from feedrank.services.spark_cluster import spark_cluster_down, spark_cluster_up
 from feedrank.services.status import profile_services, status
 
 app = typer.Typer(
-    help="Start/stop feedrank's local services (Kafka, Redis, Spark cluster, Airflow).",
+    help="Start/stop feedrank's local services (Kafka, Redis, Spark cluster, serve, Airflow).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -46,8 +47,13 @@ def _cli_up(
     }
     if not kafka:
         wanted.discard("kafka")
-    starters = {"kafka": kafka_up, "redis": redis_up, "spark-cluster": spark_cluster_up}
-    for name in ("kafka", "redis", "spark-cluster"):
+    starters = {
+        "kafka": kafka_up,
+        "redis": redis_up,
+        "spark-cluster": spark_cluster_up,
+        "serve": serve_up,
+    }
+    for name in ("kafka", "redis", "spark-cluster", "serve"):
         if name in wanted:
             started = starters[name](settings)
             say(f"{name}: {'started' if started else 'already running'}")
@@ -63,6 +69,9 @@ def _cli_down(
 ) -> None:
     """Stop every service started from this run folder (whatever the profile); no-op if none."""
     settings = get_settings()
+    # Serve processes first: they commit their offsets on the way out, which needs Kafka.
+    if kafka:
+        say(f"serve: {'stopped' if serve_down(settings) else 'not running'}")
     for name, flag, stop in (
         ("spark-cluster", spark_cluster, spark_cluster_down),
         ("redis", redis, redis_down),

@@ -1,14 +1,16 @@
 """``make status``: every service feedrank can run in this run folder, its pid and whether it
-answers now (Kafka, Redis, the Spark cluster, Airflow, ``feedrank serve``, ``stream-features``)."""
+answers now (Kafka, each broker of a cluster, Redis, the Spark cluster, Airflow,
+``feedrank serve``, ``stream-features``)."""
 
 from __future__ import annotations
 
 from feedrank.config import Settings
-from feedrank.readiness import kafka_ready, redis_ready
+from feedrank.readiness import kafka_live_brokers, kafka_ready, redis_ready
 from feedrank.services.airflow_standalone import airflow_pid, airflow_ready, airflow_url
-from feedrank.services.kafka_broker import kafka_config
+from feedrank.services.kafka_broker import broker_nodes
 from feedrank.services.process import feedrank_processes, http_answers, owned_pid, resolve
 from feedrank.services.redis_server import redis_dir
+from feedrank.services.serve_processes import serve_metrics_port, serve_names
 from feedrank.services.spark_cluster import (
     spark_alive_workers,
     spark_dir,
@@ -25,12 +27,23 @@ def status(settings: Settings | None = None) -> dict[str, dict[str, object]]:
     """
     settings = resolve(settings)
     spark_marker = str(spark_dir(settings) / "spark-defaults.conf")
-    report: dict[str, dict[str, object]] = {
-        "kafka": {
-            "pid": owned_pid(settings, "kafka", str(kafka_config(settings))),
+    report: dict[str, dict[str, object]] = {}
+    nodes = broker_nodes(settings)
+    if len(nodes) == 1:
+        report["kafka"] = {
+            "pid": owned_pid(settings, "kafka", str(nodes[0].config)),
             "ready": kafka_ready(settings),
             "endpoint": settings.kafka.bootstrap_servers,
-        },
+        }
+    else:
+        live = kafka_live_brokers(settings) or set()
+        for node in nodes:
+            report[node.name] = {
+                "pid": owned_pid(settings, node.name, str(node.config)),
+                "ready": node.node_id in live,
+                "endpoint": f"{settings.kafka.host}:{node.port}",
+            }
+    report |= {
         "redis": {
             "pid": owned_pid(settings, "redis", str(redis_dir(settings))),
             "ready": redis_ready(settings),
@@ -49,13 +62,23 @@ def status(settings: Settings | None = None) -> dict[str, dict[str, object]]:
         "ready": airflow_ready(settings),
         "endpoint": airflow_url(settings),
     }
-    metrics_url = f"http://127.0.0.1:{settings.serving.metrics_port}/metrics"
-    serving = feedrank_processes(settings, "serve") or [None]
+    # `make up`'s serve processes (pid files serve-<i>) on their own /metrics ports; any
+    # other `feedrank serve` of this run folder (demo, by hand) on serving.metrics_port.
+    started = {
+        pid: serve_metrics_port(settings, name)
+        for name in serve_names(settings)
+        if (pid := owned_pid(settings, name, str(settings.paths.home))) is not None
+    }
+    # (A process's /proc environ can read blank once a library rewrote its title: the pid
+    # files of `make up`'s processes do not depend on it.)
+    serving = sorted(set(feedrank_processes(settings, "serve")) | set(started)) or [None]
     for i, pid in enumerate(serving, start=1):
+        port = started.get(pid, settings.serving.metrics_port if i == 1 else None)
+        metrics_url = f"http://127.0.0.1:{port}/metrics" if port else ""
         report["serve" if i == 1 else f"serve-{i}"] = {
             "pid": pid,
-            "ready": pid is not None and http_answers(metrics_url),
-            "endpoint": metrics_url if i == 1 else "",
+            "ready": pid is not None and (http_answers(metrics_url) if port else True),
+            "endpoint": metrics_url,
         }
     streaming = feedrank_processes(settings, "stream-features") or [None]
     for i, pid in enumerate(streaming, start=1):
@@ -72,10 +95,12 @@ def status(settings: Settings | None = None) -> dict[str, dict[str, object]]:
 
 
 def profile_services(settings: Settings | None = None) -> tuple[str, ...]:
-    """Services the profile needs: Kafka always, Redis for redis/cluster, Spark for cluster."""
-    profile = resolve(settings).profile
-    return {
+    """Services the profile needs: Kafka always, Redis for redis/cluster, Spark for cluster,
+    and ``serving.processes`` ``feedrank serve`` members when it is above 0 (cluster: 2)."""
+    settings = resolve(settings)
+    services = {
         "local": ("kafka",),
         "redis": ("kafka", "redis"),
         "cluster": ("kafka", "redis", "spark-cluster"),
-    }[profile]
+    }[settings.profile]
+    return (*services, "serve") if settings.serving.processes > 0 else services

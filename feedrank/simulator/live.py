@@ -140,7 +140,7 @@ class LiveSimulator:
             producer = KafkaProducer(
                 bootstrap_servers=bootstrap,
                 client_id=f"simulator-{self.run_tag}",
-                acks="all",
+                **self.settings.kafka.producer_options(),
                 linger_ms=5,
                 max_block_ms=10_000,
             )

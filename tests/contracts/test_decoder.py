@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hostile_corpus import hostile_values, keys, template
+from hostile_corpus import evolved_event, hostile_values, keys, template
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +13,8 @@ from feedrank.schemas import (
     DEAD_LETTER_KEY_BYTES,
     DEAD_LETTER_PAYLOAD_BYTES,
     MAX_DEPTH,
+    READABLE_SCHEMA_VERSIONS,
+    SCHEMA_VERSION,
     TOPIC_EVENTS,
     DeadLetter,
     decode,
@@ -57,6 +59,68 @@ def test_any_bytes_decode_without_raising(topic, value, key):
 def test_good_events_decode_to_themselves(topic, ident):
     event = TOPIC_EVENTS[topic].model_validate(template(topic, ident))
     assert decode(topic, encode(event), key=b"\xff" * 10) == event
+
+
+@FAST
+@given(data=st.data(), topic=st.sampled_from(TOPICS))
+def test_a_newer_producers_optional_fields_are_ignored_and_reported(data, topic):
+    value, event, added = data.draw(evolved_event(topic))
+    reported: list[list[str]] = []
+    result = decode(topic, value, on_unknown=reported.append)
+    assert result == TOPIC_EVENTS[topic].model_validate(event)
+    assert reported == [added]
+
+
+def test_unknown_fields_are_reported_once_per_path_and_not_at_all_when_absent():
+    feed = template("impressions", 3)
+    feed["impressions"] = [{**feed["impressions"][0], "ab_bucket": 7}] * 3
+    reported: list[list[str]] = []
+    decoded = decode("impressions", json.dumps(feed).encode(), on_unknown=reported.append)
+    assert reported == [["impressions[].ab_bucket"]] and len(decoded.impressions) == 3
+    good = encode(TOPIC_EVENTS["tweets"].model_validate(template("tweets", 3)))
+    decode("tweets", good, on_unknown=reported.append)
+    assert len(reported) == 1
+
+
+@pytest.mark.parametrize("topic", TOPICS)
+def test_an_older_producers_message_gets_the_defaults_of_the_fields_it_lacks(topic):
+    model = TOPIC_EVENTS[topic]
+    event = template(topic, 9)
+    optional = {n for n, f in model.model_fields.items() if not f.is_required()}
+    old = {k: v for k, v in event.items() if k == "schema_version" or k not in optional}
+    if topic == "impressions":
+        inner = TOPIC_EVENTS["impressions"].model_fields["impressions"].annotation.__args__[0]
+        kept = {n for n, f in inner.model_fields.items() if f.is_required()}
+        old["impressions"] = [
+            {k: v for k, v in imp.items() if k in kept or k == "schema_version"}
+            for imp in event["impressions"]
+        ]
+    decoded = decode(topic, json.dumps(old).encode())
+    assert decoded == model.model_validate(old), decoded
+    for name in optional - {"schema_version"}:
+        assert getattr(decoded, name) == model.model_fields[name].get_default(
+            call_default_factory=True
+        )
+
+
+@pytest.mark.parametrize("version", [0, 2, 99, -1, "1", "2.0", 1.0, True, None])
+def test_an_unknown_major_schema_version_is_dead_lettered_with_that_reason(version):
+    assert version not in READABLE_SCHEMA_VERSIONS or type(version) is not int
+    value = json.dumps({**template("feed_requests", 4), "schema_version": version}).encode()
+    letter = decode("feed_requests", value, offset=12)
+    assert isinstance(letter, DeadLetter) and letter.kind == "schema_version"
+    assert f"unknown major schema_version {version!r}" in letter.reason
+    assert str(SCHEMA_VERSION) in letter.reason and letter.offset == 12
+
+
+def test_every_topics_messages_carry_the_schema_version():
+    for topic in TOPICS:
+        wire = json.loads(encode(TOPIC_EVENTS[topic].model_validate(template(topic, 2))))
+        assert wire["schema_version"] == SCHEMA_VERSION, topic
+    impressions = json.loads(
+        encode(TOPIC_EVENTS["impressions"].model_validate(template("impressions", 2)))
+    )
+    assert all(i["schema_version"] == SCHEMA_VERSION for i in impressions["impressions"])
 
 
 @pytest.mark.parametrize(

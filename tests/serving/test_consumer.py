@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 import threading
@@ -26,7 +27,14 @@ from serving_helpers import (
 from feedrank import ranking
 from feedrank.config import Settings
 from feedrank.registry import load_model, set_champion
-from feedrank.schemas import RankedFeed
+from feedrank.schemas import (
+    SCHEMA_VERSION,
+    RankedFeed,
+    RankedItem,
+    ServedImpressions,
+    decode_record,
+    encode,
+)
 from serving.consumer import ServingStats, _ServingLoop, run_serving
 from serving.feed_cache import open_feed_cache
 from serving.scorer import FALLBACK_VERSION, ModelSlot, Scorer
@@ -210,7 +218,7 @@ def _malformed(i: int, max_bytes: int) -> bytes | None:
         lambda: json.dumps({**good, "requested_at": "yesterday"}).encode(),
         lambda: json.dumps({**good, "request_id": ""}).encode(),
         lambda: json.dumps({**good, "request_id": "x" * 65}).encode(),
-        lambda: json.dumps({**good, "extra": 1}).encode(),
+        lambda: json.dumps({**good, "schema_version": "1"}).encode(),
         lambda: json.dumps({**good, "candidate_tweet_ids": [1, "two"]}).encode(),
         lambda: json.dumps({**good, "pad": "x" * (max_bytes + 10)}).encode(),  # oversized
         lambda: b"\x00" * 64,
@@ -260,6 +268,118 @@ def test_malformed_messages_all_dead_lettered_and_lag_returns_to_zero(
         assert all(consumer.committed(tp) == ends[tp] for tp in partitions)
     finally:
         consumer.close(autocommit=False)
+
+
+def test_schema_evolution_on_the_broker(group_settings, producer, hydrator_factory):
+    """New producer → this reader: a request with unknown optional fields is answered and
+    the fields counted; a request of an unknown major schema_version is dead-lettered with
+    that reason; every answer (feed and impressions) carries schema_version."""
+    settings = group_settings
+    feeds_reader = TopicReader(settings, "ranked_feeds")
+    imps_reader = TopicReader(settings, "impressions")
+    dlq = TopicReader(settings, "feed_requests.dlq")
+    server = ServingThread(settings, make_scorer(settings, hydrator_factory))
+    counted = {"topic": "feed_requests"}
+    before = REGISTRY.get_sample_value("feedrank_serving_unknown_fields_total", counted) or 0
+    newer = make_request(12, range(40, 60))
+    breaking = make_request(13, range(40, 60))
+    try:
+        warm_up(settings, producer, feeds_reader)
+        wire = json.loads(newer.model_dump_json())
+        wire.update(client_build="2026.12.1", locale={"lang": "en"})
+        producer.send("feed_requests", key=b"12", value=json.dumps(wire).encode())
+        wire = {**json.loads(breaking.model_dump_json()), "schema_version": 2}
+        producer.send("feed_requests", key=b"13", value=json.dumps(wire).encode())
+        producer.flush(timeout=30)
+        feeds = feeds_reader.read(1, 60, accept=lambda v: newer.request_id.encode() in v)
+        imps = imps_reader.read(1, 60, accept=lambda v: newer.request_id.encode() in v)
+        letters = [
+            json.loads(v)
+            for v in dlq.read(1, 60, accept=lambda v: breaking.request_id.encode() in v)
+        ]
+        after = REGISTRY.get_sample_value("feedrank_serving_unknown_fields_total", counted)
+        stats = server.stop()
+    finally:
+        server.stop_event.set()
+        for reader in (feeds_reader, imps_reader, dlq):
+            reader.close()
+    assert len(feeds) == 1 and len(imps) == 1
+    assert after - before == 2  # client_build and locale, once each
+    assert stats.dead_lettered == 1
+    (letter,) = letters
+    assert letter["kind"] == "schema_version" and letter["source"] == "feed_requests"
+    assert "unknown major schema_version 2" in letter["reason"]
+    feed, served = json.loads(feeds[0]), json.loads(imps[0])
+    assert feed["schema_version"] == served["schema_version"] == SCHEMA_VERSION
+    assert all(i["schema_version"] == SCHEMA_VERSION for i in served["impressions"])
+    assert all(b"client_build" not in v for v in feeds + imps)
+
+
+def test_an_older_producers_messages_get_defaults_from_the_broker(kafka: Settings, producer):
+    """Old producer → this reader: ranked feeds and impressions written before the optional
+    fields (arm, timings_ms, deadline_missed; an impression's arm, score, features) existed
+    are read from the broker with those fields' defaults."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    template_feed = json.loads(
+        encode(
+            RankedFeed(
+                request_id=f"old-{uuid.uuid4().hex}",
+                user_id=3,
+                model_version="v0",
+                degraded=False,
+                items=[RankedItem(tweet_id=1, author_id=2, score=0.5, position=0)],
+                requested_at=dt.datetime.now(dt.UTC),
+                served_at=dt.datetime.now(dt.UTC),
+                deadline_at=dt.datetime.now(dt.UTC),
+            )
+        )
+    )
+    old_feed = {
+        k: v for k, v in template_feed.items() if k not in ("arm", "timings_ms", "deadline_missed")
+    }
+    old_impression = {
+        "schema_version": 1,
+        "request_id": old_feed["request_id"],
+        "user_id": 3,
+        "tweet_id": 1,
+        "author_id": 2,
+        "position": 0,
+        "served_at": old_feed["served_at"],
+        "model_version": "v0",
+    }
+    sent = {
+        "ranked_feeds": json.dumps(old_feed).encode(),
+        "impressions": json.dumps({"schema_version": 1, "impressions": [old_impression]}).encode(),
+    }
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka.kafka.bootstrap_servers, enable_auto_commit=False
+    )
+    try:
+        parts = [
+            TopicPartition(topic, p) for topic in sent for p in consumer.partitions_for_topic(topic)
+        ]
+        ends = consumer.end_offsets(parts)
+        consumer.assign(parts)
+        for tp, offset in ends.items():
+            consumer.seek(tp, offset)
+        for topic, value in sent.items():
+            producer.send(topic, key=b"3", value=value)
+        producer.flush(timeout=30)
+        decoded: dict[str, object] = {}
+        deadline = time.monotonic() + 60
+        while len(decoded) < len(sent) and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                for record in records:
+                    if old_feed["request_id"].encode() in record.value:
+                        decoded[tp.topic] = decode_record(tp.topic, record)
+    finally:
+        consumer.close(autocommit=False)
+    feed, served = decoded["ranked_feeds"], decoded["impressions"]
+    assert isinstance(feed, RankedFeed) and isinstance(served, ServedImpressions)
+    assert (feed.arm, feed.timings_ms, feed.deadline_missed) == ("treatment", {}, False)
+    (impression,) = served.impressions
+    assert (impression.arm, impression.score, impression.features) == ("control", None, None)
 
 
 def _corrupt_model(settings: Settings, version: str) -> str:

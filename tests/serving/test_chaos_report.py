@@ -1,0 +1,65 @@
+"""The chaos report's arithmetic on a hand-made per-request record (the run itself is
+``make chaos``, not part of ``make test``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.chaos_bench import broker_kill_report
+
+pytestmark = pytest.mark.unit
+
+
+def _row(sent: float, latency_ms: float | None, answers: int = 1, **flags: bool) -> dict:
+    received = None if latency_ms is None else sent + latency_ms / 1e3
+    return {
+        "requested_at": sent,
+        "received": received,
+        "answers": answers if received is not None else 0,
+        "degraded": flags.get("degraded", False),
+        "deadline_missed": flags.get("missed", False),
+    }
+
+
+FIGURES = {"rate_rps": 10.0, "candidates": 1000, "servers": 2, "p99_ms": 80.0}
+EVENTS = {
+    "broker": "kafka-2",
+    "partition": 3,
+    "killed_at": 100.0,
+    "restart_at": 120.0,
+    "restarted_at": 130.0,
+}
+
+
+def test_counts_window_p99_and_recovery() -> None:
+    rows = [
+        _row(90.0, 50.0),  # before the fault
+        _row(101.0, 4_000.0, missed=True, degraded=True),  # waited for the new leader
+        _row(110.0, 60.0, answers=2),  # answered twice (redelivered)
+        _row(129.0, 900.0, missed=True),  # the last late answer: received at 129.9
+        _row(140.0, 40.0),  # after the window
+    ]
+    report = broker_kill_report({**FIGURES, "per_request": rows}, EVENTS, budget_ms=300)
+    assert (report["sent"], report["answered"], report["lost"]) == (5, 5, 0)
+    assert report["answered_twice"] == 1
+    assert (report["budget_misses"], report["degraded"]) == (2, 1)
+    assert report["fault_window_requests"] == 3 and report["fault_window_s"] == 30.0
+    assert report["p99_fault_window_ms"] > 900.0
+    assert report["recovery_s"] == pytest.approx(29.9)
+    assert report["scenario"] == "broker_kill" and "kafka-2" in report["fault"]
+    timeline = {b["from_kill_s"]: b for b in report["timeline"]}
+    assert sum(b["sent"] for b in timeline.values()) == 5
+    assert timeline[0]["late"] == 1 and timeline[25]["late"] == 1 and timeline[-10]["late"] == 0
+
+
+def test_a_lost_request_after_the_kill_means_not_recovered() -> None:
+    rows = [_row(90.0, 50.0), _row(105.0, None), _row(140.0, 40.0)]
+    report = broker_kill_report({**FIGURES, "per_request": rows}, EVENTS, budget_ms=300)
+    assert report["lost"] == 1 and report["answered"] == 2
+    assert report["recovery_s"] is None
+
+
+def test_nothing_late_after_the_kill_recovers_at_once() -> None:
+    rows = [_row(90.0, 50.0), _row(105.0, 30.0), _row(140.0, 40.0)]
+    report = broker_kill_report({**FIGURES, "per_request": rows}, EVENTS, budget_ms=300)
+    assert report["recovery_s"] == 0.0 and report["lost"] == 0
