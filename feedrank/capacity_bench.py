@@ -32,7 +32,7 @@ from typing import Any
 
 import typer
 
-from feedrank.config import Settings, get_settings
+from feedrank.config import Settings, get_settings, redis_client_kwargs
 
 MB = 1e6
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -211,7 +211,7 @@ def redis_bench(settings: Settings) -> dict[str, Any]:
     store = settings.model_copy(
         update={"paths": PathsConfig(home=home), "feast": FeastConfig(online_store="redis")}
     )
-    client = redis.Redis(host=settings.redis.host, port=settings.redis.port)
+    client = redis.Redis(**redis_client_kwargs(settings))
     client.flushdb()
     users, authors, tweets = 2000, 300, 6000
     build_synthetic_store(
