@@ -32,7 +32,7 @@ from typing import Any
 
 import typer
 
-from feedrank.config import Settings, get_settings
+from feedrank.config import Settings, get_settings, redis_client_kwargs
 
 MB = 1e6
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -49,10 +49,13 @@ PLAN_ENTITIES: dict[str, float] = {
 PLAN_IMPRESSIONS_PER_RANKING = 30  # viewed impressions per feed (the demo's world: 28)
 
 
-def _process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+def _process_cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of processes (``/proc/<pid>/stat``)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
 
 
 def _self_cpu_s() -> float:
@@ -135,23 +138,26 @@ def kafka_bench(settings: Settings, requests: int, messages: dict[str, bytes]) -
     from kafka import KafkaConsumer, KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from feedrank.services.kafka_broker import kafka_config
+    from feedrank.services.kafka_broker import broker_nodes
     from feedrank.services.process import owned_pid
 
-    broker_pid = owned_pid(settings, "kafka", str(kafka_config(settings)))
+    pids = [owned_pid(settings, n.name, str(n.config)) for n in broker_nodes(settings)]
+    # CPU of every broker node (the cluster profile's replicas included), when we own them.
+    broker_pids = pids if pids and None not in pids else None
     topic = f"bench_capacity_{uuid.uuid4().hex[:8]}"
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])
+    replicas = settings.kafka.replication_factor
+    admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=replicas)])
     total_bytes = requests * sum(len(m) for m in messages.values())
-    out: dict[str, Any] = {"topic_partitions": 6, "mb": total_bytes / MB}
+    out: dict[str, Any] = {"topic_partitions": 6, "replicas": replicas, "mb": total_bytes / MB}
     try:
         producer = KafkaProducer(
             bootstrap_servers=settings.kafka.bootstrap_servers,
-            acks="all",
+            **settings.kafka.producer_options(),
             linger_ms=5,
             max_request_size=4 * 2**20,
         )
-        broker0 = _process_cpu_s(broker_pid) if broker_pid else None
+        broker0 = _process_cpu_s(broker_pids) if broker_pids else None
         cpu0, wall0 = _self_cpu_s(), time.monotonic()
         for i in range(requests):
             key = str(i % 5000).encode()
@@ -159,7 +165,7 @@ def kafka_bench(settings: Settings, requests: int, messages: dict[str, bytes]) -
                 producer.send(topic, key=key, value=value)
         producer.flush()
         produce_wall, produce_cpu = time.monotonic() - wall0, _self_cpu_s() - cpu0
-        broker_in = _process_cpu_s(broker_pid) - broker0 if broker_pid else None
+        broker_in = _process_cpu_s(broker_pids) - broker0 if broker_pids else None
         producer.close()
         consumer = KafkaConsumer(
             topic,
@@ -171,7 +177,7 @@ def kafka_bench(settings: Settings, requests: int, messages: dict[str, bytes]) -
             max_partition_fetch_bytes=8 * 2**20,
         )
         expected, seen, consumed_bytes = requests * len(messages), 0, 0
-        broker1 = _process_cpu_s(broker_pid) if broker_pid else None
+        broker1 = _process_cpu_s(broker_pids) if broker_pids else None
         cpu0, wall0 = _self_cpu_s(), time.monotonic()
         deadline = wall0 + 300
         while seen < expected and time.monotonic() < deadline:
@@ -179,7 +185,7 @@ def kafka_bench(settings: Settings, requests: int, messages: dict[str, bytes]) -
                 seen += len(records)
                 consumed_bytes += sum(len(r.value) for r in records)
         consume_wall, consume_cpu = time.monotonic() - wall0, _self_cpu_s() - cpu0
-        broker_out = _process_cpu_s(broker_pid) - broker1 if broker_pid else None
+        broker_out = _process_cpu_s(broker_pids) - broker1 if broker_pids else None
         consumer.close()
     finally:
         admin.delete_topics([topic])
@@ -211,7 +217,7 @@ def redis_bench(settings: Settings) -> dict[str, Any]:
     store = settings.model_copy(
         update={"paths": PathsConfig(home=home), "feast": FeastConfig(online_store="redis")}
     )
-    client = redis.Redis(host=settings.redis.host, port=settings.redis.port)
+    client = redis.Redis(**redis_client_kwargs(settings))
     client.flushdb()
     users, authors, tweets = 2000, 300, 6000
     build_synthetic_store(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from feedrank.errors import ConfigError
@@ -213,6 +213,17 @@ class KafkaConfig(Section):
 class RedisConfig(Section):
     host: str = Field(default="127.0.0.1", description="redis-server host (loopback only).")
     port: int = Field(default=16379, description="redis-server port.")
+    password: SecretStr | None = Field(
+        default=None,
+        description="AUTH password (set it through FEEDRANK_REDIS__PASSWORD, never in a YAML "
+        "file); unset: read from password_file.",
+    )
+    password_file: Path | None = Field(
+        default=None,
+        description="File holding the AUTH password (default <paths.home>/secrets/"
+        "redis.password, created with a random password, mode 0600, when feedrank starts "
+        "redis-server and neither exists). Point it outside the checkout in production.",
+    )
 
     @property
     def url(self) -> str:
@@ -469,6 +480,17 @@ class Settings(BaseSettings):
     observability: ObservabilityConfig = ObservabilityConfig()
     experiment: ExperimentConfig = ExperimentConfig()
 
+    @model_validator(mode="after")
+    def _pin_redis_password_file(self) -> Settings:
+        # Resolved once, here: a copy of the settings with another run folder (benchmarks,
+        # test stores) still talks to the same redis-server with the same password.
+        if self.redis.password_file is None:
+            pinned = self.redis.model_copy(
+                update={"password_file": self.paths.home / "secrets" / "redis.password"}
+            )
+            object.__setattr__(self, "redis", pinned)
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -558,6 +580,29 @@ def _check_env_sections(settings_cls: type[BaseSettings]) -> None:
 def get_settings() -> Settings:
     """The process-wide settings (resolved once; call ``get_settings.cache_clear()`` to redo)."""
     return Settings()
+
+
+def redis_password_file(settings: Settings) -> Path:
+    """Where the Redis password is kept when FEEDRANK_REDIS__PASSWORD is not set."""
+    # Pinned by Settings' validator; the fallback covers a RedisConfig built by hand.
+    return settings.redis.password_file or settings.paths.home / "secrets" / "redis.password"
+
+
+def redis_password(settings: Settings) -> str | None:
+    """The Redis AUTH password: the setting, else the password file's content, else None."""
+    if settings.redis.password is not None:
+        return settings.redis.password.get_secret_value()
+    path = redis_password_file(settings)
+    return path.read_text().strip() if path.is_file() else None
+
+
+def redis_client_kwargs(settings: Settings) -> dict[str, Any]:
+    """``host``, ``port`` and ``password`` for ``redis.Redis(**…)``: one place for every client."""
+    return {
+        "host": settings.redis.host,
+        "port": settings.redis.port,
+        "password": redis_password(settings),
+    }
 
 
 def dump_settings(settings: Settings) -> str:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from feedrank import feature_spec as spec
-from feedrank.config import PROJECT_ROOT, Settings, get_settings
+from feedrank.config import PROJECT_ROOT, Settings, get_settings, redis_password
 from feedrank.errors import FeedrankError
 
 if TYPE_CHECKING:
@@ -72,14 +72,23 @@ def push_source_name(view_name: str) -> str:
 # --------------------------------------------------------------------------- configuration
 
 
-def feature_store_config(settings: Settings) -> dict[str, Any]:
-    """The resolved ``feature_store.yaml`` content for the settings' profile, as a dict."""
+def feature_store_config(settings: Settings, *, with_secrets: bool = True) -> dict[str, Any]:
+    """The resolved ``feature_store.yaml`` content for the settings' profile, as a dict.
+
+    With ``with_secrets=False`` (a file on disk) the Redis password is the reference
+    ``${FEEDRANK_REDIS__PASSWORD}``, which Feast expands from the environment when it loads
+    the file.
+    """
     folder = store_dir(settings)
     online: dict[str, Any]
     if settings.feast.online_store == "sqlite":
         online = {"type": "sqlite", "path": str(folder / "online.db")}
     else:
-        online = {"type": "redis", "connection_string": settings.redis.url}
+        password = redis_password(settings)
+        if password and not with_secrets:
+            password = "${FEEDRANK_REDIS__PASSWORD}"
+        connection = settings.redis.url + (f",password={password}" if password else "")
+        online = {"type": "redis", "connection_string": connection}
     offline: dict[str, Any]
     if settings.feast.offline_store == "file":
         # Parquet FileSources read by DuckDB. Feast's "file" store (dask) fails on multi-file
@@ -126,12 +135,16 @@ def repo_config(settings: Settings | None = None) -> RepoConfig:
 def write_feature_store_yaml(settings: Settings | None = None) -> Path:
     """Write the resolved ``feature_store.yaml`` into the run folder and return its path.
 
-    Use it with the Feast CLI: ``feast -c feature_repo -f <path> plan`` (or ``apply``).
+    Use it with the Feast CLI: ``feast -c feature_repo -f <path> plan`` (or ``apply``); on
+    Redis, with the password in the environment (``export FEEDRANK_REDIS__PASSWORD=$(cat
+    var/secrets/redis.password)``): the file names it, never holds it.
     """
     settings = settings or get_settings()
     path = store_dir(settings) / "feature_store.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(feature_store_config(settings), sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(feature_store_config(settings, with_secrets=False), sort_keys=False)
+    )
     return path
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
-from feedrank.config import Settings, get_settings
+from feedrank.config import Settings, get_settings, redis_client_kwargs
 
 log = logging.getLogger("feedrank.services")
 
@@ -94,10 +94,7 @@ def redis_ready(settings: Settings | None = None, timeout_s: float = 0.0) -> boo
             # One attempt per round: redis-py's default retries with backoff would make a
             # stopped server cost seconds (``feedrank.services status`` waited 5 s on it).
             client = redis.Redis(
-                host=settings.redis.host,
-                port=settings.redis.port,
-                socket_timeout=2,
-                retry=Retry(NoBackoff(), 0),
+                **redis_client_kwargs(settings), socket_timeout=2, retry=Retry(NoBackoff(), 0)
             )
             try:
                 if client.ping():

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
-from feedrank.config import Settings
+from feedrank.config import Settings, redis_client_kwargs
 from feedrank.schemas import RankedFeed
 
 _KEY_PREFIX = "feedrank:serving"
@@ -137,11 +137,11 @@ class RedisFeedCache:
     score and the set itself expires when the user stops fetching.
     """
 
-    def __init__(self, host: str, port: int, ttl_s: int) -> None:
+    def __init__(self, host: str, port: int, ttl_s: int, password: str | None = None) -> None:
         import redis
 
         self.ttl_s = ttl_s
-        self._redis = redis.Redis(host=host, port=port, socket_timeout=5.0)
+        self._redis = redis.Redis(host=host, port=port, password=password, socket_timeout=5.0)
 
     def get(self, request_id: str) -> bytes | None:
         return self._redis.get(f"{_KEY_PREFIX}:feed:{request_id}")
@@ -174,5 +174,5 @@ def open_feed_cache(settings: Settings) -> FeedCache:
     """The profile's feed cache: Redis where the profile runs Redis, SQLite otherwise."""
     ttl_s = settings.serving.feed_cache_ttl_s
     if settings.feast.online_store == "redis":
-        return RedisFeedCache(settings.redis.host, settings.redis.port, ttl_s)
+        return RedisFeedCache(**redis_client_kwargs(settings), ttl_s=ttl_s)
     return SqliteFeedCache(settings.paths.home / "serving" / "feed_cache.sqlite", ttl_s)

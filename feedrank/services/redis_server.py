@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
-from feedrank.config import Settings
+from feedrank.config import Settings, redis_password, redis_password_file
 from feedrank.errors import FeedrankError
 from feedrank.readiness import redis_ready
 from feedrank.services.process import (
@@ -23,6 +24,32 @@ from feedrank.services.process import (
     spawn,
     terminate,
 )
+
+
+def ensure_password(settings: Settings) -> str:
+    """The Redis password; with none set or on file, a random one written to the password
+    file (mode 0600, its folder 0700), so every redis-server feedrank starts requires AUTH."""
+    password = redis_password(settings)
+    if password:
+        return password
+    path = redis_password_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    password = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    say(f"created a Redis password in {path}")
+    return password
+
+
+def _auth_config(settings: Settings, data_dir: Path, password: str) -> Path:
+    """A 0600 config file with ``requirepass``: the password stays off the command line
+    (which any local user can read in ``ps``)."""
+    path = data_dir / "auth.conf"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f'requirepass "{password}"\n')
+    return path
 
 
 def _redis_binary() -> str:
@@ -71,8 +98,9 @@ def redis_up(settings: Settings | None = None) -> bool:
         binary = _redis_binary()
         data_dir.mkdir(parents=True, exist_ok=True)
         settings.paths.logs.mkdir(parents=True, exist_ok=True)
+        auth = _auth_config(settings, data_dir, ensure_password(settings))
         argv = [
-            binary, "--bind", settings.redis.host, "--port", str(settings.redis.port),
+            binary, str(auth), "--bind", settings.redis.host, "--port", str(settings.redis.port),
             "--dir", str(data_dir), "--logfile", str(settings.paths.logs / "redis.log"),
             "--daemonize", "no", "--protected-mode", "yes", "--save", "60 1",
             "--dbfilename", "dump.rdb",

@@ -119,8 +119,11 @@ class FeatureHydrator:
         else:
             import redis
 
-            host, port = config.online_store.connection_string.split(",")[0].split(":")
-            self._reader = RedisReader(redis.Redis(host=host, port=int(port)), config.project)
+            address, *options = config.online_store.connection_string.split(",")
+            host, port = address.split(":")
+            password = dict(o.split("=", 1) for o in options).get("password")
+            client = redis.Redis(host=host, port=int(port), password=password)
+            self._reader = RedisReader(client, config.project)
             self._mirror = RedisStreamMirror.start(
                 self._reader,
                 {name: (spec.VIEWS[name], self._codecs[name]) for name in STREAM_VIEWS},

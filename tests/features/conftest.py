@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from feast_world import AS_OF, DAYS, SIZES, START, materialize_as_of
 
-from feedrank.config import FeastConfig, PathsConfig, Settings
+from feedrank.config import FeastConfig, PathsConfig, Settings, redis_client_kwargs
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +49,7 @@ def redis_store(redis_server: Settings, feature_home: Path) -> Iterator[Settings
     from feedrank.featurestore import apply_repo
 
     project = "feedrank_tests_features"
-    client = redis.Redis(host=redis_server.redis.host, port=redis_server.redis.port)
+    client = redis.Redis(**redis_client_kwargs(redis_server))
     for key in client.scan_iter(match=b"*" + project.encode()):
         client.delete(key)
     remote = redis_server.model_copy(

@@ -15,7 +15,7 @@ import pytest
 from feast_world import AS_OF, SIZES
 
 from feedrank import feature_spec as spec
-from feedrank.config import Settings
+from feedrank.config import Settings, redis_client_kwargs
 from feedrank.schemas import DEVICES
 
 pytestmark = pytest.mark.integration
@@ -191,7 +191,7 @@ def test_fast_path_on_redis_follows_pushes_through_its_mirror(redis_store: Setti
 
     hydrator = FeatureHydrator(redis_store)
     writer = feature_store(redis_store)  # another FeatureStore, as the stream job has
-    client = redis.Redis(host=redis_store.redis.host, port=redis_store.redis.port)
+    client = redis.Redis(**redis_client_kwargs(redis_store))
     names = spec.model_features()
     counters = [names.index(f) for f in ("tweet_engagements_30m", "tweet_engagements_1h")]
     user_col = names.index("user_engagements_1h")

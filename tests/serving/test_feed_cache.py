@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from feedrank.config import Settings
+from feedrank.config import Settings, redis_client_kwargs
 from feedrank.schemas import RankedFeed, RankedItem, encode
 from serving.feed_cache import RedisFeedCache, SqliteFeedCache
 
@@ -56,7 +56,7 @@ def test_sqlite_feed_cache_replays_and_expires(tmp_path) -> None:
 
 @pytest.mark.integration
 def test_redis_feed_cache_replays_and_expires(redis_server: Settings) -> None:
-    cache = RedisFeedCache(redis_server.redis.host, redis_server.redis.port, ttl_s=1)
+    cache = RedisFeedCache(**redis_client_kwargs(redis_server), ttl_s=1)
     try:
         _exercise(cache, ttl_s=1)
     finally:

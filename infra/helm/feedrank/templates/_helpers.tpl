@@ -41,6 +41,11 @@ settings yet (the security profile, issue 26), so no credential is passed here. 
   value: {{ .Values.redis.host | quote }}
 - name: FEEDRANK_REDIS__PORT
   value: {{ .Values.redis.port | quote }}
+- name: FEEDRANK_REDIS__PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.passwordSecret.name | quote }}
+      key: {{ .Values.redis.passwordSecret.key | quote }}
 - name: FEEDRANK_FEAST__ONLINE_STORE
   value: redis
 {{- end -}}
