@@ -23,8 +23,23 @@ if [ "${#benches[@]}" -eq 0 ]; then
 fi
 reports="$("$py" -c 'from feedrank.config import get_settings; print(get_settings().paths.reports)')"
 mkdir -p "$reports"
-# Benchmarks of the streaming path need the profile's services.
-"$py" -m feedrank.services up
+# Benchmarks of the streaming path need the profile's services; the ones started here are
+# stopped again on exit (success or not), the ones already running are left running.
+up_log="$("$py" -m feedrank.services up 2>&1)" || { echo "$up_log"; exit 1; }
+echo "$up_log"
+started=()
+down_flags=()
+for service in kafka redis spark-cluster; do
+  if grep -q "${service}: started" <<<"$up_log"; then
+    started+=("$service")
+    down_flags+=("--${service}")
+  else
+    down_flags+=("--no-${service}")
+  fi
+done
+if [ "${#started[@]}" -gt 0 ]; then
+  trap 'echo "[bench] stopping what it started: ${started[*]}"; "$py" -m feedrank.services down "${down_flags[@]}"' EXIT
+fi
 for i in "${!benches[@]}"; do
   name="${benches[$i]}"
   echo "[bench $((i + 1))/${#benches[@]}] feedrank bench $name"

@@ -58,9 +58,26 @@ def bench_serving(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the figures here.")
     ] = None,
+    curve: Annotated[
+        str,
+        typer.Option(
+            help="Load curve: comma-separated rates, each loaded for --duration after --rate "
+            "(e.g. 25,50,100,150,200); empty: none."
+        ),
+    ] = "",
+    plot: Annotated[
+        Path | None, typer.Option(help="Draw the load curve (needs --curve) into this PNG.")
+    ] = None,
 ) -> None:
     """End-to-end serving latency on the real broker, against the naive path and model floor."""
-    from serving.latency_bench import print_table, run_bench
+    from serving.latency_bench import plot_curve, print_table, run_bench
+
+    try:
+        rates = tuple(float(r) for r in curve.split(",") if r.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--curve takes rates like 25,50,100, not {curve!r}") from None
+    if plot is not None and not rates:
+        raise typer.BadParameter("--plot draws the load curve: give --curve too")
 
     figures = run_bench(
         get_settings(),
@@ -70,8 +87,11 @@ def bench_serving(
         naive_requests=naive_requests,
         servers=servers,
         warmup_s=warmup,
+        curve_rates=rates,
     )
     print_table(figures)
+    if plot is not None:
+        plot_curve(figures, plot)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(figures, indent=2) + "\n")

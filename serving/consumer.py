@@ -59,7 +59,13 @@ from feedrank.schemas import (
 from serving import metrics
 from serving.feed_cache import open_feed_cache
 from serving.reload import ModelWatcher
-from serving.scorer import NO_CHAMPION_RANKER, ModelSlot, Scorer, load_serving_model
+from serving.scorer import (
+    NO_CHAMPION_RANKER,
+    ModelSlot,
+    Scorer,
+    load_serving_model,
+    observe_cpu,
+)
 
 log = logging.getLogger("feedrank.serving")
 
@@ -244,12 +250,14 @@ class _ServingLoop:
         """
         # The dead letter keeps a prefix; the full message stays at its offset for the
         # topic's retention.
+        cpu = time.thread_time()
         event = decode_record(
             REQUESTS_TOPIC,
             record,
             max_bytes=self.settings.serving.max_request_bytes,
             on_unknown=self._count_unknown,
         )
+        observe_cpu("decode", cpu)
         if isinstance(event, DeadLetter):
             return [self._send_dead_letter(event)], None
         assert isinstance(event, FeedRequest)
@@ -268,6 +276,7 @@ class _ServingLoop:
                 key=record.key,
             )
             return [self._send_dead_letter(letter)], None
+        cpu = time.thread_time()
         key = str(event.user_id).encode()
         futures = [self.producer.send(FEEDS_TOPIC, key=key, value=answer.payload)]
         if answer.impressions:
@@ -276,6 +285,7 @@ class _ServingLoop:
                 self.producer.send(IMPRESSIONS_TOPIC, key=key, value=value)
                 for value in impression_messages(answer.impressions, limit)
             ]
+        observe_cpu("encode_produce", cpu)
         if answer.replayed:
             self.stats.replayed += 1
             return futures, None

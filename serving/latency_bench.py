@@ -48,6 +48,7 @@ SYNTHETIC_START = dt.date(2026, 11, 1)
 READY_TIMEOUT_S = 300.0
 BENCH_MODEL_TREES = 100
 DRAIN_TIMEOUT_S = 60.0
+FLOOR_CALLS = 50
 
 
 def _log(message: str) -> None:
@@ -216,6 +217,7 @@ def _start_server(
 
 # ------------------------------------------------------------------ the run
 
+_STAGES = ("decode", "hydrate", "light", "heavy", "rank", "encode_produce")
 _HEAVY_SAMPLES = (
     "feedrank_serving_heavy_rows_sum",
     "feedrank_serving_heavy_rows_count",
@@ -223,22 +225,61 @@ _HEAVY_SAMPLES = (
 )
 
 
-def _scrape_heavy(world: Settings, servers: int) -> dict[str, float]:
-    """The servers' heavy-ranker counters, summed (from their Prometheus ``/metrics``)."""
+def _scrape(world: Settings, servers: int) -> dict[str, float]:
+    """The servers' counters the bench reads, summed over processes (Prometheus ``/metrics``):
+    heavy-ranker rows, requests scored, process CPU and CPU by stage (``stage:<name>``)."""
     from urllib.request import urlopen
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    totals = dict.fromkeys(_HEAVY_SAMPLES, 0.0)
+    totals = dict.fromkeys(
+        (*_HEAVY_SAMPLES, "scored", "process_cpu_seconds_total", *(f"stage:{s}" for s in _STAGES)),
+        0.0,
+    )
     for index in range(servers):
         url = f"http://127.0.0.1:{world.serving.metrics_port + index}/metrics"
         with urlopen(url, timeout=5) as response:
             text = response.read().decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name in totals:
+                if sample.name in _HEAVY_SAMPLES or sample.name == "process_cpu_seconds_total":
                     totals[sample.name] += sample.value
+                elif sample.name == "feedrank_serving_requests_total":
+                    if sample.labels.get("outcome") == "scored":
+                        totals["scored"] += sample.value
+                elif sample.name == "feedrank_serving_stage_cpu_seconds_total":
+                    key = f"stage:{sample.labels.get('stage')}"
+                    totals[key] = totals.get(key, 0.0) + sample.value
     return totals
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process from ``/proc`` (0 if unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of every core since boot (``/proc/stat``): other engineers'
+    load shows up here."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def _broker_pid(world: Settings) -> int | None:
+    from feedrank.services.kafka_broker import kafka_config
+    from feedrank.services.process import owned_pid
+
+    try:
+        return owned_pid(world, "kafka", str(kafka_config(world)))
+    except OSError:
+        return None
 
 
 def _requests(
@@ -265,18 +306,21 @@ def run_bench(
     naive_requests: int = 10,
     servers: int = 1,
     warmup_s: float = 5.0,
+    curve_rates: tuple[float, ...] = (),
     fault: Callable[[float], None] | None = None,
     per_request: bool = False,
 ) -> dict[str, Any]:
     """Run the serving benchmark; returns the figures (see the module docstring).
 
     ``servers`` ``feedrank serve`` processes share the bench's consumer group (scale-out: with
-    one process the GIL-bound loop, not the cores, caps the throughput).
+    one process the GIL-bound loop, not the cores, caps the throughput). The top-level
+    figures are those at ``rate_rps``; each rate of ``curve_rates`` is then loaded for
+    ``duration_s`` too, on the same processes, and its figures go to ``load_curve``.
 
     Args:
-        fault: Run on a thread of its own when the measured load starts, with that wall
-            time (``time.time()``): a fault scenario (``serving.chaos_bench``) under load.
-            Its exception fails the run once the load is over.
+        fault: Run on a thread of its own when the measured load at ``rate_rps`` starts, with
+            that wall time (``time.time()``): a fault scenario (``serving.chaos_bench``) under
+            load. Its exception fails the run once the load is over.
         per_request: Also return ``per_request``: each measured request's requested_at,
             when its first answer was consumed (None: never), how many answers it got,
             degraded and deadline_missed.
@@ -288,8 +332,6 @@ def run_bench(
         raise FeedrankError("the bench world has no users or tweets")
     group_id = f"feedrank-bench-{uuid.uuid4().hex[:8]}"
     _group_at_end(world, group_id)
-    n = max(1, round(rate_rps * duration_s))
-    planned = _requests(users, tweets, candidates, n, seed=5)
     log_path = world.paths.logs / "bench-serving.out"
     feeds = _feeds_consumer(world)
     producer = KafkaProducer(
@@ -298,6 +340,7 @@ def run_bench(
         **world.kafka.producer_options(),
     )
     procs = [_start_server(world, group_id, log_path, i) for i in range(servers)]
+    broker = _broker_pid(settings)  # the broker's pid file is in the run folder, not world's
     results: dict[str, dict[str, Any]] = {}
     answers: Counter[str] = Counter()
     dead_lettered: list[DeadLetter] = []
@@ -341,40 +384,24 @@ def run_bench(
         producer.send("feed_requests", key=str(user).encode(), value=encode(request))
         return request
 
-    try:
-        # Warm-up: rounds of requests from several users (so every partition, hence every
-        # process, gets some) until two rounds in a row are answered within a second each:
-        # processes started, the group joined and settled, caches loaded.
-        _log(f"starting {servers} feedrank serve process(es) (log: {log_path})")
-        ready_by = time.monotonic() + READY_TIMEOUT_S
-        users_warm = planned[:12]
-        quick_rounds = 0
-        while quick_rounds < 2:
-            if time.monotonic() > ready_by:
-                raise FeedrankError(
-                    f"feedrank serve did not answer in {READY_TIMEOUT_S:.0f} s; see {log_path}"
-                )
-            warm = {send(*spec, prefix="warm").request_id for spec in users_warm}
-            producer.flush()
-            collect(warm, time.monotonic() + 1.0)
-            quick_rounds = quick_rounds + 1 if warm <= results.keys() else 0
-            collect(warm, time.monotonic() + 2.0)  # let a slow round finish before the next
-        # Then load at the target rate, unmeasured for ``warmup_s``: the processes' first
-        # seconds under load (allocator, XGBoost and socket buffers growing) are not the
-        # steady state the figures describe.
-        warm_load = _requests(users, tweets, candidates, round(rate_rps * warmup_s), seed=6)
+    def load(rate: float, seed: int, with_fault: bool = False) -> dict[str, Any]:
+        """``warmup_s`` of unmeasured load at ``rate``, then ``duration_s`` measured: the
+        processes' first seconds under a new load (allocator, XGBoost and socket buffers
+        growing, the aim's cost estimate adapting) are not the steady state measured."""
+        n = max(1, round(rate * duration_s))
+        planned = _requests(users, tweets, candidates, n, seed=seed)
+        warm_load = _requests(users, tweets, candidates, round(rate * warmup_s), seed=seed + 1)
         _log(
-            f"warm; {warmup_s:g} s of unmeasured load, then {n} requests at {rate_rps:g}/s, "
+            f"{warmup_s:g} s of unmeasured load, then {n} requests at {rate:g}/s, "
             f"{candidates} candidates each"
         )
-
         sent: list[FeedRequest] = []
         measured_from: list[float] = []
 
         def produce() -> None:
             start = time.monotonic()
             for i, spec in enumerate([*warm_load, *planned]):
-                delay = start + i / rate_rps - time.monotonic()
+                delay = start + i / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
                 if i < len(warm_load):
@@ -387,13 +414,14 @@ def run_bench(
 
         sender = threading.Thread(target=produce, name="bench-producer", daemon=True)
         sender.start()
-        heavy_before: dict[str, float] | None = None
+        before: dict[str, float] | None = None
         fault_thread: threading.Thread | None = None
         while sender.is_alive():
             collect({r.request_id for r in sent}, time.monotonic() + 0.2)
-            if heavy_before is None and measured_from:
-                heavy_before = _scrape_heavy(world, servers)
-            if fault is not None and fault_thread is None and measured_from:
+            if before is None and measured_from:
+                before = _scrape(world, servers)
+                cpu_before = (time.process_time(), _cpu_seconds(broker), _machine_ticks())
+            if with_fault and fault is not None and fault_thread is None and measured_from:
                 fault_thread = threading.Thread(
                     target=run_fault, args=(measured_from[0],), name="bench-fault", daemon=True
                 )
@@ -406,8 +434,75 @@ def run_bench(
             collect({r.request_id for r in sent}, time.monotonic() + DRAIN_TIMEOUT_S)
         if fault_errors:
             raise FeedrankError(f"the fault scenario failed: {fault_errors[0]!r}")
-        heavy_after = _scrape_heavy(world, servers)
-        heavy = {k: heavy_after[k] - (heavy_before or {}).get(k, 0.0) for k in heavy_after}
+        after = _scrape(world, servers)
+        if before is None:  # no measured request was sent (cannot happen with n >= 1)
+            before, cpu_before = after, (time.process_time(), _cpu_seconds(broker), (0, 1))
+        bench_cpu = time.process_time() - cpu_before[0]
+        broker_cpu = _cpu_seconds(broker) - cpu_before[1]
+        busy, total = (a - b for a, b in zip(_machine_ticks(), cpu_before[2], strict=True))
+        delta = {k: after[k] - before.get(k, 0.0) for k in after}
+        figures = _figures(
+            [results[r.request_id] for r in sent if r.request_id in results],
+            len(sent),
+            measured_from[0] if measured_from else time.time(),
+            delta,
+        )
+        scored = max(delta["scored"], 1.0)
+        figures.update(
+            {
+                "rate_rps": rate,
+                "answered_twice": sum(answers[r.request_id] > 1 for r in sent),
+                "bench_cpu_ms_per_request": 1e3 * bench_cpu / max(len(sent), 1),
+                "broker_cpu_ms_per_request": 1e3 * broker_cpu / max(len(sent), 1),
+                "machine_busy_share": busy / max(total, 1),
+                "serve_requests_scored": int(delta["scored"]),
+                "serve_cpu_ms_per_request": 1e3 * delta["process_cpu_seconds_total"] / scored,
+                "stage_cpu_ms_per_request": {
+                    stage: 1e3 * delta[f"stage:{stage}"] / scored for stage in _STAGES
+                },
+            }
+        )
+        figures["stage_cpu_ms_per_request"]["other"] = figures["serve_cpu_ms_per_request"] - sum(
+            figures["stage_cpu_ms_per_request"].values()
+        )
+        if with_fault and per_request:
+            figures["per_request"] = [
+                {
+                    "requested_at": r.requested_at.timestamp(),
+                    "received": results[r.request_id]["received"]
+                    if r.request_id in results
+                    else None,
+                    "answers": answers[r.request_id],
+                    "degraded": r.request_id in results and results[r.request_id]["feed"].degraded,
+                    "deadline_missed": r.request_id in results
+                    and results[r.request_id]["feed"].deadline_missed,
+                }
+                for r in sent
+            ]
+        return figures
+
+    curve: list[dict[str, Any]] = []
+    try:
+        # Warm-up: rounds of requests from several users (so every partition, hence every
+        # process, gets some) until two rounds in a row are answered within a second each:
+        # processes started, the group joined and settled, caches loaded.
+        _log(f"starting {servers} feedrank serve process(es) (log: {log_path})")
+        ready_by = time.monotonic() + READY_TIMEOUT_S
+        users_warm = _requests(users, tweets, candidates, 12, seed=5)
+        quick_rounds = 0
+        while quick_rounds < 2:
+            if time.monotonic() > ready_by:
+                raise FeedrankError(
+                    f"feedrank serve did not answer in {READY_TIMEOUT_S:.0f} s; see {log_path}"
+                )
+            warm = {send(*spec, prefix="warm").request_id for spec in users_warm}
+            producer.flush()
+            collect(warm, time.monotonic() + 1.0)
+            quick_rounds = quick_rounds + 1 if warm <= results.keys() else 0
+            collect(warm, time.monotonic() + 2.0)  # let a slow round finish before the next
+        main = load(rate_rps, seed=5, with_fault=True)
+        for k, rate in enumerate(curve_rates):
+            curve.append(main if rate == rate_rps else load(rate, seed=100 + 2 * k))
     finally:
         for server in procs:
             if server.poll() is None:
@@ -420,7 +515,47 @@ def run_bench(
         feeds.close(autocommit=False)
         producer.close(timeout=10)
 
-    answered = [results[r.request_id] for r in sent if r.request_id in results]
+    budget_ms = world.serving.budget_ms
+    figures: dict[str, Any] = {
+        "world": world_kind,
+        "candidates": candidates,
+        "duration_s": duration_s,
+        "servers": servers,
+        "warmup_s": warmup_s,
+        **main,
+        "ranked_feeds_dead_lettered": len(dead_lettered),
+        "budget_ms": budget_ms,
+        "heavy_ranker_cap": world.ranking.heavy_ranker_cap,
+        "aim_ms": world.serving.aim_ms,
+    }
+    if naive_requests <= 0:  # no reference paths (the chaos scenarios): no ratios to them
+        return figures
+    sample = _requests(users, tweets, candidates, naive_requests, seed=5)
+    figures.update(_offline_paths(world, sample))
+    floor_cpu = figures["model_floor_cpu_ms"]
+    for point in [figures, *curve]:
+        point["serve_cpu_over_floor"] = point["serve_cpu_ms_per_request"] / floor_cpu
+        # Under load the funnel prunes (aim) or skips (budget) the heavy ranker, which lowers
+        # the ratio above; this one puts the model floor back in place of what the heavy
+        # stage cost: the serve CPU of a request whose every candidate is heavy-ranked, over
+        # the model alone.
+        overhead = point["serve_cpu_ms_per_request"] - point["stage_cpu_ms_per_request"]["heavy"]
+        point["non_model_cpu_ms_per_request"] = overhead
+        point["full_heavy_cpu_over_floor"] = (overhead + floor_cpu) / floor_cpu
+        point["p99_over_floor"] = point["p99_ms"] / figures["model_floor_p50_ms"]
+    if curve:
+        figures["load_curve"] = [
+            {k: v for k, v in point.items() if k != "load_curve"} for point in curve
+        ]
+        within = [p["rate_rps"] for p in curve if p["p99_ms"] <= budget_ms]
+        figures["max_rate_p99_within_budget_rps"] = max(within, default=None)
+    return figures
+
+
+def _figures(
+    answered: list[dict[str, Any]], sent: int, first_sent: float, delta: dict[str, float]
+) -> dict[str, Any]:
+    """Latency, throughput, misses and degraded share of one load phase's answers."""
     latencies_ms = [(a["received"] - a["feed"].requested_at.timestamp()) * 1e3 for a in answered]
 
     # Split of the end-to-end time: until the server handed the feed to its producer
@@ -430,7 +565,6 @@ def run_bench(
 
     server_ms = [(stamp(a, "served_at") - stamp(a, "requested_at")) * 1e3 for a in answered]
     delivery_ms = [(a["received"] - stamp(a, "served_at")) * 1e3 for a in answered]
-    first_sent = measured_from[0] if measured_from else time.time()
     last = max((a["received"] for a in answered), default=first_sent)
     degraded = sum(a["feed"].degraded for a in answered)
     stage_ms = {
@@ -440,18 +574,10 @@ def run_bench(
         )
         for stage in ("hydrate", "light", "heavy", "rank", "total")
     }
-    figures: dict[str, Any] = {
-        "world": world_kind,
-        "candidates": candidates,
-        "rate_rps": rate_rps,
-        "duration_s": duration_s,
-        "servers": servers,
-        "warmup_s": warmup_s,
-        "requests": len(sent),
+    return {
+        "requests": sent,
         "answered": len(answered),
-        "unanswered": len(sent) - len(answered),
-        "answered_twice": sum(answers[r.request_id] > 1 for r in sent),
-        "ranked_feeds_dead_lettered": len(dead_lettered),
+        "unanswered": sent - len(answered),
         "p50_ms": percentile(latencies_ms, 50),
         "p99_ms": percentile(latencies_ms, 99),
         "max_ms": max(latencies_ms, default=float("nan")),
@@ -459,34 +585,16 @@ def run_bench(
         "deadline_misses": sum(a["feed"].deadline_missed for a in answered),
         "degraded": degraded / max(len(answered), 1),
         "degraded_count": degraded,
-        "budget_ms": world.serving.budget_ms,
         "server_stage_p50_ms": stage_ms,
         "requested_to_served_p50_ms": percentile(server_ms, 50),
         "requested_to_served_p99_ms": percentile(server_ms, 99),
         "served_to_consumed_p50_ms": percentile(delivery_ms, 50),
         # From the servers' /metrics over the measured load: candidates the heavy ranker
         # scored per heavy-ranked request, and requests pruned below the cap for aim_ms.
-        "heavy_rows_mean": heavy["feedrank_serving_heavy_rows_sum"]
-        / max(heavy["feedrank_serving_heavy_rows_count"], 1.0),
-        "heavy_pruned_for_aim": int(heavy["feedrank_serving_heavy_pruned_for_aim_total"]),
-        "heavy_ranker_cap": world.ranking.heavy_ranker_cap,
-        "aim_ms": world.serving.aim_ms,
+        "heavy_rows_mean": delta["feedrank_serving_heavy_rows_sum"]
+        / max(delta["feedrank_serving_heavy_rows_count"], 1.0),
+        "heavy_pruned_for_aim": int(delta["feedrank_serving_heavy_pruned_for_aim_total"]),
     }
-    if per_request:
-        figures["per_request"] = [
-            {
-                "requested_at": r.requested_at.timestamp(),
-                "received": results[r.request_id]["received"] if r.request_id in results else None,
-                "answers": answers[r.request_id],
-                "degraded": r.request_id in results and results[r.request_id]["feed"].degraded,
-                "deadline_missed": r.request_id in results
-                and results[r.request_id]["feed"].deadline_missed,
-            }
-            for r in sent
-        ]
-    if naive_requests > 0:
-        figures.update(_offline_paths(world, planned[:naive_requests]))
-    return figures
 
 
 def _offline_paths(world: Settings, sample: list[tuple[int, list[int], str]]) -> dict[str, Any]:
@@ -515,22 +623,27 @@ def _offline_paths(world: Settings, sample: list[tuple[int, list[int], str]]) ->
         fast_ms.append((time.perf_counter() - started) * 1e3)
     ready = hydrator.hydrate(*sample[0][:2], now, sample[0][2])
     model.predict_heads(ready)
-    for _ in range(30):
-        started = time.perf_counter()
+    floor_cpu_ms = []
+    for _ in range(FLOOR_CALLS):
+        started, cpu = time.perf_counter(), time.process_time()
         model.predict_heads(ready)
         floor_ms.append((time.perf_counter() - started) * 1e3)
+        floor_cpu_ms.append((time.process_time() - cpu) * 1e3)
     return {
         "naive_p50_ms": percentile(naive_ms, 50),
         "naive_requests": len(naive_ms),
         "fast_hydrate_p50_ms": percentile(fast_ms, 50),
         "model_floor_p50_ms": percentile(floor_ms, 50),
+        # CPU of the same calls (the load of other programs inflates it less than wall time).
+        "model_floor_cpu_ms": percentile(floor_cpu_ms, 50),
+        "model_floor_rows": len(ready),
         "model_version": model.version,
         "model_trees_per_head": int(model.boosters[HEADS[0]].num_boosted_rounds()),
     }
 
 
 def print_table(figures: dict[str, Any]) -> None:
-    """The figures as one table on stdout."""
+    """The figures as tables on stdout: the main rate, then the load curve if measured."""
     from rich.console import Console
     from rich.table import Table
 
@@ -544,9 +657,17 @@ def print_table(figures: dict[str, Any]) -> None:
     )
     table.add_column("figure")
     table.add_column("value", justify="right")
+    floor = figures["model_floor_p50_ms"]
+    stages = figures["stage_cpu_ms_per_request"]
     rows = [
-        ("end-to-end p50 (ms)", f"{figures['p50_ms']:.1f}"),
-        ("end-to-end p99 (ms)", f"{figures['p99_ms']:.1f}"),
+        (
+            "end-to-end p50 (ms)",
+            f"{figures['p50_ms']:.1f} ({figures['p50_ms'] / floor:.1f}× floor)",
+        ),
+        (
+            "end-to-end p99 (ms)",
+            f"{figures['p99_ms']:.1f} ({figures['p99_over_floor']:.1f}× floor)",
+        ),
         ("sustained throughput (req/s)", f"{figures['throughput_rps']:.1f}"),
         ("answered / sent", f"{figures['answered']} / {figures['requests']}"),
         ("deadline misses", str(figures["deadline_misses"])),
@@ -559,13 +680,99 @@ def print_table(figures: dict[str, Any]) -> None:
             f"pruned below the cap for the {figures['aim_ms']} ms aim",
             f"{figures['heavy_pruned_for_aim']} of {figures['answered']}",
         ),
+        (
+            "serve CPU per request (ms), all processes",
+            f"{figures['serve_cpu_ms_per_request']:.1f} "
+            f"({figures['serve_cpu_over_floor']:.2f}× floor CPU)",
+        ),
+        (
+            "serve CPU outside the model per request (ms); with the floor, over the floor",
+            f"{figures['non_model_cpu_ms_per_request']:.1f}; "
+            f"{figures['full_heavy_cpu_over_floor']:.2f}×",
+        ),
+        (
+            "  by stage: " + " / ".join(stages),
+            " / ".join(f"{v:.1f}" for v in stages.values()),
+        ),
+        (
+            "bench / broker CPU per request (ms)",
+            f"{figures['bench_cpu_ms_per_request']:.1f} / "
+            f"{figures['broker_cpu_ms_per_request']:.1f}",
+        ),
+        ("machine busy (all programs)", f"{figures['machine_busy_share']:.0%}"),
         ("naive path p50 (ms): get_online_features + DMatrix", f"{figures['naive_p50_ms']:.1f}"),
         ("fast hydration p50 (ms)", f"{figures['fast_hydrate_p50_ms']:.1f}"),
         (
-            "model floor p50 (ms): inplace_predict, all heads",
-            f"{figures['model_floor_p50_ms']:.1f}",
+            f"model floor p50 (ms): inplace_predict, all heads, {figures['model_floor_rows']} rows",
+            f"{floor:.1f} wall / {figures['model_floor_cpu_ms']:.1f} CPU",
         ),
     ]
     for name, value in rows:
         table.add_row(name, value)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    curve = figures.get("load_curve")
+    if not curve:
+        return
+    table = Table(title="load curve (same serve processes, one rate after the other)")
+    columns = ("req/s", "p50 ms", "p99 ms", "answered/s", "misses", "degraded", "CPU ms/req")
+    for column in (*columns, "heavy rows"):
+        table.add_column(column, justify="right")
+    for point in curve:
+        table.add_row(
+            f"{point['rate_rps']:g}",
+            f"{point['p50_ms']:.1f}",
+            f"{point['p99_ms']:.1f}",
+            f"{point['throughput_rps']:.1f}",
+            str(point["deadline_misses"]),
+            str(point["degraded_count"]),
+            f"{point['serve_cpu_ms_per_request']:.1f}",
+            f"{point['heavy_rows_mean']:.0f}",
+        )
+    console.print(table)
+    best = figures.get("max_rate_p99_within_budget_rps")
+    console.print(
+        f"highest rate with p99 ≤ {figures['budget_ms']} ms: "
+        + (f"{best:g} req/s" if best is not None else "none of the rates")
+    )
+
+
+def plot_curve(figures: dict[str, Any], path: Path) -> None:
+    """The load curve as a PNG: latency, misses and degraded, CPU per request by stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = figures["load_curve"]
+    rates = [p["rate_rps"] for p in curve]
+    fig, (lat, bad, cpu) = plt.subplots(1, 3, figsize=(15, 4.5))
+    lat.plot(rates, [p["p50_ms"] for p in curve], "o-", label="p50")
+    lat.plot(rates, [p["p99_ms"] for p in curve], "o-", label="p99")
+    lat.axhline(figures["budget_ms"], color="red", ls="--", lw=1, label="deadline")
+    lat.axhline(figures["model_floor_p50_ms"], color="grey", ls=":", label="model floor")
+    lat.set(xlabel="requests / s", ylabel="ms, request produced → feed consumed", yscale="log")
+    lat.set_title("end-to-end latency")
+    lat.legend()
+    bad.plot(rates, [p["deadline_misses"] for p in curve], "o-", label="deadline misses")
+    bad.plot(rates, [p["degraded_count"] for p in curve], "s-", label="degraded")
+    bad.plot(rates, [p["unanswered"] for p in curve], "^-", label="unanswered")
+    bad.set(xlabel="requests / s", ylabel="requests", title="misses and degraded")
+    bad.legend()
+    bottom = np.zeros(len(curve))
+    for stage in curve[0]["stage_cpu_ms_per_request"]:
+        values = np.array([max(p["stage_cpu_ms_per_request"][stage], 0.0) for p in curve])
+        cpu.bar([str(r) for r in rates], values, bottom=bottom, label=stage)
+        bottom += values
+    cpu.axhline(figures["model_floor_cpu_ms"], color="black", ls=":", label="model floor CPU")
+    cpu.set(xlabel="requests / s", ylabel="serve CPU ms per scored request")
+    cpu.set_title("CPU per request by stage")
+    cpu.legend(fontsize=8)
+    fig.suptitle(
+        f"feedrank bench serving: {figures['candidates']} candidates, {figures['servers']} serve "
+        f"processes, {figures['duration_s']:g} s per rate ({figures['world']} world)"
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -44,6 +44,13 @@ STAGE_LATENCY = Histogram(
     ["stage"],
     buckets=_LATENCY_BUCKETS_S,
 )
+STAGE_CPU = Counter(
+    "feedrank_serving_stage_cpu_seconds_total",
+    "CPU time (of the thread doing the work, time.thread_time) spent in one stage of feed "
+    "requests: decode, hydrate, light, heavy, rank, encode_produce. The process's total is "
+    "process_cpu_seconds_total; the difference is Kafka I/O threads, polling and the rest.",
+    ["stage"],
+)
 END_TO_END_LATENCY = Histogram(
     "feedrank_serving_end_to_end_seconds",
     "From the request's requested_at to its ranked feed being handed to the producer.",

@@ -280,6 +280,7 @@ class Scorer:
 
     def _heavy(self, model: LoadedModel, X: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
+        cpu = time.thread_time()
         try:
             self._delay("heavy")
             probs = model.predict_heads(X)
@@ -288,6 +289,7 @@ class Scorer:
             # Learn from every call, abandoned ones included: their true cost is what makes
             # the next requests skip a heavy ranker that would not finish in time.
             self._learn_heavy_ms(len(X), (time.perf_counter() - started) * 1000.0)
+            observe_cpu("heavy", cpu)
             self._heavy_busy.clear()
 
     def funnel_scores(self, ctx: PolicyContext) -> PolicyResult:
@@ -305,7 +307,7 @@ class Scorer:
         index = np.arange(n)
         # Always computed (well under a millisecond for 1,000 rows): it prunes, and it is the
         # answer ready to go if the heavy ranker runs out of time.
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.thread_time()
         self._delay("light")
         light = model.light_scores(X)
         keep = self._rows_within_aim(ctx, min(n, cap))
@@ -314,6 +316,7 @@ class Scorer:
             # identically.
             index = np.sort(np.argsort(-light, kind="stable")[:keep])
         timings["light"] = _observe("light", t)
+        observe_cpu("light", cpu)
 
         def light_answer(reason: str) -> PolicyResult:
             metrics.DEGRADED.labels(reason=reason).inc()
@@ -407,7 +410,7 @@ class Scorer:
                     feed=RankedFeed.model_validate_json(cached), payload=cached, replayed=True
                 )
 
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.thread_time()
         seen = self.feed_cache.seen(request.user_id) if self.feed_cache is not None else set()
         # dict.fromkeys keeps first occurrences in order: duplicates and seen tweets go.
         tweet_ids = [tid for tid in dict.fromkeys(request.candidate_tweet_ids) if tid not in seen]
@@ -435,6 +438,7 @@ class Scorer:
             if tweet_ids
             else np.empty(0, dtype=np.int64)
         )
+        observe_cpu("hydrate", cpu)  # with the candidates' dedupe and their authors
         ctx = PolicyContext(
             request=request,
             tweet_ids=np.asarray(tweet_ids, dtype=np.int64),
@@ -475,6 +479,7 @@ class Scorer:
             result = policy(self, ctx)
 
         t_finish = t = time.perf_counter()
+        cpu = time.thread_time()
         self._delay("rank")
         order, final = ranking.rank(
             result.scores,
@@ -484,6 +489,7 @@ class Scorer:
         )
         chosen = result.index[order]
         timings["rank"] = _observe("rank", t)
+        cpu = observe_cpu("rank", cpu)
 
         served_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._clock_offset_s)
         missed = served_at.timestamp() - self._clock_offset_s > budget.deadline_s
@@ -513,6 +519,7 @@ class Scorer:
         impressions = self._impressions(feed, X, chosen, result.log_features)
         payload = encode(feed)
         finish_ms = (time.perf_counter() - t_finish) * 1000.0
+        observe_cpu("encode_produce", cpu)  # the consumer adds the producer's share
         self._finish_ms = 0.8 * self._finish_ms + 0.2 * finish_ms
         metrics.REQUESTS.labels(outcome="scored").inc()
         metrics.END_TO_END_LATENCY.observe(max(served_at.timestamp() - requested_s, 0.0))
@@ -559,6 +566,14 @@ def _observe(stage: str, started: float) -> float:
     elapsed_s = time.perf_counter() - started
     metrics.STAGE_LATENCY.labels(stage=stage).observe(elapsed_s)
     return elapsed_s * 1000.0
+
+
+def observe_cpu(stage: str, started: float) -> float:
+    """Add this thread's CPU time since ``started`` (``time.thread_time()``) to ``stage``'s
+    counter; returns the current ``thread_time``, the start of the next stage."""
+    now = time.thread_time()
+    metrics.STAGE_CPU.labels(stage=stage).inc(max(now - started, 0.0))
+    return now
 
 
 def _finite(value: Any) -> float:

@@ -30,12 +30,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("serving.hydration")
 
 
-class _ViewCache:
-    """A view's online rows decoded once, looked up with vectorized binary search.
+# A single-key view whose ids span at most this many times its row count (plus a little) is
+# looked up through a dense position table (one int32 per id in the span): a gather instead of
+# a binary search per candidate. Sparse ids keep the binary search.
+DENSE_SPAN_PER_ROW = 4
+DENSE_SPAN_SLACK = 1 << 16
 
-    Single-key views: one sorted key array. Pair views: grouped by the first key (a request
-    has one user), each group a sorted array of second keys. The matrix's last row is all
-    NaN: the row of every miss.
+
+class _ViewCache:
+    """A view's online rows decoded once, looked up by key without a Python loop.
+
+    Single-key views: a dense position table over the key span when the ids are dense
+    enough (``DENSE_SPAN_PER_ROW``), else one sorted key array searched in binary. Pair views:
+    grouped by the first key (a request has one user), each group a sorted array of second
+    keys. The matrix's last row is all NaN: the row of every miss.
     """
 
     def __init__(self, keys: list[tuple], matrix: np.ndarray) -> None:
@@ -43,12 +51,19 @@ class _ViewCache:
         self.matrix = np.vstack([matrix, np.full((1, width), np.nan)])
         self.miss = len(keys)
         self.groups: dict[int | None, tuple[np.ndarray, np.ndarray]] = {}
+        self._dense: tuple[int, np.ndarray] | None = None  # (lowest key, row of key - lowest)
         if not keys:
             return  # every lookup misses
         arr = np.array(keys, dtype=np.int64).reshape(len(keys), -1)
         if arr.shape[1] == 1:
             order = np.argsort(arr[:, 0], kind="stable")
             self.groups[None] = (arr[order, 0], order)
+            low, high = int(arr[:, 0].min()), int(arr[:, 0].max())
+            if high - low < DENSE_SPAN_PER_ROW * len(keys) + DENSE_SPAN_SLACK:
+                table = np.full(high - low + 1, self.miss, dtype=np.int32)
+                # Reversed, so that for a duplicate key the first row wins, as in the search.
+                table[arr[::-1, 0] - low] = np.arange(len(keys) - 1, -1, -1, dtype=np.int32)
+                self._dense = (low, table)
         else:
             order = np.lexsort((arr[:, 1], arr[:, 0]))
             firsts = arr[order, 0]
@@ -59,15 +74,23 @@ class _ViewCache:
     def __len__(self) -> int:
         return self.miss
 
-    def take(self, keys: np.ndarray, first: int | None = None) -> np.ndarray:
-        """Rows of ``keys`` (int64 array; for a pair view, second keys of ``first``)."""
+    def rows(self, keys: np.ndarray, first: int | None = None) -> np.ndarray:
+        """Row positions of ``keys`` in :attr:`matrix` (``miss`` for absent keys)."""
+        if first is None and self._dense is not None:
+            low, table = self._dense
+            offset = keys - low
+            inside = (offset >= 0) & (offset < len(table))
+            return np.where(inside, table[np.where(inside, offset, 0)], self.miss)
         group = self.groups.get(first)
         if group is None or len(group[0]) == 0:
-            return self.matrix[np.full(len(keys), self.miss)]
+            return np.full(len(keys), self.miss)
         sorted_keys, rows = group
         pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-        idx = np.where(sorted_keys[pos] == keys, rows[pos], self.miss)
-        return self.matrix[idx]
+        return np.where(sorted_keys[pos] == keys, rows[pos], self.miss)
+
+    def take(self, keys: np.ndarray, first: int | None = None) -> np.ndarray:
+        """Rows of ``keys`` (int64 array; for a pair view, second keys of ``first``)."""
+        return self.matrix[self.rows(keys, first)]
 
 
 class FeatureHydrator:

@@ -1,0 +1,68 @@
+"""``feedrank bench serving``'s report: the tables and the load-curve PNG from its figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving.latency_bench import plot_curve, print_table
+
+pytestmark = pytest.mark.unit
+
+STAGES = ("decode", "hydrate", "light", "heavy", "rank", "encode_produce", "other")
+
+
+def _point(rate: float, p99: float) -> dict[str, object]:
+    return {
+        "rate_rps": rate,
+        "requests": int(rate * 10),
+        "answered": int(rate * 10),
+        "unanswered": 0,
+        "p50_ms": p99 / 3,
+        "p99_ms": p99,
+        "throughput_rps": rate,
+        "deadline_misses": 0,
+        "degraded": 0.0,
+        "degraded_count": 0,
+        "heavy_rows_mean": 900.0,
+        "heavy_pruned_for_aim": 0,
+        "serve_cpu_ms_per_request": 16.0,
+        "stage_cpu_ms_per_request": dict.fromkeys(STAGES, 16.0 / len(STAGES)),
+        "bench_cpu_ms_per_request": 2.0,
+        "broker_cpu_ms_per_request": 1.0,
+        "machine_busy_share": 0.5,
+        "serve_cpu_over_floor": 1.25,
+        "non_model_cpu_ms_per_request": 3.0,
+        "full_heavy_cpu_over_floor": 1.23,
+        "p99_over_floor": p99 / 10,
+    }
+
+
+def test_report_prints_both_tables_and_draws_the_curve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    curve = [_point(25, 40.0), _point(50, 120.0), _point(100, 900.0)]
+    figures = {
+        **curve[1],
+        "world": "synthetic",
+        "candidates": 1000,
+        "duration_s": 10.0,
+        "servers": 2,
+        "budget_ms": 300,
+        "heavy_ranker_cap": 1000,
+        "aim_ms": 100,
+        "naive_p50_ms": 900.0,
+        "fast_hydrate_p50_ms": 1.5,
+        "model_floor_p50_ms": 10.0,
+        "model_floor_cpu_ms": 13.0,
+        "model_floor_rows": 1000,
+        "load_curve": curve,
+        "max_rate_p99_within_budget_rps": 50,
+    }
+    print_table(figures)
+    out = capsys.readouterr().out
+    assert "load curve" in out and "highest rate with p99 ≤ 300 ms: 50 req/s" in out
+    png = tmp_path / "curve.png"
+    plot_curve(figures, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
