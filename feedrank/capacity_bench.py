@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import resource
 import time
 import uuid
@@ -35,7 +34,6 @@ import typer
 from feedrank.config import Settings, get_settings, redis_client_kwargs
 
 MB = 1e6
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The plan's world, per entity of the online store (assumptions, not measurements; docs/capacity.md
 # says why): daily users, active authors, tweets inside the candidate window, and the pairs with
 # activity inside the affinity views' windows.
@@ -47,15 +45,6 @@ PLAN_ENTITIES: dict[str, float] = {
     "user_topic": 3e8 * 10,
 }
 PLAN_IMPRESSIONS_PER_RANKING = 30  # viewed impressions per feed (the demo's world: 28)
-
-
-def _process_cpu_s(pids: list[int]) -> float:
-    """User + system CPU seconds of processes (``/proc/<pid>/stat``)."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
 
 
 def _self_cpu_s() -> float:
@@ -138,12 +127,11 @@ def kafka_bench(settings: Settings, requests: int, messages: dict[str, bytes]) -
     from kafka import KafkaConsumer, KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from feedrank.services.kafka_broker import broker_nodes
-    from feedrank.services.process import owned_pid
+    from feedrank.services.kafka_broker import broker_pids as owned_brokers
+    from feedrank.services.process import process_cpu_seconds as _process_cpu_s
 
-    pids = [owned_pid(settings, n.name, str(n.config)) for n in broker_nodes(settings)]
     # CPU of every broker node (the cluster profile's replicas included), when we own them.
-    broker_pids = pids if pids and None not in pids else None
+    broker_pids = owned_brokers(settings) or None
     topic = f"bench_capacity_{uuid.uuid4().hex[:8]}"
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
     replicas = settings.kafka.replication_factor

@@ -253,33 +253,12 @@ def _scrape(world: Settings, servers: int) -> dict[str, float]:
     return totals
 
 
-def _cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of a process from ``/proc`` (0 if unknown)."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _machine_ticks() -> tuple[int, int]:
     """(busy, total) jiffies of every core since boot (``/proc/stat``): other engineers'
     load shows up here."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = values[3] + values[4]  # idle + iowait
     return sum(values) - idle, sum(values)
-
-
-def _broker_pid(world: Settings) -> int | None:
-    from feedrank.services.kafka_broker import kafka_config
-    from feedrank.services.process import owned_pid
-
-    try:
-        return owned_pid(world, "kafka", str(kafka_config(world)))
-    except OSError:
-        return None
 
 
 def _requests(
@@ -327,6 +306,9 @@ def run_bench(
     """
     from kafka import KafkaProducer
 
+    from feedrank.services.kafka_broker import broker_pids
+    from feedrank.services.process import process_cpu_seconds
+
     world, world_kind, users, tweets = prepare_world(settings)
     if not len(users) or not len(tweets):
         raise FeedrankError("the bench world has no users or tweets")
@@ -339,8 +321,8 @@ def run_bench(
         linger_ms=0,
         **world.kafka.producer_options(),
     )
+    broker = broker_pids(settings)  # the brokers' pid files are in the run folder, not world's
     procs = [_start_server(world, group_id, log_path, i) for i in range(servers)]
-    broker = _broker_pid(settings)  # the broker's pid file is in the run folder, not world's
     results: dict[str, dict[str, Any]] = {}
     answers: Counter[str] = Counter()
     dead_lettered: list[DeadLetter] = []
@@ -420,7 +402,7 @@ def run_bench(
             collect({r.request_id for r in sent}, time.monotonic() + 0.2)
             if before is None and measured_from:
                 before = _scrape(world, servers)
-                cpu_before = (time.process_time(), _cpu_seconds(broker), _machine_ticks())
+                cpu_before = (time.process_time(), process_cpu_seconds(broker), _machine_ticks())
             if with_fault and fault is not None and fault_thread is None and measured_from:
                 fault_thread = threading.Thread(
                     target=run_fault, args=(measured_from[0],), name="bench-fault", daemon=True
@@ -436,9 +418,9 @@ def run_bench(
             raise FeedrankError(f"the fault scenario failed: {fault_errors[0]!r}")
         after = _scrape(world, servers)
         if before is None:  # no measured request was sent (cannot happen with n >= 1)
-            before, cpu_before = after, (time.process_time(), _cpu_seconds(broker), (0, 1))
+            before, cpu_before = after, (time.process_time(), process_cpu_seconds(broker), (0, 1))
         bench_cpu = time.process_time() - cpu_before[0]
-        broker_cpu = _cpu_seconds(broker) - cpu_before[1]
+        broker_cpu = process_cpu_seconds(broker) - cpu_before[1]
         busy, total = (a - b for a, b in zip(_machine_ticks(), cpu_before[2], strict=True))
         delta = {k: after[k] - before.get(k, 0.0) for k in after}
         figures = _figures(

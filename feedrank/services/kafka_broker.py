@@ -84,6 +84,12 @@ def broker_nodes(settings: Settings) -> list[BrokerNode]:
     ]
 
 
+def broker_pids(settings: Settings) -> list[int]:
+    """Pids of the broker nodes this run folder started (none when another owns the port)."""
+    found = (owned_pid(settings, n.name, str(n.config)) for n in broker_nodes(settings))
+    return [pid for pid in found if pid is not None]
+
+
 def _cluster_id(settings: Settings) -> str:
     """This run folder's KRaft cluster id (a Kafka-style base64 UUID), created once."""
     path = kafka_dir(settings) / "cluster.id"

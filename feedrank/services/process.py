@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from feedrank.config import PROJECT_ROOT, PathsConfig, Settings, get_settings
@@ -242,3 +242,17 @@ def http_answers(url: str, timeout_s: float = 2.0) -> bool:
             return 200 <= response.status < 300
     except (OSError, ValueError):
         return False
+
+
+def process_cpu_seconds(pids: Iterable[int | None]) -> float:
+    """User + system CPU seconds of processes from ``/proc`` (unknown or gone ones count 0)."""
+    ticks = 0
+    for pid in pids:
+        if pid is None:
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
