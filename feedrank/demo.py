@@ -532,7 +532,7 @@ def run_demo(
     """
     from feedrank import services
     from feedrank.experiment import report_from_lake
-    from feedrank.registry import champion_version
+    from feedrank.tracking import champion_version
     from feedrank.simulator.backfill import extend_or_start
     from serving.scorer import NO_CHAMPION_RANKER
 

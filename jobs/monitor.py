@@ -26,7 +26,7 @@ scorer used (``Impression.features``, ordered as :func:`feedrank.feature_spec.mo
    of impressions.
 3. **AUC** (:func:`auc_report`) — labels from :func:`jobs.training_data.attribute_labels`
    (the pipeline's attribution window), predictions recomputed from the logged vectors with
-   the served model version (:meth:`feedrank.registry.LoadedModel.predict_heads`); ROC-AUC
+   the served model version (:meth:`feedrank.model.LoadedModel.predict_heads`); ROC-AUC
    per head (:func:`feedrank.offline_metrics.head_metrics`). Only impressions whose attribution
    window closed within the landed engagements (:func:`label_horizon`) are judged: the retrain
    DAG monitors day ``D`` right after midnight, when engagements with the last hour's
@@ -448,7 +448,7 @@ def auc_report(
     Args:
         labelled: :func:`labelled_served` output.
         predict: ``(model_version, X) -> {head: probabilities}``; in production
-            ``registry.load_model(version).predict_heads``.
+            ``model_files.load_model(version).predict_heads``.
         min_auc: a head whose AUC over all served versions is below this is a breach.
         min_per_class: a head is judged only with at least this many positives and negatives.
 
@@ -533,11 +533,11 @@ def _input_partitions(settings: Settings, day: dt.date) -> dict[str, list[Path]]
 
 def default_training_run(settings: Settings, versions: list[str]) -> Path | None:
     """The training run recorded in the metadata of the first loadable served version."""
-    from feedrank import registry
+    from feedrank import model_files
 
     for version in versions:
         try:
-            meta = registry.read_metadata(registry.resolve_model_dir(version, settings))
+            meta = model_files.read_metadata(model_files.resolve_model_dir(version, settings))
         except FeedrankError:
             continue
         run = (meta.get("training_data") or {}).get("run")
@@ -547,14 +547,15 @@ def default_training_run(settings: Settings, versions: list[str]) -> Path | None
 
 
 def registry_predictor(settings: Settings) -> Predictor:
-    """``predict`` for :func:`auc_report`: each version loaded once from the registry."""
-    from feedrank import registry
+    """``predict`` for :func:`auc_report`: each version loaded (and verified) once."""
+    from feedrank import model_files, tracking
 
     cache: dict[str, Any] = {}
 
     def predict(version: str, X: np.ndarray) -> Mapping[str, np.ndarray]:
         if version not in cache:
-            cache[version] = registry.load_model(version, settings)
+            folder = tracking.local_model_dir(settings, version)
+            cache[version] = model_files.load_model(folder, settings)
         return cache[version].predict_heads(X)
 
     return predict
