@@ -532,8 +532,8 @@ def run_demo(
     """
     from feedrank import services
     from feedrank.experiment import report_from_lake
-    from feedrank.tracking import champion_version
     from feedrank.simulator.backfill import extend_or_start
+    from feedrank.tracking import champion_version
     from serving.scorer import NO_CHAMPION_RANKER
 
     started = time.monotonic()

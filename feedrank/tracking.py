@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,8 @@ def client(settings: Settings) -> MlflowClient:
         os.environ.setdefault(key, value)
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # SQLAlchemy's deprecation of a loader MLflow's store uses: not ours to act on.
+    warnings.filterwarnings("ignore", message=r".*``noload`` loader strategy")
     if not settings.mlflow.tracking_uri:
         store_dir(settings).mkdir(parents=True, exist_ok=True)
     from mlflow.tracking import MlflowClient

@@ -76,9 +76,9 @@ def _train_bench_model(settings: Settings) -> str:
     import xgboost as xgb
 
     from feedrank.feature_spec import model_features
-    from feedrank.ranking import weighted_score
     from feedrank.model import head_probabilities
     from feedrank.model_files import save_model
+    from feedrank.ranking import weighted_score
     from feedrank.tracking import set_champion
     from jobs.train import distill_light_ranker
 

@@ -11,6 +11,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from feedrank.registry import load_model, set_champion
 from kafka.errors import KafkaTimeoutError
 from kafka.future import Future
 from prometheus_client import REGISTRY
@@ -25,7 +26,6 @@ from serving_helpers import (
 
 from feedrank import ranking
 from feedrank.config import Settings
-from feedrank.registry import load_model, set_champion
 from feedrank.schemas import RankedFeed
 from serving.consumer import ServingStats, _ServingLoop, run_serving
 from serving.feed_cache import open_feed_cache
