@@ -219,6 +219,13 @@ def register(settings: Settings, version: str) -> ModelVersion:
             return mv
     folder = local_model_dir(settings, version)
     run_id = _run_of(json.loads((folder / METADATA_FILE).read_text()))
+    if run_id is not None:
+        try:
+            mlflow_client.get_run(run_id)
+        except Exception as exc:
+            if not _not_found(exc):
+                raise
+            run_id = None  # trained against another store (a copied folder)
     if run_id is None:
         run_id = start_run(settings, version, {VERSION_TAG: version, "source": "imported"})
         log_to_run(settings, run_id, artifacts={MODEL_ARTIFACT: folder})
