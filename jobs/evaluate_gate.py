@@ -177,11 +177,11 @@ def rollback(settings: Settings) -> dict[str, Any]:
     log.info("rolled back %s -> %s", before.version, after.version)
     return {
         "rolled_back": {
-            "version": before.version,
+            "version": str(before.version),
             "feedrank_version": before.tags.get(tracking.VERSION_TAG),
         },
         "champion": {
-            "version": after.version,
+            "version": str(after.version),
             "feedrank_version": after.tags.get(tracking.VERSION_TAG),
         },
     }
