@@ -11,7 +11,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from feedrank.registry import load_model, set_champion
 from kafka.errors import KafkaTimeoutError
 from kafka.future import Future
 from prometheus_client import REGISTRY
@@ -26,7 +25,9 @@ from serving_helpers import (
 
 from feedrank import ranking
 from feedrank.config import Settings
+from feedrank.model_files import load_model
 from feedrank.schemas import RankedFeed
+from feedrank.tracking import set_champion
 from serving.consumer import ServingStats, _ServingLoop, run_serving
 from serving.feed_cache import open_feed_cache
 from serving.scorer import FALLBACK_VERSION, ModelSlot, Scorer
