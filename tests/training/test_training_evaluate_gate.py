@@ -118,4 +118,5 @@ def test_cli_refusal_is_one_line_and_non_zero(train_settings: Settings) -> None:
         check=False,
     )
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1].startswith("feedrank: error: no model at")
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("feedrank: error: no model no-such-version")
