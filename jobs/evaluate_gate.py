@@ -145,7 +145,8 @@ def promote(
             + f"; see {out / 'promotion.json'}"
         )
     registered = tracking.set_champion(settings, version)
-    decision["registered_version"] = registered.version
+    decision["registered_version"] = str(registered.version)
+    (out / "promotion.json").write_text(json.dumps(decision, indent=2))
     log.info(
         "promoted %s as %s version %s (previous champion %s)",
         version,
