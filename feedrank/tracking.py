@@ -22,6 +22,7 @@ set first: no telemetry, no progress bars, MLflow's loggers through ours, bounde
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -84,17 +85,22 @@ def artifact_root(settings: Settings) -> str | None:
 
 def client(settings: Settings) -> MlflowClient:
     """An ``MlflowClient`` on the configured store (created on first use when embedded)."""
+    if not settings.mlflow.tracking_uri:
+        store_dir(settings).mkdir(parents=True, exist_ok=True)
+    return _client(tracking_uri(settings))
+
+
+@functools.lru_cache(maxsize=8)
+def _client(uri: str) -> MlflowClient:
+    """One client per store and process (serving asks every second)."""
     for key, value in MLFLOW_ENV.items():
         os.environ.setdefault(key, value)
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # SQLAlchemy's deprecation of a loader MLflow's store uses: not ours to act on.
     warnings.filterwarnings("ignore", message=r".*``noload`` loader strategy")
-    if not settings.mlflow.tracking_uri:
-        store_dir(settings).mkdir(parents=True, exist_ok=True)
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri(settings)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
