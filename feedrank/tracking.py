@@ -105,7 +105,11 @@ def _client(uri: str) -> MlflowClient:
 
 
 def _not_found(exc: Exception) -> bool:
-    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+    """MLflow's "no such thing" (a missing alias is INVALID_PARAMETER_VALUE, "... not found")."""
+    code = getattr(exc, "error_code", None)
+    return code == "RESOURCE_DOES_NOT_EXIST" or (
+        code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc)
+    )
 
 
 def _unavailable(settings: Settings, exc: Exception) -> TrackingUnavailable:

@@ -104,3 +104,13 @@ def test_serving_refuses_a_version_whose_contract_does_not_match(home: Settings)
     assert "contract mismatch" in watcher.refused["w-other"]
     assert slot.version == "w-v1"
     tracking.set_champion(home, "w-v1")
+
+
+def test_a_registered_model_without_the_alias_has_no_champion(home: Settings) -> None:
+    mlflow_client = tracking.client(home)
+    mlflow_client.delete_registered_model_alias(home.mlflow.model_name, tracking.CHAMPION)
+    try:
+        assert tracking.champion_version(home) is None
+    finally:
+        tracking.set_champion(home, "w-v1")
+    assert tracking.champion_version(home) == "w-v1"
