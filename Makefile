@@ -15,7 +15,7 @@ UV_DEP := $(if $(UV_ON_PATH),,.cache/uv-venv/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := python3.11
 
-.PHONY: help setup up down status test test-unit lint demo bench chaos airflow quality-curve prometheus helm k8s-check
+.PHONY: help setup up down status test test-unit lint demo bench chaos airflow quality-curve prometheus mlflow-ui helm k8s-check
 
 help: ## List the targets
 	@echo "feedrank — make targets (FEEDRANK_PROFILE=local|redis|cluster picks the services):"
@@ -89,6 +89,9 @@ quality-curve: setup ## Learning curve: model vs ceiling RCE, 2/4/8 days × 1k/2
 
 prometheus: setup ## Start Prometheus (127.0.0.1:observability.prometheus_port) + batch-metrics
 	@$(PY) -m feedrank.prometheus up
+
+mlflow-ui: setup ## Browse MLflow (runs, metrics, plots, champion) on 127.0.0.1:mlflow.ui_port
+	.venv/bin/feedrank mlflow-ui
 
 airflow: setup ## Start Airflow standalone (dags/, 127.0.0.1:airflow.port); `make down` stops it
 	@$(PY) -m feedrank.services airflow-up

@@ -239,7 +239,9 @@ def feed_ranking_retrain() -> None:
         if (get_settings().paths.models / version / "metadata.json").is_file():
             ft.log.info("model %s (same training data) already exists; reusing it", version)
             return version
-        ft.run_feedrank("train", "--data", str(run), "--version", version, "--quiet")
+        # The MLflow run is tagged with this DAG run's ids (AIRFLOW_CTX_* of the task).
+        out = ft.run_feedrank_json("train", "--data", str(run), "--version", version, "--quiet")
+        ft.log.info("model %s: MLflow run %s", version, out.get("mlflow_run_id"))
         _after_write()
         return version
 
@@ -249,18 +251,19 @@ def feed_ranking_retrain() -> None:
         run = _training_run()
         version = ft.model_version_for(run)
         out = ft.run_feedrank_json("evaluate", "--model", version, "--data", str(run))
+        ft.log.info("evaluation logged to MLflow run %s", out.get("mlflow_run_id"))
         _after_write()
         return str(out["report"])
 
     @task
     def promote() -> str:
-        """Move the champion pointer to the window's model if the gate lets it.
+        """Register the window's model and move the ``champion`` alias if the gate lets it.
 
         A refusal ends this task as *skipped* (reason in the log and in the report folder's
         ``promotion.json``); an error fails it. Already the champion: nothing to do.
         """
         from feedrank.config import get_settings
-        from feedrank.registry import champion_version
+        from feedrank.tracking import champion_version
 
         run = _training_run()
         version = ft.model_version_for(run)

@@ -410,6 +410,22 @@ class ObservabilityConfig(Section):
     )
 
 
+class MlflowConfig(Section):
+    tracking_uri: str | None = Field(
+        default=None,
+        description="A shared MLflow tracking server (http://host:5000) for runs, the model "
+        "registry and its artifacts; default: embedded, a SQLite store and file artifacts under "
+        "<home>/mlflow (no server to run).",
+    )
+    experiment: str = Field(default="feedrank", description="MLflow experiment of the runs.")
+    model_name: str = Field(
+        default="feedrank-ranker", description="Registered model that the gate adds versions to."
+    )
+    ui_port: int = Field(
+        default=19500, ge=1, le=65535, description="`make mlflow-ui` port (127.0.0.1)."
+    )
+
+
 class MonitoringConfig(Section):
     psi_alert: float = Field(default=0.2, ge=0, description="PSI above this is drift.")
     skew_mismatch_alert: float = Field(default=0.01, ge=0, description="Skew mismatch share.")
@@ -478,6 +494,7 @@ class Settings(BaseSettings):
     serving: ServingConfig = ServingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
+    mlflow: MlflowConfig = MlflowConfig()
     experiment: ExperimentConfig = ExperimentConfig()
 
     @model_validator(mode="after")

@@ -544,8 +544,8 @@ def run_demo(
     """
     from feedrank import services
     from feedrank.experiment import report_from_lake
-    from feedrank.registry import champion_version
     from feedrank.simulator.backfill import extend_or_start
+    from feedrank.tracking import champion_version, tracking_uri
     from serving.scorer import NO_CHAMPION_RANKER
 
     started = time.monotonic()
@@ -607,6 +607,10 @@ def run_demo(
         "today": today.isoformat(),
         "world": {"kind": world, "plan": backfill["plan"]},
         "champion": version,
+        "mlflow": {
+            "tracking_uri": tracking_uri(settings),
+            "run_id": metrics.get("mlflow_run_id"),
+        },
         "live": live,
         "latency": latency,
         "offline_metrics": str(metrics_path),
@@ -628,6 +632,10 @@ def run_demo(
         settings.paths.reports / version / "calibration.png",
     )
     console.print(f"report: {page} (offline: {settings.paths.reports / version / 'report.md'})")
+    console.print(
+        f"MLflow: run {metrics.get('mlflow_run_id')} in {tracking_uri(settings)} "
+        "(`feedrank models`, `make mlflow-ui`)"
+    )
     console.print(f"summary: {out}; logs: {settings.paths.logs}")
     console.print(f"demo finished in {summary['seconds']:.0f} s")
     return summary

@@ -45,9 +45,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feedrank import feature_spec, registry
+from feedrank import feature_spec, model_files, tracking
 from feedrank.config import HEADS, POSITIVE_HEADS, Settings
 from feedrank.errors import FeedrankError
+from feedrank.model import LoadedModel
 from feedrank.offline_metrics import head_metrics
 from feedrank.ranking import author_diversity, engagement_relevance, grouped_ndcg, weighted_score
 from feedrank.simulator.references import REFERENCES, lake_references
@@ -181,7 +182,7 @@ def diversity_scores(
 
 
 def score_model(
-    model: registry.LoadedModel, rows: EvalRows, settings: Settings
+    model: LoadedModel, rows: EvalRows, settings: Settings
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics of one model (and the baselines and oracle) on prepared rows.
 
@@ -403,7 +404,7 @@ def _plot_rce(path: Path, metrics: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def feature_importance(model: registry.LoadedModel, top: int = 20) -> list[tuple[str, float]]:
+def feature_importance(model: LoadedModel, top: int = 20) -> list[tuple[str, float]]:
     """Total gain per feature, each head's gains normalised to sum 1, summed over heads."""
     total: dict[str, float] = {}
     for booster in model.boosters.values():
@@ -516,7 +517,7 @@ def write_report(
     metrics: dict[str, Any],
     predictions: dict[str, Any],
     rows: EvalRows,
-    model: registry.LoadedModel,
+    model: LoadedModel,
 ) -> Path:
     """Write ``metrics.json``, the plots and ``report.md`` into ``out_dir``."""
     import matplotlib
@@ -553,7 +554,7 @@ def evaluate(
     Returns:
         ``(metrics, report_path)``.
     """
-    loaded = registry.load_model(model, settings)
+    loaded = model_files.load_model(tracking.local_model_dir(settings, model), settings)
     if data is None:
         data = (loaded.metadata.get("training_data") or {}).get("run")
         if data is None or not Path(data).is_dir():
@@ -564,6 +565,27 @@ def evaluate(
     rows = prepare_rows(settings, training_data, lake_root)
     metrics, predictions = score_model(loaded, rows, settings)
     out = out_dir or settings.paths.reports / loaded.version
+    run_id = (loaded.metadata.get("training") or {}).get("mlflow_run_id")
+    metrics["mlflow_run_id"] = run_id
     report = write_report(out, metrics, predictions, rows, loaded)
-    log.info("evaluated %s: report %s", loaded.version, report)
+    if run_id:
+        log_evaluation(settings, run_id, metrics, report.parent)
+    log.info("evaluated %s: report %s, MLflow run %s", loaded.version, report, run_id)
     return metrics, report
+
+
+def log_evaluation(settings: Settings, run_id: str, metrics: dict[str, Any], out: Path) -> None:
+    """Add the evaluation to the model's training run.
+
+    Metrics ``heads.<head>.<metric>`` (the model's, and beside them ``oracle_*``,
+    ``ceiling_*``, ``no_pair_*`` and the shares of each), ``ndcg10.<ranker>``,
+    ``summary.*``; the report folder (plots, ``report.md``, ``metrics.json``) as artifact
+    ``evaluation/<data run>``.
+    """
+    tracking.log_to_run(
+        settings,
+        run_id,
+        metrics={k: metrics[k] for k in ("heads", "ndcg10", "summary")},
+        tags={"evaluated_on": Path(metrics["data_run"]).name},
+        artifacts={f"evaluation/{Path(metrics['data_run']).name}": out},
+    )

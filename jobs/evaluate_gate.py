@@ -1,4 +1,4 @@
-"""``feedrank promote``: the gate in front of the champion pointer.
+"""``feedrank promote``: the gate in front of the MLflow ``champion`` alias.
 
 A challenger becomes champion only if
 
@@ -12,7 +12,10 @@ A challenger becomes champion only if
    realised engagements.
 
 The decision, with both models' numbers, is written to
-``<paths.reports>/<version>/promotion.json`` whether or not the pointer moves.
+``<paths.reports>/<version>/promotion.json`` whether or not the alias moves, and logged to the
+challenger's MLflow run. A challenger that passes is registered as a version of
+``mlflow.model_name`` and the ``champion`` alias moves to it (:mod:`feedrank.tracking`);
+:func:`rollback` moves it back to the champion it replaced.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from feedrank import registry
+from feedrank import model_files, tracking
 from feedrank.config import HEADS, Settings
 from feedrank.errors import FeedrankError
 from feedrank.exporter import record_outcome, record_time
@@ -58,7 +61,7 @@ def promote(
     data: str | Path | None = None,
     lake_root: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the gate and move the champion pointer if the challenger passes.
+    """Run the gate; register the challenger and move ``champion`` to it if it passes.
 
     Args:
         settings: Resolved settings.
@@ -71,9 +74,9 @@ def promote(
 
     Raises:
         FeedrankError: The challenger is refused (one line with the first reason); the
-            champion pointer is unchanged.
+            champion alias is unchanged.
     """
-    challenger = registry.load_model(version, settings)
+    challenger = model_files.load_model(tracking.local_model_dir(settings, version), settings)
     if data is None:
         data = (challenger.metadata.get("training_data") or {}).get("run")
         if data is None or not Path(data).is_dir():
@@ -93,10 +96,10 @@ def promote(
         "champion_summary": None,
         "failures": sanity_failures(challenger_metrics, settings),
     }
-    current = registry.champion_version(settings)
+    current = tracking.champion_version(settings)
     if current is not None and current != version:
         try:
-            champion = registry.load_model(current, settings)
+            champion = model_files.load_model(tracking.local_model_dir(settings, current), settings)
         except FeedrankError as exc:
             # A champion that no longer loads cannot be defended; a sane challenger replaces it.
             log.warning(
@@ -115,9 +118,19 @@ def promote(
                     f"{round(theirs, 3)} on the same rows"
                 )
     decision["promoted"] = not decision["failures"]
+    run_id = (challenger.metadata.get("training") or {}).get("mlflow_run_id")
+    decision["mlflow_run_id"] = run_id
     out = settings.paths.reports / version
     out.mkdir(parents=True, exist_ok=True)
     (out / "promotion.json").write_text(json.dumps(decision, indent=2))
+    if run_id:
+        tracking.log_to_run(
+            settings,
+            run_id,
+            metrics={"gate": {"promoted": int(decision["promoted"])}},
+            tags={"gate": "promoted" if decision["promoted"] else "refused"},
+            artifacts={"gate": out / "promotion.json"},
+        )
     if decision["failures"]:
         record_outcome(
             settings,
@@ -131,13 +144,16 @@ def promote(
             + (f" (+{len(decision['failures']) - 1} more)" if len(decision["failures"]) > 1 else "")
             + f"; see {out / 'promotion.json'}"
         )
-    registry.set_champion(
-        settings,
+    registered = tracking.set_champion(settings, version)
+    decision["registered_version"] = str(registered.version)
+    (out / "promotion.json").write_text(json.dumps(decision, indent=2))
+    log.info(
+        "promoted %s as %s version %s (previous champion %s)",
         version,
-        previous_metrics=decision["champion_summary"],
-        metrics=decision["challenger_summary"],
+        registered.name,
+        registered.version,
+        current,
     )
-    log.info("promoted %s (previous champion %s)", version, current)
     record_time(
         settings,
         "feedrank_batch_last_promoted_timestamp_seconds",
@@ -153,3 +169,20 @@ def promote(
             dt.datetime.fromisoformat(max(days)).replace(tzinfo=dt.UTC).timestamp(),
         )
     return decision
+
+
+def rollback(settings: Settings) -> dict[str, Any]:
+    """Move ``champion`` back to the version the current champion replaced (no gate: the
+    previous champion passed it when it was promoted)."""
+    before, after = tracking.rollback(settings)
+    log.info("rolled back %s -> %s", before.version, after.version)
+    return {
+        "rolled_back": {
+            "version": str(before.version),
+            "feedrank_version": before.tags.get(tracking.VERSION_TAG),
+        },
+        "champion": {
+            "version": str(after.version),
+            "feedrank_version": after.tags.get(tracking.VERSION_TAG),
+        },
+    }

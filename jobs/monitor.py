@@ -77,11 +77,11 @@ def _input_partitions(settings: Settings, day: dt.date) -> dict[str, list[Path]]
 
 def default_training_run(settings: Settings, versions: list[str]) -> Path | None:
     """The training run recorded in the metadata of the first loadable served version."""
-    from feedrank import registry
+    from feedrank import model_files
 
     for version in versions:
         try:
-            meta = registry.read_metadata(registry.resolve_model_dir(version, settings))
+            meta = model_files.read_metadata(model_files.resolve_model_dir(version, settings))
         except FeedrankError:
             continue
         run = (meta.get("training_data") or {}).get("run")
@@ -91,14 +91,15 @@ def default_training_run(settings: Settings, versions: list[str]) -> Path | None
 
 
 def registry_predictor(settings: Settings) -> Predictor:
-    """``predict`` for :func:`auc_report`: each version loaded once from the registry."""
-    from feedrank import registry
+    """``predict`` for :func:`auc_report`: each version loaded (and verified) once."""
+    from feedrank import model_files, tracking
 
     cache: dict[str, Any] = {}
 
     def predict(version: str, X: np.ndarray) -> Mapping[str, np.ndarray]:
         if version not in cache:
-            cache[version] = registry.load_model(version, settings)
+            folder = tracking.local_model_dir(settings, version)
+            cache[version] = model_files.load_model(folder, settings)
         return cache[version].predict_heads(X)
 
     return predict

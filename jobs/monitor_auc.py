@@ -2,7 +2,7 @@
 
 **AUC** (:func:`auc_report`) — labels from :func:`jobs.training_data.attribute_labels`
 (the pipeline's attribution window), predictions recomputed from the logged vectors with
-the served model version (:meth:`feedrank.registry.LoadedModel.predict_heads`); ROC-AUC
+the served model version (:meth:`feedrank.model.LoadedModel.predict_heads`); ROC-AUC
 per head (:func:`feedrank.offline_metrics.head_metrics`). Only impressions whose attribution
 window closed within the landed engagements (:func:`label_horizon`) are judged: the retrain
 DAG monitors day ``D`` right after midnight, when engagements with the last hour's
@@ -130,7 +130,7 @@ def auc_report(
     Args:
         labelled: :func:`labelled_served` output.
         predict: ``(model_version, X) -> {head: probabilities}``; in production
-            ``registry.load_model(version).predict_heads``.
+            ``model_files.load_model(version).predict_heads``.
         min_auc: a head whose AUC over all served versions is below this is a breach.
         min_per_class: a head is judged only with at least this many positives and negatives.
 

@@ -1,11 +1,12 @@
 """``feedrank train``: one XGBoost model per engagement head plus the light ranker.
 
-Long because: one training run (matrices, per-head boosters, calibration, light ranker, registry
+Long because: one training run (matrices, per-head boosters, calibration, light ranker, model
 record) shares its state; splitting it is open (issue 23).
 
 Input is a run of ``feedrank training-data`` (``<paths.training>/<run_id>/{train,validation}``
-+ ``manifest.json``, layout in :mod:`feedrank.feature_spec`). Output is a registry version
-(:func:`feedrank.registry.save_model`).
++ ``manifest.json``, layout in :mod:`feedrank.feature_spec`). Output is a model folder
+(:func:`feedrank.model_files.save_model`) and an MLflow run (:mod:`feedrank.tracking`) that
+logs the parameters, the validation metrics, the training data's manifest and the folder.
 
 * Features are exactly ``feature_spec.model_features()``, in that order; a run whose columns
   or manifest disagree with the contract is refused.
@@ -25,7 +26,7 @@ Input is a run of ``feedrank training-data`` (``<paths.training>/<run_id>/{train
   cannot undo it: measured on held-out data, retweet came out at 0.81× the true rate. So each
   head's negatives are weighted ``r / keep_prob`` (positives 1): the head then sees its
   negatives sampled uniformly at ``r``, and ``q = p / (p + (1 − p)/r)`` (applied by the
-  registry) is exact. The manifest's per-head rates are kept in the metadata for provenance.
+  model) is exact. The manifest's per-head rates are kept in the metadata for provenance.
 * ``cluster`` profile (or ``distributed=True``): the same heads are trained with
   ``xgboost.spark.SparkXGBClassifier`` on the configured Spark master, ``num_workers`` tasks,
   and the booster is taken out of the Spark model into the same UBJ artifact. The search is
@@ -49,10 +50,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feedrank import feature_spec, registry
+from feedrank import feature_spec, model_files, tracking
 from feedrank.config import HEADS, Settings
 from feedrank.errors import FeedrankError
 from feedrank.exporter import record_outcome, record_time
+from feedrank.model import DayAheadCalibration, LightRanker, head_probabilities
 
 log = logging.getLogger("feedrank.train")
 
@@ -512,7 +514,7 @@ def fit_day_ahead_calibration(
     the day counts at its true rate) gives ``slope`` and ``intercept`` per head.
 
     Returns:
-        The record :func:`feedrank.registry.save_model` stores: ``heads`` (``{head:
+        The record :func:`feedrank.model_files.save_model` stores: ``heads`` (``{head:
         DayAheadCalibration}``, empty when the window has a single training day or the day
         has no positive of a head) and how it was fitted.
     """
@@ -549,7 +551,7 @@ def fit_day_ahead_calibration(
         )
         params = {k: v for k, v in result.params.items() if k != "num_workers"}
         booster = xgb.train(params, dfit, num_boost_round=result.best_iteration + 1)
-        q = registry.head_probabilities({head: booster}, X_cal, {head: rate})[head]
+        q = head_probabilities({head: booster}, X_cal, {head: rate})[head]
         q = np.clip(q, 1e-12, 1.0 - 1e-12)
         z = np.log(q / (1.0 - q)).reshape(-1, 1)
         # No penalty: two parameters on a day of rows need none, and a penalty would pull
@@ -560,7 +562,7 @@ def fit_day_ahead_calibration(
         if slope <= 0:
             log.warning("head %s: day-ahead calibration slope %.3f; left out", head, slope)
             continue
-        record["heads"][head] = registry.DayAheadCalibration(slope, intercept)
+        record["heads"][head] = DayAheadCalibration(slope, intercept)
         log.info("head %s: day-ahead calibration slope %.3f intercept %.3f", head, slope, intercept)
     return record
 
@@ -568,7 +570,7 @@ def fit_day_ahead_calibration(
 # --------------------------------------------------------------------------- light ranker
 
 
-def distill_light_ranker(X: np.ndarray, heavy_scores: np.ndarray) -> registry.LightRanker:
+def distill_light_ranker(X: np.ndarray, heavy_scores: np.ndarray) -> LightRanker:
     """A linear light ranker fitted to the heavy ranker's weighted score of the same rows.
 
     The light ranker's job is to prune the candidates the heavy ranker would rank low, so it
@@ -600,7 +602,7 @@ def distill_light_ranker(X: np.ndarray, heavy_scores: np.ndarray) -> registry.Li
     scale = np.where(scale > 0, scale, 1.0)
     model = Ridge(alpha=1.0)
     model.fit((X - mean) / scale, heavy_scores)
-    return registry.LightRanker(
+    return LightRanker(
         features=tuple(names),
         coef=tuple(float(c) for c in model.coef_),
         intercept=float(model.intercept_),
@@ -616,8 +618,8 @@ def train_light_ranker(
     data: TrainingData,
     boosters: dict[str, Any],
     settings: Settings,
-    calibration: dict[str, registry.DayAheadCalibration] | None = None,
-) -> registry.LightRanker:
+    calibration: dict[str, DayAheadCalibration] | None = None,
+) -> LightRanker:
     """The light ranker distilled from the trained heads on the training rows.
 
     The heavy score is the ranking weights (``ranking.weights``) over the recalibrated head
@@ -628,7 +630,7 @@ def train_light_ranker(
     from feedrank.ranking import weighted_score
 
     X = feature_matrix(data.train)
-    probs = registry.head_probabilities(boosters, X, data.recalibration_rates(), calibration)
+    probs = head_probabilities(boosters, X, data.recalibration_rates(), calibration)
     return distill_light_ranker(X, weighted_score(probs, settings.ranking.weights))
 
 
@@ -644,6 +646,7 @@ class TrainResult:
     trainer: str
     seconds: float
     heads: dict[str, HeadResult]
+    mlflow_run_id: str | None = None
 
 
 def _validation_auc(boosters: dict[str, Any], data: TrainingData) -> dict[str, dict[str, float]]:
@@ -660,6 +663,40 @@ def _validation_auc(boosters: dict[str, Any], data: TrainingData) -> dict[str, d
     return out
 
 
+def log_training_run(
+    settings: Settings,
+    run_id: str,
+    data: TrainingData,
+    training: dict[str, Any],
+    metrics: dict[str, Any],
+    model_dir: Path,
+) -> None:
+    """Log one training run: parameters, validation metrics, the manifest, the model folder."""
+    params: dict[str, Any] = {
+        "trainer": training["trainer"],
+        "training_data.run": data.run_dir.name,
+        "training_data.manifest_sha256": data.manifest_sha256,
+        "training_data.negative_keep_rate": data.negative_keep_rate,
+        "training_data.rows_train": len(data.train),
+        "training_data.rows_validation": len(data.validation),
+        "training.day_ahead_calibration": settings.training.day_ahead_calibration,
+        "ranking.weights": dict(settings.ranking.weights),
+        **{f"{h}.{k}": v for h, r in training["heads"].items() for k, v in r["params"].items()},
+    }
+    tree_counts = {h: {"trees": r["trees"]} for h, r in training["heads"].items()}
+    tracking.log_to_run(
+        settings,
+        run_id,
+        params=params,
+        metrics={"train": tracking.flatten(metrics) | tracking.flatten(tree_counts)},
+        artifacts={
+            "training_data": data.run_dir / MANIFEST,
+            tracking.MODEL_ARTIFACT: model_dir,
+        },
+    )
+    tracking.end_run(settings, run_id)
+
+
 def train(
     settings: Settings,
     data: str | Path | None = None,
@@ -667,24 +704,23 @@ def train(
     distributed: bool | None = None,
     show_progress: bool = True,
 ) -> TrainResult:
-    """Train every head and the light ranker, then save a registry version.
+    """Train every head and the light ranker, save the model folder, log the MLflow run.
 
     Args:
         settings: Resolved settings.
         data: Training-data run (directory, run id, or ``None`` for the latest).
-        version: Registry version name (default: a timestamp).
+        version: Model version name (default: a timestamp).
         distributed: Use ``xgboost.spark``; default: ``settings.profile == "cluster"``.
         show_progress: Show a progress bar on stderr.
 
     Returns:
-        The saved version, its directory, the trainer used and the wall time.
+        The saved version, its directory, the trainer used, the wall time, the run id.
     """
     from rich.progress import Progress
 
-    if version is not None:
-        registry.validate_version(version)
-        if registry.version_dir(settings, version).exists():
-            raise FeedrankError(f"model version {version} already exists")
+    version = model_files.validate_version(version or model_files.new_version())
+    if model_files.version_dir(settings, version).exists():
+        raise FeedrankError(f"model version {version} already exists")
     distributed = settings.profile == "cluster" if distributed is None else distributed
     run_dir = resolve_run(settings, data)
     log.info("training from %s (distributed=%s)", run_dir, distributed)
@@ -705,40 +741,49 @@ def train(
     seconds = time.perf_counter() - start
     trainer = "xgboost.spark" if distributed else "single-node"
     aucs = _validation_auc(boosters, training_data)
-    path = registry.save_model(
-        settings,
-        boosters=boosters,
-        light_ranker=light,
-        keep_rates=training_data.recalibration_rates(),
-        training_data={
-            **training_data.summary(),
-            "manifest_keep_rates": training_data.keep_rates,
-            "negative_keep_rate": training_data.negative_keep_rate,
-        },
-        training={
-            "trainer": trainer,
-            "seconds": round(seconds, 3),
-            # The session's own master: spark-submit's when it set one, else the profile's.
-            "spark_master": _session_master() if distributed else None,
-            "heads": {
-                h: {
-                    "params": r.params,
-                    "best_iteration": r.best_iteration,
-                    "trees": r.best_iteration + 1,
-                    "seconds": round(r.seconds, 3),
-                    "search": r.tried,
-                }
-                for h, r in heads.items()
-            },
-        },
-        metrics={
-            h: {"validation_logloss_downsampled": r.validation_logloss, **aucs[h]}
+    run_id = tracking.start_run(settings, version, {tracking.VERSION_TAG: version})
+    training_record = {
+        "trainer": trainer,
+        "seconds": round(seconds, 3),
+        # The session's own master: spark-submit's when it set one, else the profile's.
+        "spark_master": _session_master() if distributed else None,
+        "heads": {
+            h: {
+                "params": r.params,
+                "best_iteration": r.best_iteration,
+                "trees": r.best_iteration + 1,
+                "seconds": round(r.seconds, 3),
+                "search": r.tried,
+            }
             for h, r in heads.items()
         },
-        version=version,
-        calibration=calibration,
-    )
-    log.info("saved model %s in %.1f s (%s)", path.name, seconds, trainer)
+        "mlflow_run_id": run_id,
+    }
+    metrics = {
+        h: {"validation_logloss_downsampled": r.validation_logloss, **aucs[h]}
+        for h, r in heads.items()
+    }
+    try:
+        path = model_files.save_model(
+            settings,
+            boosters=boosters,
+            light_ranker=light,
+            keep_rates=training_data.recalibration_rates(),
+            training_data={
+                **training_data.summary(),
+                "manifest_keep_rates": training_data.keep_rates,
+                "negative_keep_rate": training_data.negative_keep_rate,
+            },
+            training=training_record,
+            metrics=metrics,
+            version=version,
+            calibration=calibration,
+        )
+        log_training_run(settings, run_id, training_data, training_record, metrics, path)
+    except BaseException:
+        tracking.end_run(settings, run_id, "FAILED")
+        raise
+    log.info("saved model %s in %.1f s (%s), MLflow run %s", path.name, seconds, trainer, run_id)
     record_time(
         settings,
         "feedrank_batch_last_trained_timestamp_seconds",
@@ -756,4 +801,4 @@ def train(
             "Last data day (UTC midnight) of the most recently trained model's training data.",
             last_day.timestamp(),
         )
-    return TrainResult(path.name, path, trainer, seconds, heads)
+    return TrainResult(path.name, path, trainer, seconds, heads, run_id)

@@ -119,11 +119,16 @@ def build_scorer(settings: Settings) -> Scorer:
     Raises:
         FeedrankError: The champion fails verification.
     """
-    from feedrank.registry import champion_version
+    from feedrank.tracking import TrackingUnavailable, champion_version, tracking_uri
     from serving.experiment import experiment_hooks
     from serving.hydration import FeatureHydrator
 
-    version = champion_version(settings)
+    try:
+        version = champion_version(settings)
+    except TrackingUnavailable as exc:
+        # Nothing to keep serving yet: the fallback answers until the store is back.
+        log.error("%s; starting without a model", exc)
+        version = None
     model = None if version is None else load_serving_model(version, settings)
     hooks = experiment_hooks(settings)
     scorer = Scorer(
@@ -131,9 +136,9 @@ def build_scorer(settings: Settings) -> Scorer:
     )
     if version is None:
         log.warning(
-            "no champion model under %s: answering with the %s fallback (degraded) until one "
+            "no champion model in %s: answering with the %s fallback (degraded) until one "
             "is promoted",
-            settings.paths.models,
+            tracking_uri(settings),
             NO_CHAMPION_RANKER,
         )
     return scorer

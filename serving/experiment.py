@@ -37,7 +37,7 @@ from feedrank.config import Settings
 from feedrank.errors import FeedrankError
 from feedrank.experiment import assign_arm, outcome_weights
 from feedrank.feature_spec import model_features
-from feedrank.registry import LoadedModel
+from feedrank.model import LoadedModel
 from feedrank.schemas import DEVICES, FeedRequest
 from feedrank.stats import percentile
 from serving.scorer import (

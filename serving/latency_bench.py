@@ -18,7 +18,7 @@ The world: the run folder's champion model and Feast store when both exist (afte
 (feature tables generated from the contract, applied and materialized into this profile's
 online store, and a model the size the trainer produces — 100 trees of depth 6 per head; the
 demo's champion, trained with early stopping, had 30–115 trees of depth 4–6 per head — saved
-through the registry).
+through feedrank.model_files).
 """
 
 from __future__ import annotations
@@ -79,8 +79,10 @@ def _train_bench_model(settings: Settings) -> str:
     import xgboost as xgb
 
     from feedrank.feature_spec import model_features
+    from feedrank.model import head_probabilities
+    from feedrank.model_files import save_model
     from feedrank.ranking import weighted_score
-    from feedrank.registry import head_probabilities, save_model, set_champion
+    from feedrank.tracking import set_champion
     from jobs.train import distill_light_ranker
 
     rng = np.random.default_rng(11)
@@ -114,13 +116,13 @@ def _train_bench_model(settings: Settings) -> str:
         training_data={"run": "synthetic-bench", "manifest_sha256": "0" * 64},
         version=version,
     )
-    set_champion(settings, version, reason="feedrank bench serving (synthetic world)")
+    set_champion(settings, version)
     return version
 
 
 def prepare_world(settings: Settings) -> tuple[Settings, str, np.ndarray, np.ndarray]:
     """The settings, champion, users and tweets the bench runs on (see module docstring)."""
-    from feedrank.registry import champion_version
+    from feedrank.tracking import champion_version
 
     users, tweets = _world_ids(settings)
     champion = champion_version(settings)

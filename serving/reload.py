@@ -1,11 +1,13 @@
-"""Hot model reload: watch the champion pointer, load the new model beside the old, swap.
+"""Hot model reload: follow the MLflow ``champion`` alias, load the new model beside the old, swap.
 
-Loading (reading, checksumming and parsing five boosters) happens on a background thread so
-requests keep being answered by the old model meanwhile; the consumer loop calls
-:meth:`ModelWatcher.maybe_swap` between requests, which is the only place the serving model
-changes. A version that fails :func:`feedrank.registry.load_model` (corrupted file,
-checksum or contract mismatch) is refused once — logged and counted — and the old model
-keeps serving until the pointer names another version.
+Asking the tracking store which version the alias names and loading that version (reading,
+checksumming and parsing five boosters) both happen on a background thread, so requests keep
+being answered by the old model meanwhile and a slow or unreachable store never delays one;
+the consumer loop calls :meth:`ModelWatcher.maybe_swap` between requests, which is the only
+place the serving model changes. While the store does not answer, the current model keeps
+serving (logged once). A version that fails :func:`feedrank.model_files.load_model`
+(corrupted file, checksum or feature-contract mismatch) is refused once — logged and counted —
+and the old model keeps serving until the alias names another version.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import threading
 import time
 
 from feedrank.config import Settings
-from feedrank.errors import FeedrankError
-from feedrank.registry import LoadedModel, champion_version
+from feedrank.model import LoadedModel
+from feedrank.tracking import TrackingUnavailable, champion_version
 from serving import metrics
 from serving.scorer import ModelSlot, load_serving_model
 
@@ -24,20 +26,22 @@ log = logging.getLogger("feedrank.serving")
 
 
 class ModelWatcher:
-    """Polls the champion pointer every ``interval_s`` and stages verified models."""
+    """Asks every ``interval_s`` which version ``champion`` names and stages verified models."""
 
     def __init__(self, settings: Settings, slot: ModelSlot, interval_s: float = 1.0) -> None:
         self.settings = settings
         self.slot = slot
         self.interval_s = interval_s
         self.refused: dict[str, str] = {}  # version -> reason
+        self.store_error: str | None = None  # set while the tracking store does not answer
+        self.checks = 0  # completed checks (answered or not)
         self._staged: LoadedModel | None = None
-        self._loading: str | None = None
+        self._checking = False
         self._lock = threading.Lock()
         self._next_check_s = 0.0
 
     def maybe_swap(self) -> str | None:
-        """Between requests: start a load if the champion moved; swap in a staged model.
+        """Between requests: start a check if one is due; swap in a staged model.
 
         Returns:
             The version swapped in, or ``None``.
@@ -45,7 +49,10 @@ class ModelWatcher:
         now = time.monotonic()
         if now >= self._next_check_s:
             self._next_check_s = now + self.interval_s
-            self._check_pointer()
+            with self._lock:
+                start, self._checking = not self._checking, True
+            if start:
+                threading.Thread(target=self._check, name="champion-watch", daemon=True).start()
         with self._lock:
             staged, self._staged = self._staged, None
         if staged is None:
@@ -55,33 +62,37 @@ class ModelWatcher:
         log.info("model swapped: %s -> %s", old.version if old else None, staged.version)
         return staged.version
 
-    def _check_pointer(self) -> None:
+    def _check(self) -> None:
+        try:
+            self._follow_alias()
+        finally:
+            with self._lock:
+                self._checking = False
+                self.checks += 1
+
+    def _follow_alias(self) -> None:
         try:
             version = champion_version(self.settings)
-        except FeedrankError as exc:
-            self._refuse("champion.json", str(exc))
+        except TrackingUnavailable as exc:
+            if self.store_error is None:
+                log.warning("%s; still serving %s", exc, self.slot.version)
+            self.store_error = str(exc)
             return
-        current = self.slot.version
-        if version is None or version == current or version in self.refused:
+        if self.store_error is not None:
+            log.info("tracking store answers again")
+            self.store_error = None
+        if version is None or version == self.slot.version or version in self.refused:
             return
         with self._lock:
-            if self._loading is not None or (self._staged and self._staged.version == version):
+            if self._staged is not None and self._staged.version == version:
                 return
-            self._loading = version
-        threading.Thread(
-            target=self._load, args=(version,), name=f"load-{version}", daemon=True
-        ).start()
-
-    def _load(self, version: str) -> None:
         try:
             model = load_serving_model(version, self.settings)
         except Exception as exc:  # any failure to load means: refuse, keep the old model
             self._refuse(version, str(exc).strip().splitlines()[0] if str(exc) else repr(exc))
-            model = None
+            return
         with self._lock:
-            self._loading = None
-            if model is not None:
-                self._staged = model
+            self._staged = model
 
     def _refuse(self, version: str, reason: str) -> None:
         if self.refused.get(version) == reason:

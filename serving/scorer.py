@@ -52,7 +52,8 @@ import numpy as np
 from feedrank import ranking
 from feedrank.config import Settings
 from feedrank.feature_spec import model_features
-from feedrank.registry import LoadedModel, load_model
+from feedrank.model import LoadedModel
+from feedrank.model_files import load_model
 from feedrank.schemas import FeedRequest, Impression, RankedFeed, RankedItem, encode
 from serving import metrics
 from serving.feed_cache import FeedCache
@@ -91,9 +92,14 @@ class Hydrator(Protocol):
 
 
 def load_serving_model(version: str, settings: Settings) -> LoadedModel:
-    """:func:`feedrank.registry.load_model` with the serving thread count
-    (``serving.model_nthread``): every model a serve process scores with is loaded here."""
-    return load_model(version, settings, nthread=settings.serving.model_nthread)
+    """:func:`feedrank.model_files.load_model` (checksums, feature contract) with the serving
+    thread count (``serving.model_nthread``): every model a serve process scores with is
+    loaded here. ``version``: a model folder name, ``"champion"`` or a path; a version only in
+    a shared MLflow store is downloaded first (:func:`feedrank.tracking.local_model_dir`)."""
+    from feedrank.tracking import local_model_dir
+
+    folder = local_model_dir(settings, version)
+    return load_model(folder, settings, nthread=settings.serving.model_nthread)
 
 
 class ModelSlot:

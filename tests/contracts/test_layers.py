@@ -4,7 +4,7 @@ Layers, bottom to top (docs/architecture.md draws them):
 
 0. contracts: configuration, record schemas, the feature spec, the lake layout, context
    features, errors, logging, shared statistics;
-1. libraries: the building blocks jobs and serving share (ranking, model registry, Feast store,
+1. libraries: the building blocks jobs and serving share (ranking, model files, MLflow, Feast store,
    Spark session, offline metrics, readiness probes, spec-generated feature tables);
 2. components: the batch and streaming jobs (``jobs``), the online scorer (``serving``), the
    simulator and the experiment analysis;
@@ -48,7 +48,9 @@ LAYER_OF_PREFIX: dict[str, str] = {
     "feedrank.offline_metrics": "libraries",
     "feedrank.ranking": "libraries",
     "feedrank.readiness": "libraries",
-    "feedrank.registry": "libraries",
+    "feedrank.model": "libraries",
+    "feedrank.model_files": "libraries",
+    "feedrank.tracking": "libraries",
     "feedrank.spark": "libraries",
     "feedrank.synthetic_features": "libraries",
     "feedrank.experiment": "components",

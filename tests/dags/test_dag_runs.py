@@ -37,6 +37,9 @@ from dag_helpers import (
     simulate,
 )
 
+from feedrank import tracking
+from feedrank.config import PathsConfig, Settings, get_settings
+
 RETRAIN = "feed_ranking_retrain"
 HOURLY = "feature_materialization"
 DAYS = ("2026-11-03", "2026-11-04", "2026-11-05")  # the three runs' days
@@ -90,9 +93,21 @@ def _online_rows(home: Path) -> dict[str, tuple[int, str]]:
     return out
 
 
+def _home_settings(home: Path) -> Settings:
+    return get_settings().model_copy(update={"paths": PathsConfig(home=home)})
+
+
 def _champion(home: Path) -> str | None:
-    path = home / "models" / "champion.json"
-    return json.loads(path.read_text())["version"] if path.is_file() else None
+    """The model folder the MLflow ``champion`` alias of this run folder names."""
+    return tracking.champion_version(_home_settings(home))
+
+
+def _registered(home: Path) -> list[tuple[str, str | None, bool, str | None]]:
+    """Every registered version: MLflow number, model folder, champion?, previous champion."""
+    return [
+        (r.version, r.feedrank_version, r.champion, r.previous_champion)
+        for r in tracking.list_versions(_home_settings(home))
+    ]
 
 
 @dataclass
@@ -105,7 +120,7 @@ class Outputs:
     training_runs: list[str]
     versions: list[str]
     champion: str | None
-    champion_bytes: bytes
+    registered: list[tuple[str, str | None, bool, str | None]]
     online: dict[str, tuple[int, str]]
 
 
@@ -119,7 +134,7 @@ def _outputs(home: Path, day: str) -> Outputs:
         training_runs=sorted(p.name for p in (home / "training").iterdir()),
         versions=sorted(p.name for p in models.iterdir() if p.is_dir()),
         champion=_champion(home),
-        champion_bytes=(models / "champion.json").read_bytes(),
+        registered=_registered(home),
         online=_online_rows(home),
     )
 
@@ -211,8 +226,21 @@ def test_each_day_succeeds_and_trains_on_its_own_window(dag_home: Path, days: li
     assert f"monitoring {DAYS[0]}: nothing to check" in days[0].run.log
 
 
-def test_the_champion_pointer_follows_each_days_gate(dag_home: Path, days: list[Day]) -> None:
+def test_the_champion_alias_follows_each_days_gate(dag_home: Path, days: list[Day]) -> None:
+    mlflow_client = tracking.client(_home_settings(dag_home))
     for d in days:
+        # One MLflow run per model: the DAG run's ids, evaluation metrics, plots, the model.
+        meta = json.loads((dag_home / "models" / d.version / "metadata.json").read_text())
+        run_id = meta["training"]["mlflow_run_id"]
+        evaluated = json.loads((dag_home / "reports" / d.version / "metrics.json").read_text())
+        assert evaluated["mlflow_run_id"] == run_id
+        logged = mlflow_client.get_run(run_id)
+        assert logged.data.tags["airflow.dag_id"] == RETRAIN
+        assert {"summary.mean_rce", "heads.like.rce", "train.like.validation_auc"} <= set(
+            logged.data.metrics
+        )
+        artifacts = {a.path for a in mlflow_client.list_artifacts(run_id)}
+        assert {"model", "training_data", "evaluation"} <= artifacts, artifacts
         decision = json.loads((dag_home / "reports" / d.version / "promotion.json").read_text())
         state = d.run.tasks["promote"]["state"]
         if decision["promoted"]:
@@ -240,9 +268,9 @@ def test_a_rerun_of_the_same_day_changes_nothing(days: list[Day], rerun: Day) ->
     assert again.manifest == before.manifest
     assert again.training_runs == before.training_runs == sorted(_window(d) for d in DAYS)
     assert again.online == before.online
-    # No new model and no new promotion: the pointer file is byte-identical.
+    # No new model and no new promotion: the same registered versions, the same alias.
     assert again.versions == before.versions
-    assert again.champion_bytes == before.champion_bytes
+    assert again.registered == before.registered
     assert "(same training data) already exists; reusing it" in rerun.run.log
 
 
@@ -265,12 +293,13 @@ def test_task_failing_once_succeeds_on_retry_without_duplicate_output(
 def refused_run(dag_home: Path, rerun: Day) -> DagTestRun:
     """The last day once more, its gate refusing the model (AUC floor above any model).
 
-    The champion pointer is removed first, as on a registry before its first promotion (with
+    The champion alias is removed first, as on a registry before its first promotion (with
     the model already champion, promote has nothing to decide). The data steps, training and
     the monitor are marked successful (their outputs exist from the runs above); evaluate,
     promote and materialize run.
     """
-    (dag_home / "models" / "champion.json").unlink()
+    home = _home_settings(dag_home)
+    tracking.client(home).delete_registered_model_alias(home.mlflow.model_name, tracking.CHAMPION)
     run = run_dag_test(
         dag_home,
         RETRAIN,
@@ -293,7 +322,7 @@ def test_gate_refusal_skips_promotion_without_failing_evaluation(
     assert run.tasks["evaluate"]["state"] == "success"
     assert run.tasks["promote"] == {"state": "skipped", "try_number": 1}
     assert run.tasks["materialize"]["state"] == "success"
-    assert not (dag_home / "models" / "champion.json").exists()
+    assert _champion(dag_home) is None
     report = dag_home / "reports" / rerun.version
     assert (report / "metrics.json").is_file()
     decision = json.loads((report / "promotion.json").read_text())

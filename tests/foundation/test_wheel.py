@@ -2,7 +2,8 @@
 
 Offline on purpose: ``uv sync`` (``make setup``) has already put every locked wheel into uv's
 cache, so the fresh venv is installed from there (``--offline``), pinned to ``uv.lock``'s
-versions through ``uv export``; nothing is fetched and the install takes seconds.
+versions through ``uv export --format pylock.toml``; nothing is fetched and the install takes
+seconds.
 """
 
 from __future__ import annotations
@@ -46,13 +47,19 @@ def test_wheel_with_serve_extra_runs_outside_the_checkout(tmp_path: Path) -> Non
     # sdist first, then the wheel from it (uv build's default): no build/ left in the checkout.
     _run([uv, "build", "--offline", "--out-dir", str(dist)], PROJECT_ROOT, env)
     [wheel] = dist.glob("feedrank-*.whl")
-    requirements = tmp_path / "serve.txt"
+    # pylock.toml names each locked wheel's URL, which uv's cache holds from `uv sync`; a
+    # requirements file (name==version) would need the index pages too, and offline those are
+    # cached only for packages some earlier resolution happened to look up.
+    requirements = tmp_path / "pylock.serve.toml"
     export = [uv, "export", "--frozen", "--no-dev", "--extra", "serve", "--no-emit-project"]
-    _run([*export, "--no-hashes", "-q", "-o", str(requirements)], PROJECT_ROOT, env)
+    _run([*export, "--format", "pylock.toml", "-q", "-o", str(requirements)], PROJECT_ROOT, env)
     _run([uv, "venv", "-q", str(venv)], tmp_path, env)
     python = str(venv / "bin" / "python")
     install = [uv, "pip", "install", "-q", "--offline", "--python", python]
-    _run([*install, "-r", str(requirements), f"{wheel}[serve]"], tmp_path, env)
+    _run([*install, "-r", str(requirements)], tmp_path, env)
+    _run([*install, "--no-deps", str(wheel)], tmp_path, env)
+    # Everything [serve] declares is installed: nothing missing, nothing conflicting.
+    _run([uv, "pip", "check", "-q", "--python", python], tmp_path, env)
 
     # The serve extra brings neither Spark nor Airflow nor matplotlib.
     for module in NOT_FOR_SERVE:

@@ -86,7 +86,8 @@ def monitor_model(monitor_settings: Settings) -> str:
     """A registered model whose every head's probability rises strictly with feature 0."""
     import xgboost as xgb
 
-    from feedrank import registry
+    from feedrank.model import LightRanker
+    from feedrank.model_files import save_model
 
     rng = np.random.default_rng(0)
     n, width = 4_000, len(model_features())
@@ -97,7 +98,7 @@ def monitor_model(monitor_settings: Settings) -> str:
     params = {"objective": "binary:logistic", "max_depth": 2, "eta": 0.5, "nthread": 1}
     booster = xgb.train(params, xgb.DMatrix(X, label=y), num_boost_round=5)
     k = len(LIGHT_RANKER_FEATURES)
-    light = registry.LightRanker(
+    light = LightRanker(
         features=LIGHT_RANKER_FEATURES,
         coef=(0.0,) * k,
         intercept=0.0,
@@ -105,7 +106,7 @@ def monitor_model(monitor_settings: Settings) -> str:
         scale=(1.0,) * k,
         fill_values=(0.0,) * k,
     )
-    registry.save_model(
+    save_model(
         monitor_settings,
         boosters=dict.fromkeys(HEADS, booster),
         light_ranker=light,

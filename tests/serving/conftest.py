@@ -25,7 +25,7 @@ def serve_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="session")
 def champion(serve_settings: Settings) -> str:
     """A throwaway model promoted to champion in the serving run folder."""
-    from feedrank.registry import set_champion
+    from feedrank.tracking import set_champion
 
     version = train_throwaway_model(serve_settings, seed=1, version="serve-v1")
     set_champion(serve_settings, version)

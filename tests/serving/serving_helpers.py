@@ -24,14 +24,15 @@ def with_serving(settings: Settings, **serving: object) -> Settings:
 
 
 def train_throwaway_model(settings: Settings, seed: int, version: str) -> str:
-    """A tiny five-head model with a learnable signal, saved through the registry.
+    """A tiny five-head model with a learnable signal, saved as a model folder.
 
     Labels depend on a few contract features so scores differ between candidates (an
     order test on constant scores could not fail).
     """
     import xgboost as xgb
 
-    from feedrank.registry import LightRanker, save_model
+    from feedrank.model import LightRanker
+    from feedrank.model_files import save_model
 
     rng = np.random.default_rng(seed)
     n = 600

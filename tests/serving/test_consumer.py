@@ -26,7 +26,7 @@ from serving_helpers import (
 
 from feedrank import ranking
 from feedrank.config import Settings
-from feedrank.registry import load_model, set_champion
+from feedrank.model_files import load_model
 from feedrank.schemas import (
     SCHEMA_VERSION,
     RankedFeed,
@@ -35,6 +35,7 @@ from feedrank.schemas import (
     decode_record,
     encode,
 )
+from feedrank.tracking import set_champion
 from serving.consumer import ServingStats, _ServingLoop, run_serving
 from serving.feed_cache import open_feed_cache
 from serving.scorer import FALLBACK_VERSION, ModelSlot, Scorer

@@ -19,7 +19,7 @@ from serving_helpers import (
 from feedrank import ranking
 from feedrank.config import ExperimentConfig, Settings
 from feedrank.experiment import assign_arm
-from feedrank.registry import load_model
+from feedrank.model_files import load_model
 from feedrank.schemas import RankedFeed
 from serving.consumer import run_serving
 from serving.experiment import ShadowScorer, arm_of, experiment_policies, read_shadow_log

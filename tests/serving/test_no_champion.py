@@ -20,7 +20,7 @@ from test_consumer import ServingThread, feeds_by_id, warm_up
 from feedrank import ranking
 from feedrank.config import PathsConfig, Settings
 from feedrank.feature_spec import model_features
-from feedrank.registry import champion_version, set_champion
+from feedrank.tracking import champion_version, set_champion
 from serving.feed_cache import open_feed_cache
 from serving.scorer import FALLBACK_VERSION, NO_CHAMPION_RANKER, ModelSlot, Scorer
 

@@ -11,7 +11,7 @@ from serving_helpers import TableHydrator, make_request, with_serving
 
 from feedrank import ranking
 from feedrank.config import Settings
-from feedrank.registry import load_model
+from feedrank.model_files import load_model
 from feedrank.schemas import Impression, RankedFeed, ServedImpressions, decode, encode
 from serving.consumer import impression_messages
 from serving.feed_cache import SqliteFeedCache

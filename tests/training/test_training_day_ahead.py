@@ -9,9 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from feedrank import feature_spec, registry
+from feedrank import feature_spec
 from feedrank.config import HEADS, Settings
 from feedrank.context import context_features, days_to_nearest_holiday, holidays_between
+from feedrank.model import DayAheadCalibration, booster_features, head_probabilities, recalibrate
+from feedrank.model_files import load_model
 
 pytestmark = pytest.mark.unit
 
@@ -52,7 +54,7 @@ def test_unlearned_columns_are_in_the_matrix_but_not_learned() -> None:
 def test_trained_heads_never_split_on_unlearned_columns(trained) -> None:
     names = tuple(feature_spec.model_features())
     for head, result in trained.heads.items():
-        used = registry.booster_features(result.booster, names)
+        used = booster_features(result.booster, names)
         assert used and not used & set(feature_spec.NOT_LEARNED), head
 
 
@@ -62,18 +64,18 @@ def test_calibration_is_applied_after_the_downsampling_recalibration() -> None:
             return np.full(len(X), 0.2)
 
     X = np.zeros((3, 2))
-    shift = registry.DayAheadCalibration(slope=1.0, intercept=np.log(0.5))
-    q = registry.recalibrate(np.array([0.2]), 0.25)[0]
-    out = registry.head_probabilities({"like": Constant()}, X, {"like": 0.25}, {"like": shift})
+    shift = DayAheadCalibration(slope=1.0, intercept=np.log(0.5))
+    q = recalibrate(np.array([0.2]), 0.25)[0]
+    out = head_probabilities({"like": Constant()}, X, {"like": 0.25}, {"like": shift})
     expected = 1.0 / (1.0 + 2.0 * (1.0 - q) / q)  # odds halved
     np.testing.assert_allclose(out["like"], expected)
-    raw = registry.head_probabilities({"like": Constant()}, X, None, {"like": shift})
+    raw = head_probabilities({"like": Constant()}, X, None, {"like": shift})
     np.testing.assert_allclose(raw["like"], 0.2)  # the raw booster output is left alone
-    identity = registry.DayAheadCalibration(1.0, 0.0)
+    identity = DayAheadCalibration(1.0, 0.0)
     np.testing.assert_allclose(identity.apply(np.array([q])), [q])
-    assert registry.DayAheadCalibration.from_json(shift.to_json()) == shift
+    assert DayAheadCalibration.from_json(shift.to_json()) == shift
     with pytest.raises(ValueError):
-        registry.DayAheadCalibration.from_json({"slope": -1.0, "intercept": 0.0})
+        DayAheadCalibration.from_json({"slope": -1.0, "intercept": 0.0})
 
 
 def test_model_records_and_loads_its_day_ahead_calibration(
@@ -95,11 +97,11 @@ def test_model_records_and_loads_its_day_ahead_calibration(
     assert record["method"] == "platt"
     assert record["fitted_on"] == max(manifest["train_dates"])  # the day before held-out
     assert set(record["heads"]) == set(HEADS)
-    model = registry.load_model(result.version, on)
+    model = load_model(result.version, on)
     for head in HEADS:
         assert model.calibration[head].to_json() == record["heads"][head]
     X = np.nan_to_num(np.random.default_rng(0).random((5, len(feature_spec.model_features()))))
-    plain = registry.head_probabilities(model.boosters, X, model.keep_rates)
+    plain = head_probabilities(model.boosters, X, model.keep_rates)
     calibrated = model.predict_heads(X)
     for head in HEADS:
         np.testing.assert_allclose(calibrated[head], model.calibration[head].apply(plain[head]))

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from feedrank import registry, services
+from feedrank import services
 from feedrank.config import HEADS, Settings
 from feedrank.feature_spec import KEEP_PROB_COLUMN
+from feedrank.model_files import load_model
 from jobs.train import feature_matrix
 
 pytestmark = pytest.mark.integration
@@ -55,9 +56,9 @@ def test_distributed_training_matches_single_node_and_is_accepted(
     assert json.loads(done.stdout)["trainer"] == "xgboost.spark"
 
     # The registry accepts it (checksums, contract, boosters) like any other version.
-    dist = registry.load_model("dist", train_settings)
+    dist = load_model("dist", train_settings)
     assert dist.metadata["training"]["spark_master"] == spark_cluster
-    single = registry.load_model(trained.version, train_settings)
+    single = load_model(trained.version, train_settings)
     validation = pd.read_parquet(synthetic_run / "validation")
     X, w = feature_matrix(validation), 1.0 / validation[KEEP_PROB_COLUMN].to_numpy()
     p_dist, p_single = dist.predict_heads(X), single.predict_heads(X)

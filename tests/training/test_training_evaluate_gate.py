@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from feedrank import registry
 from feedrank.config import HEADS, Settings
 from feedrank.errors import FeedrankError
 from feedrank.exporter import read_outcomes
+from feedrank.tracking import champion_version, set_champion
 from jobs.evaluate import evaluate
 from jobs.evaluate_gate import promote
 from jobs.train import train
@@ -65,11 +65,11 @@ def test_gate_promotes_a_sane_model_and_refuses_a_shuffled_one(
     train_settings: Settings, trained, shuffled_run: Path, synthetic_run: Path
 ) -> None:
     decision = promote(train_settings, trained.version)
-    assert decision["promoted"] and registry.champion_version(train_settings) == "good"
+    assert decision["promoted"] and champion_version(train_settings) == "good"
     shuffled = train(train_settings, data=shuffled_run, version="shuffled", show_progress=False)
     with pytest.raises(FeedrankError, match=r"promotion of shuffled refused: "):
         promote(train_settings, shuffled.version, data=synthetic_run)
-    assert registry.champion_version(train_settings) == "good"
+    assert champion_version(train_settings) == "good"
     record = json.loads((train_settings.paths.reports / "shuffled" / "promotion.json").read_text())
     assert record["promoted"] is False and record["champion"] == "good"
     # The one-line error names the first failure; labels without signal must fail on AUC.
@@ -90,7 +90,7 @@ def test_gate_promotes_a_sane_model_and_refuses_a_shuffled_one(
 def test_gate_refuses_a_challenger_worse_than_the_champion(
     train_settings: Settings, trained, synthetic_run: Path
 ) -> None:
-    registry.set_champion(train_settings, trained.version)
+    set_champion(train_settings, trained.version)
     weak_settings = train_settings.model_copy(
         update={
             "training": train_settings.training.model_copy(
@@ -101,7 +101,7 @@ def test_gate_refuses_a_challenger_worse_than_the_champion(
     weak = train(weak_settings, data=synthetic_run, version="weak", show_progress=False)
     with pytest.raises(FeedrankError, match=r"mean RCE .* < champion good"):
         promote(train_settings, weak.version)
-    assert registry.champion_version(train_settings) == "good"
+    assert champion_version(train_settings) == "good"
     # Ties pass: the champion re-promoted against itself on the same rows.
     assert promote(train_settings, trained.version)["promoted"]
 
@@ -118,4 +118,5 @@ def test_cli_refusal_is_one_line_and_non_zero(train_settings: Settings) -> None:
         check=False,
     )
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1].startswith("feedrank: error: no model at")
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("feedrank: error: no model no-such-version")

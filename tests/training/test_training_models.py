@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from synthetic_examples import write_training_run
 
-from feedrank import registry
 from feedrank.config import Settings
 from feedrank.errors import FeedrankError
 from feedrank.feature_spec import KEEP_PROB_COLUMN, model_features
+from feedrank.model import LoadedModel
+from feedrank.model_files import load_model
 from jobs.train import (
     feature_matrix,
     load_training_data,
@@ -28,8 +29,8 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
-def model(train_settings: Settings, trained) -> registry.LoadedModel:
-    return registry.load_model(trained.version, train_settings)
+def model(train_settings: Settings, trained) -> LoadedModel:
+    return load_model(trained.version, train_settings)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def validation(synthetic_run: Path) -> pd.DataFrame:
     return pd.read_parquet(synthetic_run / "validation")
 
 
-def _mean_like(model: registry.LoadedModel, frame: pd.DataFrame, **overrides: float) -> float:
+def _mean_like(model: LoadedModel, frame: pd.DataFrame, **overrides: float) -> float:
     X = feature_matrix(frame.assign(**overrides))
     return float(model.predict_heads(X)["like"].mean())
 
