@@ -57,9 +57,17 @@ CHRONO_NOISE_S = 1800.0  # sd of the old system's ordering noise around creation
 NEW_FOLLOWS_PER_USER_PER_DAY = 0.02
 MODEL_VERSION_CHRONO = "chronological"
 MANIFEST = "_manifest.json"
-# Random-stream identifiers: one independent stream per stage (see world.stage_rng).
+# Random-stream identifiers: one independent stream per stage (see world.stage_rng). A day's
+# streams are keyed by its calendar day (:func:`calendar_key`), not by its index in the
+# world: with index keys every fresh world drew the same outcomes on its n-th day whatever
+# the date, so every `make demo` held out the same draw (docs/quality.md, "The oracle's gap").
 _STAGE_TWEETS, _STAGE_REQUESTS, _STAGE_CANDIDATES, _STAGE_ENGAGE, _STAGE_FOLLOWS = 2, 3, 4, 5, 6
 _STAGE_SIGNUPS = 7
+
+
+def calendar_key(day_start_us: int) -> int:
+    """The random-stream key of the day starting at ``day_start_us``: days since 1970-01-01."""
+    return int(day_start_us // US_PER_DAY)
 
 
 def _ts(us: np.ndarray) -> pa.Array:
@@ -123,7 +131,6 @@ class _Tables:
 
 def _serve_day(
     world: World,
-    day: int,
     day_start_us: int,
     n_candidates: int,
     tables: _Tables,
@@ -131,8 +138,9 @@ def _serve_day(
 ) -> None:
     """Feed requests, impressions, oracle and engagements of one simulated day."""
     seed = world.seed
+    key = calendar_key(day_start_us)
     users, request_us, devices = _day_requests(
-        world, day_start_us, stage_rng(seed, _STAGE_REQUESTS, day)
+        world, day_start_us, stage_rng(seed, _STAGE_REQUESTS, key)
     )
     date_tag = (dt.date(1970, 1, 1) + dt.timedelta(days=day_start_us // US_PER_DAY)).strftime(
         "%Y%m%d"
@@ -142,7 +150,7 @@ def _serve_day(
     req_rows, cand_idx = [], []
     for hour in range(24):
         sel = np.flatnonzero(hour_of == hour)
-        rng = stage_rng(seed, _STAGE_CANDIDATES, day, hour)
+        rng = stage_rng(seed, _STAGE_CANDIDATES, key, hour)
         rows, tweets = world.select_candidates(users[sel], request_us[sel], n_candidates, rng)
         req_rows.append(sel[rows])
         cand_idx.append(tweets)
@@ -150,7 +158,7 @@ def _serve_day(
     rows = np.concatenate(req_rows)
     tweet_idx = np.concatenate(cand_idx)
     store = world.tweets
-    rng = stage_rng(seed, _STAGE_ENGAGE, day)
+    rng = stage_rng(seed, _STAGE_ENGAGE, key)
 
     # Feed requests: candidates in ascending tweet id (the request does not imply an order).
     # rows are ascending already; one int64 argsort on (row, tweet) beats np.lexsort by ~10x.
@@ -257,9 +265,14 @@ def _serve_day(
     )
 
 
-def _add_tweets(world: World, tables: _Tables, day: int, day_start_us: int) -> None:
+def _add_tweets(world: World, tables: _Tables, day_start_us: int) -> None:
     first_id = int(world.tweets.tweet_id[-1]) + 1 if len(world.tweets) else TWEET_ID_BASE
-    batch = _day_tweets(world, day_start_us, first_id, stage_rng(world.seed, _STAGE_TWEETS, day))
+    batch = _day_tweets(
+        world,
+        day_start_us,
+        first_id,
+        stage_rng(world.seed, _STAGE_TWEETS, calendar_key(day_start_us)),
+    )
     world.tweets.append(batch)
     n = len(batch["tweet_id"])
     tables.add(
@@ -357,7 +370,7 @@ def simulate_backfill(
     _add_follows(
         tables, followers, followees, day0_us + signup_rng.integers(0, US_PER_DAY, len(followers))
     )
-    _add_tweets(world, tables, 0, day0_us)
+    _add_tweets(world, tables, day0_us)
     # The day before the first written one is served again, not written: its late
     # engagements belong to the first written day's partition.
     first_served = max(first_written - 1, 1)
@@ -367,12 +380,12 @@ def simulate_backfill(
             if day == first_served and first_written > 1:
                 tables = _Tables()  # what came before is state only, already in the lake
             day_start_us = day0_us + day * US_PER_DAY
-            _add_tweets(world, tables, day, day_start_us)
+            _add_tweets(world, tables, day_start_us)
             if day >= first_served:
                 # Serving a day reads the world and draws from the day's own streams only,
                 # so skipping it for a replayed day leaves later days unchanged.
-                _serve_day(world, day, day_start_us, cfg.candidates_per_request, tables, bar)
-            follow_rng = stage_rng(cfg.seed, _STAGE_FOLLOWS, day)
+                _serve_day(world, day_start_us, cfg.candidates_per_request, tables, bar)
+            follow_rng = stage_rng(cfg.seed, _STAGE_FOLLOWS, calendar_key(day_start_us))
             n_new = follow_rng.poisson(NEW_FOLLOWS_PER_USER_PER_DAY * world.n_users)
             new_from, new_to = world.new_follows(n_new, follow_rng)
             _add_follows(

@@ -208,3 +208,27 @@ def test_extending_the_world_adds_only_new_days_with_a_full_backfills_bytes(
     kind, summary = extend_or_start(other, grown, end, 3, progress=False)
     assert kind == "new" and "another world" in summary["plan"]
     assert not any("date=2026-12-04" in k for k in _partition_digests(grown))
+
+
+@pytest.mark.unit
+def test_a_worlds_nth_day_is_drawn_for_its_date_not_its_index(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Two fresh worlds ending on consecutive weekdays do not repeat their last day's draw.
+
+    With streams keyed by the day's index every fresh `make demo` held out the same outcomes
+    (docs/quality.md, "The oracle's gap"); keyed by the date, each held-out day is its own.
+    """
+    small = {"days": 3, "users": 200, "candidates": 40, "progress": False}
+    last = {}
+    for start in ("2026-12-08", "2026-12-09"):  # Tue and Wed: the same weekend term (0)
+        root = tmp_path / start
+        simulate_backfill(settings, root, start_date=start, **small)
+        held_out = (dt.date.fromisoformat(start) + dt.timedelta(days=2)).isoformat()
+        engagements = read_lake_table(root, "engagements", [held_out])
+        impressions = read_lake_table(root, "impressions", [held_out])
+        last[start] = (
+            impressions.num_rows,
+            tuple(int(pc.sum(pc.equal(engagements.column("head"), h)).as_py()) for h in HEADS),
+        )
+    assert last["2026-12-08"] != last["2026-12-09"]
