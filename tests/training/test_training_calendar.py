@@ -47,7 +47,10 @@ LAST_DAY = dt.date(2027, 1, 2)
 HELD_OUT = [
     FIRST_HELD_OUT + dt.timedelta(days=i) for i in range((LAST_DAY - FIRST_HELD_OUT).days + 1)
 ]
-USERS = 600  # enough positives per head and day that the draw alone stays inside the gate
+# 600 users per day are what the draw alone needs to stay inside the gate (see above), but
+# the world then takes twice as long (~18 min at load 20) and the suite must stay near 30 min
+# on 2 cores: 300 until the model error is fixed and the marker can go.
+USERS = 300
 
 
 def training_days() -> int:
@@ -161,7 +164,7 @@ def calendar_world(spark, settings: Settings, tmp_path_factory: pytest.TempPathF
     return cfg, whole, frame
 
 
-@pytest.mark.timeout(2400)  # a bound for a loaded CI machine (world ~18 min at load 20)
+@pytest.mark.timeout(1800)  # a bound for a loaded CI machine; ~4 min quiet is the aim
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
