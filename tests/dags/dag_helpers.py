@@ -88,18 +88,20 @@ def run_dag_test(
     )
 
 
-# A small world keeps the DAG modules short on 2 cores (seed 1 at 250 users passes the
-# production validation gate; smaller worlds trip it with days without new follows or rare
-# languages). Its rare negative-feedback head does not reach the production promotion floor
-# (measured: AUC 0.468 < 0.55 on this world), so the gate's AUC floor is off: these tests check
-# the orchestration, not model quality. The gate's other checks (finite metrics, calibration,
-# beat-or-tie) stay as configured.
+# A small world keeps the DAG modules short on 2 cores (seed 4 at 250 users passes the
+# production validation gate on every day; smaller worlds trip it with days without new
+# follows or rare languages, and since each calendar day has its own draw, seed 1's
+# 2026-11-04 has 17.2 % of users without an impression against 11.2 % the day before, past
+# the 5-point null-rate limit of the 1-day rates). Its rare negative-feedback head does not
+# reach the production promotion floor (measured: AUC 0.468 < 0.55 on this world), so the
+# gate's AUC floor is off: these tests check the orchestration, not model quality. The gate's
+# other checks (finite metrics, calibration, beat-or-tie) stay as configured.
 SMALL_WORLD = {
     "FEEDRANK_PROFILE": "local",
     "FEEDRANK_SIMULATOR__USERS": "250",
     "FEEDRANK_SIMULATOR__CANDIDATES_PER_REQUEST": "40",
     "FEEDRANK_SIMULATOR__DAYS": "3",
-    "FEEDRANK_SIMULATOR__SEED": "1",
+    "FEEDRANK_SIMULATOR__SEED": "4",
     "FEEDRANK_SPARK__MASTER": "local[2]",
     "FEEDRANK_SPARK__SHUFFLE_PARTITIONS": "2",
     "FEEDRANK_TRAINING__N_ESTIMATORS": "40",
