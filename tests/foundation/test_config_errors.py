@@ -130,12 +130,13 @@ def test_lines_come_from_pydantic_error_data(monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.mark.unit
 def test_unexpected_exception_is_one_line_and_a_log(tmp_path: Path) -> None:
-    (tmp_path / "models").write_text("a file where the model folder should be")
+    # A file where the embedded MLflow store's folder should be: an error no code expects.
+    (tmp_path / "mlflow").write_text("a file where the tracking store's folder should be")
     result = _feedrank("models", FEEDRANK_PATHS__HOME=str(tmp_path))
     assert result.returncode == 1
     [line] = _error_lines(result)
     log = tmp_path / "logs" / "feedrank-errors.log"
-    assert line.startswith("feedrank: error: unexpected NotADirectoryError:")
+    assert line.startswith("feedrank: error: unexpected FileExistsError:")
     assert line.endswith(f"(traceback in {log})")
     text = log.read_text()
-    assert "Traceback (most recent call last)" in text and "NotADirectoryError" in text
+    assert "Traceback (most recent call last)" in text and "FileExistsError" in text
