@@ -109,7 +109,7 @@ def test_live_round_trip_with_closed_loop_engagements(
     with StandInScorer(kafka) as scorer:
         stats = run_live(
             kafka,
-            rate_rps=5.0,
+            rate_rps=10.0,
             duration_s=4.0,
             closed_loop=True,
             users=300,
@@ -139,12 +139,15 @@ def test_live_round_trip_with_closed_loop_engagements(
         assert engagement.tweet_id in shown
         assert engagement.user_id == ours[engagement.request_id].user_id
         assert engagement.author_id == tweet_authors[engagement.tweet_id]
-    # Users walk feeds top-down: engagements concentrate on the first positions shown.
+    # Users walk feeds top-down: engagements concentrate on the first positions shown. With
+    # ~80 engagements the first third beats the last third except about once in 3,000 runs
+    # (the halves on ~40 engagements tied 20 to 20 in one CI run).
     position = {
         (r, item.tweet_id): item.position for r, items in scorer.served.items() for item in items
     }
     positions = [position[(e.request_id, e.tweet_id)] for e in mine]
-    assert sum(p < FEED_SIZE // 2 for p in positions) > sum(p >= FEED_SIZE // 2 for p in positions)
+    third = FEED_SIZE // 3
+    assert sum(p < third for p in positions) > sum(p >= FEED_SIZE - third for p in positions)
 
 
 @pytest.mark.unit
