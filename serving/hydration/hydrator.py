@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from feedrank import feature_spec as spec
-from feedrank.config import Settings, get_settings
+from feedrank.config import Settings, get_settings, redis_client_kwargs
 from feedrank.context import context_features
 from feedrank.errors import FeedrankError
 from serving.hydration.feast_codec import STREAM_VIEWS, UNKNOWN_ID, EntityKeyCodec, device_code
@@ -142,10 +142,8 @@ class FeatureHydrator:
         else:
             import redis
 
-            address, *options = config.online_store.connection_string.split(",")
-            host, port = address.split(":")
-            password = dict(o.split("=", 1) for o in options).get("password")
-            client = redis.Redis(host=host, port=int(port), password=password)
+            # The same address and password the Feast config was written from.
+            client = redis.Redis(**redis_client_kwargs(self.settings))
             self._reader = RedisReader(client, config.project)
             self._mirror = RedisStreamMirror.start(
                 self._reader,
