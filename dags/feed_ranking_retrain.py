@@ -7,7 +7,8 @@ Which day: a scheduled run has the data interval ``[D, D+1)`` (``CronDataInterva
 logical date ``D``) and processes day ``D``; a manual run or ``dag.test()`` with a zero-length
 interval at ``L`` processes the last complete UTC day before ``L`` (rule and reasons in
 ``feedrank_tasks``). No task reads "latest" or the clock: the sensor waits for day ``D``'s
-lake partitions, ``validate`` checks them, ``features`` and ``training_data`` rebuild the
+lake partitions and for each table's landed-through mark to pass ``D``'s end,
+``validate`` checks them, ``features`` and ``training_data`` rebuild the
 trailing window of ``training_days`` days ending with ``D`` (the last of them is the held-out
 validation day), ``validate_features`` checks the feature tables ``features`` just built,
 ``materialize`` loads what became valid during ``D`` into the online store,
@@ -172,14 +173,14 @@ def feed_ranking_retrain() -> None:
         data_interval_start: dt.datetime | None = None,
         data_interval_end: dt.datetime | None = None,
     ) -> PokeReturnValue:
-        """Done when every daily lake table has the run's day(s) landed."""
+        """Done when every daily lake table has the run's day(s) landed, marked complete."""
         from feedrank.config import get_settings
 
         days = ft.interval_days(data_interval_start, data_interval_end)
-        missing = ft.missing_partitions(get_settings().paths.lake, ft.DAILY_LAKE_TABLES, days)
-        if missing:
-            ft.log.info("waiting for %s", ", ".join(missing))
-        return PokeReturnValue(is_done=not missing, xcom_value=days.end)
+        waiting = ft.not_landed(get_settings().paths.lake, ft.DAILY_LAKE_TABLES, days)
+        if waiting:
+            ft.log.info("waiting for %s", ", ".join(waiting))
+        return PokeReturnValue(is_done=not waiting, xcom_value=days.end)
 
     @task
     def validate(

@@ -146,22 +146,28 @@ def interval_days(
     return Days(start.date(), (end - DAY).date())
 
 
-def missing_partitions(lake: Path, tables: tuple[str, ...], days: Days) -> list[str]:
-    """``table/date=D`` of every partition not yet landed (a folder with a Parquet file).
+def not_landed(lake: Path, tables: tuple[str, ...], days: Days) -> list[str]:
+    """What keeps ``days`` from being complete in ``tables``, one phrase each (empty: done).
 
-    Landing and the simulator publish a partition with one rename, so a folder that holds a
-    Parquet file is complete. The layout is :mod:`feedrank.lake`'s (imported when the sensor
-    runs, not when the DAG is parsed).
+    A day is complete when its partition holds a Parquet file and the table's landed-through
+    mark (:func:`feedrank.lake.landed_through`) has reached the midnight after the day: a
+    file alone can be the first of a day's landing micro-batches. The layout is
+    :mod:`feedrank.lake`'s (imported when the sensor runs, not when the DAG is parsed).
     """
-    from feedrank.lake import partition_dir
+    from feedrank.lake import landed_through, midnight, partition_dir
 
-    missing = []
+    needed = midnight(days.last + dt.timedelta(days=1))
+    waiting = []
     for table in tables:
+        through = landed_through(lake, table)
+        if through is None or through < needed:
+            got = "never marked" if through is None else f"marked {through.isoformat()}"
+            waiting.append(f"{table} landed through {needed.isoformat()} ({got})")
         for day in days:
             folder = partition_dir(lake, table, day)
             if not any(folder.glob("*.parquet")):
-                missing.append(f"{table}/{folder.name}")
-    return missing
+                waiting.append(f"{table}/{folder.name}")
+    return waiting
 
 
 def feedrank_executable() -> str:

@@ -289,6 +289,13 @@ class ClockConfig(Section):
         "simulator, serving's requested/served times and deadlines): the demo sets it to run "
         "its live phase on its --today when that is not the wall clock's day.",
     )
+    max_event_lag_s: int = Field(
+        default=300,
+        ge=0,
+        description="Most seconds an event's time may trail its arrival in Kafka (producer "
+        "buffering and retries, clock skew): a landing run marks its tables complete up to "
+        "its start less this.",
+    )
 
 
 class TrainingDataConfig(Section):

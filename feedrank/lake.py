@@ -6,18 +6,26 @@ published with one rename (:mod:`feedrank.publish`), so a folder that holds a Pa
 complete. Spark jobs read and write it through :mod:`jobs.spark_io`; the simulator, the
 experiment report and tests through :func:`write_partitioned` and :func:`read_lake_table`
 (pyarrow only, imported when called).
+
+A partition can hold a Parquet file and still be incomplete: landing adds a file per
+micro-batch. What a table holds for certain is its *landed-through mark*
+(``<root>/_watermarks/<table>.json``, :func:`landed_through`): every event of ``table`` with an
+event time before it is in the lake. Landing advances it to its run's start (the end of the
+topics it read to) less ``clock.max_event_lag_s``; a simulated backfill to the end of its
+world. It never moves back. The retrain DAG's sensor waits for it, not for a file.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from feedrank.errors import FeedrankError
-from feedrank.publish import write_dir_atomic
+from feedrank.publish import write_dir_atomic, write_json_atomic
 from feedrank.schemas import EVENT_TIME, table_schema
 
 if TYPE_CHECKING:
@@ -31,6 +39,8 @@ __all__ = [  # table_schema is part of the lake's contract: the schema of each t
     "days_between",
     "existing_partitions",
     "feature_table_schema",
+    "landed_through",
+    "mark_landed_through",
     "midnight",
     "parse_date",
     "partition_dir",
@@ -87,6 +97,37 @@ def existing_partitions(
         if (start is None or day >= start) and (end is None or day <= end):
             found.append(path)
     return found
+
+
+WATERMARKS = "_watermarks"
+
+
+def _mark_path(root: Path, table: str) -> Path:
+    return Path(root) / WATERMARKS / f"{table}.json"
+
+
+def landed_through(root: Path, table: str) -> dt.datetime | None:
+    """The event time before which every event of ``table`` is in the lake (None: unmarked)."""
+    path = _mark_path(root, table)
+    if not path.is_file():
+        return None
+    return dt.datetime.fromisoformat(json.loads(path.read_text())["landed_through"])
+
+
+def mark_landed_through(root: Path, table: str, through: dt.datetime, by: str) -> dt.datetime:
+    """Advance ``table``'s landed-through mark to ``through`` (never back); returns the mark.
+
+    ``by`` names the writer (``landing``, ``backfill``, ...) for whoever reads the file.
+    """
+    if through.tzinfo is None:
+        raise FeedrankError(f"landed-through mark for {table} needs a timezone: {through}")
+    current = landed_through(root, table)
+    if current is not None and current >= through:
+        return current
+    path = _mark_path(root, table)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"landed_through": through.astimezone(dt.UTC).isoformat(), "by": by})
+    return through
 
 
 def feature_table_schema(view_name: str) -> pa.Schema:

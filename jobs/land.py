@@ -11,7 +11,9 @@ No duplicates, no gaps: Structured Streaming replays a failed micro-batch with t
 and the same offset range, and each batch writes files named after its id
 (``part-b<batch>-<n>.parquet``) after deleting any file of that id, so a replay overwrites
 instead of appending. Offsets are committed to the checkpoint only after the batch's files
-are in place.
+are in place. After a run, each landed table's landed-through mark
+(:func:`feedrank.lake.mark_landed_through`) advances to the run's start in event time
+(``clock.offset_s``) less ``clock.max_event_lag_s``: what the retrain DAG's sensor waits for.
 """
 
 from __future__ import annotations
@@ -182,7 +184,13 @@ def land(
             f"cannot land topic {unknown[0]!r} (lake topics: {', '.join(LAKE_TOPICS)})"
         )
     checkpoint = checkpoint or settings.paths.home / "checkpoints" / "land"
-    landed_on = dt.datetime.now(dt.UTC).date()
+    started = dt.datetime.now(dt.UTC)
+    landed_on = started.date()
+    # Every record in the topics when the run starts is read (availableNow), so each table
+    # holds every event stamped before the start, less the lag an event time may have.
+    through = started + dt.timedelta(
+        seconds=settings.clock.offset_s - settings.clock.max_event_lag_s
+    )
     source = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka.bootstrap_servers)
@@ -237,6 +245,7 @@ def land(
             progress.get("batchId"),
         )
     for topic in topics:
+        lake.mark_landed_through(settings.paths.lake, topic, through, by="landing")
         totals[topic]["rows"] = _count(settings.paths.lake / topic)
         totals[topic]["quarantined"] = _count(settings.paths.lake / QUARANTINE / topic)
     record_time(

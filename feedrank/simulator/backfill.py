@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from feedrank.config import HEADS, Settings, SimulatorConfig
-from feedrank.lake import write_partitioned
+from feedrank.lake import mark_landed_through, midnight, write_partitioned
 from feedrank.logs import progress_bar
 from feedrank.schemas import DEVICES, EVENT_TIME, LAKE_TABLES, table_schema
 from feedrank.simulator.engagement import draw_delays_s, draw_engagements, head_probabilities
@@ -424,6 +424,7 @@ def simulate_backfill(
         "engagements_per_impression": rates,
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    mark_world_landed(out_dir, dt.date.fromisoformat(manifest["end_date"]))
     total_s = time.perf_counter() - started
     summary = {
         **manifest,
@@ -437,6 +438,12 @@ def simulate_backfill(
     }
     log.info("backfill done: %s", json.dumps(summary, sort_keys=True))
     return summary
+
+
+def mark_world_landed(out_dir: Path, end_date: dt.date) -> None:
+    """Every lake table of a simulated world is complete to the midnight after its last day."""
+    for name in LAKE_TABLES:
+        mark_landed_through(out_dir, name, midnight(end_date + dt.timedelta(days=1)), "backfill")
 
 
 def world_key(cfg: SimulatorConfig) -> dict[str, Any]:
@@ -475,6 +482,7 @@ def extend_or_start(
         elif end > end_date:
             why_new = f"the lake's world already runs to {end}, after {end_date}"
         elif end == end_date:
+            mark_world_landed(Path(out_dir), end)  # a lake written before the marks existed
             return "unchanged", {
                 **manifest,
                 "plan": f"reusing the simulated world {start} … {end} (nothing to add)",

@@ -7,6 +7,7 @@ temporary run folder (``FEEDRANK_PATHS__HOME``) and SQLite DB without touching t
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from feedrank.config import PROJECT_ROOT
+from feedrank.lake import mark_landed_through, midnight
 
 DAGS_DIR = PROJECT_ROOT / "dags"
 RUNNER = Path(__file__).resolve().parent / "run_dag.py"
@@ -131,7 +133,9 @@ def simulate(home: Path, env: dict[str, str], out: Path | None = None) -> Path:
 
 def land_through(source_lake: Path, lake: Path, last_day: str) -> list[str]:
     """Copy every ``<table>/date=D`` of ``source_lake`` with ``D <= last_day`` not yet in
-    ``lake``, as landing publishes a day: each partition renamed into place whole.
+    ``lake``, as landing publishes a day: each partition renamed into place whole, then every
+    table marked landed through the midnight after ``last_day`` (what landing does once it
+    has read past it).
 
     Returns:
         the ``table/date=D`` partitions added.
@@ -147,6 +151,9 @@ def land_through(source_lake: Path, lake: Path, last_day: str) -> list[str]:
         shutil.copytree(part, tmp)
         tmp.rename(target)
         added.append(f"{part.parent.name}/{part.name}")
+    end = midnight(dt.date.fromisoformat(last_day) + dt.timedelta(days=1))
+    for table in sorted({p.parent.name for p in source_lake.glob("*/date=*")}):
+        mark_landed_through(lake, table, end, by="test landing")
     return added
 
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from feedrank.config import PROJECT_ROOT
+from feedrank.errors import FeedrankError
+from feedrank.lake import landed_through, mark_landed_through
 
 if TYPE_CHECKING:
     from airflow.dag_processing.dagbag import BundleDagBag
@@ -207,19 +209,37 @@ def test_runs_without_a_logical_date_or_with_a_reversed_interval_are_refused() -
 
 
 @pytest.mark.unit
-def test_missing_partitions_needs_a_parquet_file(tmp_path: Path) -> None:
+def test_a_day_is_landed_with_a_parquet_file_and_a_mark_past_its_end(tmp_path: Path) -> None:
     import feedrank_tasks as ft
 
     days = ft.Days(dt.date(2026, 11, 3), dt.date(2026, 11, 3))
     tables = ("impressions", "engagements")
-    assert ft.missing_partitions(tmp_path, tables, days) == [
+    assert ft.not_landed(tmp_path, tables, days) == [
+        "impressions landed through 2026-11-04T00:00:00+00:00 (never marked)",
         "impressions/date=2026-11-03",
+        "engagements landed through 2026-11-04T00:00:00+00:00 (never marked)",
         "engagements/date=2026-11-03",
     ]
-    (tmp_path / "impressions" / "date=2026-11-03").mkdir(parents=True)
-    (tmp_path / "engagements" / "date=2026-11-03").mkdir(parents=True)
-    (tmp_path / "engagements" / "date=2026-11-03" / "part-0.parquet").write_bytes(b"x")
-    assert ft.missing_partitions(tmp_path, tables, days) == ["impressions/date=2026-11-03"]
+    for table in tables:
+        (tmp_path / table / "date=2026-11-03").mkdir(parents=True)
+        (tmp_path / table / "date=2026-11-03" / "part-b0-0.parquet").write_bytes(b"x")
+    # The first micro-batch of the day is in: a file, but landing has not passed midnight.
+    evening = dt.datetime(2026, 11, 3, 23, 50, tzinfo=dt.UTC)
+    for table in tables:
+        mark_landed_through(tmp_path, table, evening, by="landing")
+    assert ft.not_landed(tmp_path, tables, days) == [
+        f"{t} landed through 2026-11-04T00:00:00+00:00 (marked {evening.isoformat()})"
+        for t in tables
+    ]
+    after = dt.datetime(2026, 11, 4, 0, 5, tzinfo=dt.UTC)
+    mark_landed_through(tmp_path, "impressions", after, by="landing")
+    mark_landed_through(tmp_path, "engagements", after, by="landing")
+    assert ft.not_landed(tmp_path, tables, days) == []
+    # The mark never moves back (a rerun of an older landing, a smaller backfill).
+    assert mark_landed_through(tmp_path, "impressions", evening, by="backfill") == after
+    assert landed_through(tmp_path, "impressions") == after
+    with pytest.raises(FeedrankError, match="timezone"):
+        mark_landed_through(tmp_path, "impressions", dt.datetime(2026, 11, 5), by="landing")
 
 
 @pytest.mark.unit

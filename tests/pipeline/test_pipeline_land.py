@@ -52,8 +52,13 @@ def test_landing_restarts_without_duplicates_or_gaps(spark, kafka, tmp_path, mon
     first, second = list(range(base, base + 30)), list(range(base + 30, base + 50))
     bad = [b"not json", b'{"schema_version": 1, "follower_id": -5}']
     _produce(cfg, first, bad)
+    lag = dt.timedelta(seconds=cfg.clock.max_event_lag_s)
+    before = dt.datetime.now(dt.UTC)
     land(spark, cfg, ["follows"], checkpoint)
     assert _landed(cfg.paths.lake, set(first)) == Counter({f: 1 for f in first})
+    # The table is marked complete up to the run's start, less the events' allowed lag.
+    marked = lake.landed_through(cfg.paths.lake, "follows")
+    assert before - lag <= marked <= dt.datetime.now(dt.UTC) - lag
     quarantined = (
         pads.dataset(
             str(cfg.paths.lake / QUARANTINE / "follows"), format="parquet", partitioning="hive"
@@ -81,8 +86,10 @@ def test_landing_restarts_without_duplicates_or_gaps(spark, kafka, tmp_path, mon
     with pytest.raises(Exception):  # noqa: B017 - Spark wraps the callback's error
         land(spark, cfg, ["follows"], checkpoint)
     monkeypatch.setattr(spark_io, "write_spark_parquet", real)
+    assert lake.landed_through(cfg.paths.lake, "follows") == marked  # a failed run marks nothing
 
     land(spark, cfg, ["follows"], checkpoint)
+    assert lake.landed_through(cfg.paths.lake, "follows") > marked
     everyone = set(first) | set(second)
     assert _landed(cfg.paths.lake, everyone) == Counter({f: 1 for f in everyone})
     # Event-date partitions: hourly follows from 2026-11-02 12:00 (30 h, then 20 h) span two.

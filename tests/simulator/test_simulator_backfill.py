@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from feedrank.config import HEADS, Settings
-from feedrank.lake import read_lake_table
+from feedrank.lake import landed_through, midnight, read_lake_table
 from feedrank.schemas import EVENT_TIME, LAKE_TABLES, table_schema
 from feedrank.simulator.backfill import simulate_backfill
 from feedrank.simulator.engagement import HEAD_RATE_RANGES
@@ -190,9 +190,15 @@ def test_extending_the_world_adds_only_new_days_with_a_full_backfills_bytes(
 
     kind, first = extend_or_start(world, grown, end - dt.timedelta(days=1), 3, progress=False)
     assert kind == "new" and first["start_date"] == "2026-12-05"
+    # Every table of the world is complete to the midnight after its last day (the mark the
+    # retrain DAG's sensor waits for), and each extension moves it on.
+    assert {t: landed_through(grown, t) for t in LAKE_TABLES} == dict.fromkeys(
+        LAKE_TABLES, midnight(end)
+    )
     before = _partition_digests(grown)
     kind, summary = extend_or_start(world, grown, end, 3, progress=False)
     assert kind == "extended" and "by 1 day(s)" in summary["plan"]
+    assert landed_through(grown, "impressions") == midnight(end + dt.timedelta(days=1))
     after = _partition_digests(grown)
     # Old days untouched (the new day's partition held the last day's late engagements),
     # the new day written, and all of it what one 4-day backfill wrote.
@@ -204,6 +210,7 @@ def test_extending_the_world_adds_only_new_days_with_a_full_backfills_bytes(
     # Going back a day, or another seed, cannot reuse this world: a new one replaces it.
     kind, summary = extend_or_start(world, grown, end - dt.timedelta(days=1), 3, progress=False)
     assert kind == "new" and "after 2026-12-07" in summary["plan"]
+    assert landed_through(grown, "engagements") == midnight(end)  # a new world, a new mark
     other = world.model_copy(update={"simulator": world.simulator.model_copy(update={"seed": 6})})
     kind, summary = extend_or_start(other, grown, end, 3, progress=False)
     assert kind == "new" and "another world" in summary["plan"]
