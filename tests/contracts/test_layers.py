@@ -53,7 +53,8 @@ LAYER_OF_PREFIX: dict[str, str] = {
     "feedrank.tracking": "libraries",
     "feedrank.spark": "libraries",
     "feedrank.synthetic_features": "libraries",
-    "feedrank.experiment": "components",
+    "feedrank.experiment_analysis": "components",
+    "feedrank.experiment_design": "libraries",
     "feedrank.simulator": "components",
     "jobs": "components",
     "jobs.spark_entry": "entry points",  # spark-submit's entry: runs the feedrank CLI
