@@ -16,7 +16,7 @@ from feedrank.capacity_bench import register as register_capacity
 from feedrank.cli_runner import run_cli
 from feedrank.config import dump_settings, get_settings
 from feedrank.demo import register as register_demo
-from feedrank.experiment import register as register_experiment
+from feedrank.experiment_cli import register as register_experiment
 from feedrank.exporter import register as register_exporter
 from feedrank.featurestore_cli import register as register_featurestore
 from feedrank.simulator.cli import register as register_simulator

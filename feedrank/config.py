@@ -319,7 +319,7 @@ class TrainingConfig(Section):
         # Sunday's reply calibration out of the gate (docs/quality.md).
         default=False,
         description="Fit a per-head Platt calibration on the last training day, scored by "
-        "heads trained without it (jobs/train.py).",
+        "heads trained without it (jobs/train_calibration.py).",
     )
     promote_min_auc: float = Field(
         default=0.55, ge=0, le=1, description="Promotion gate: every head's AUC must exceed this."

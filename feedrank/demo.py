@@ -462,7 +462,7 @@ def print_summary(
     counterfactual: dict | None = None,
 ) -> None:
     """Sample feed, latency, offline metrics vs the references, realized and paired lift."""
-    from feedrank.experiment import print_online_comparison, print_report
+    from feedrank.experiment_cli import print_online_comparison, print_report
 
     sample = next((f for f in feeds if f.arm == "treatment" and f.items), None)
     if sample is not None:
@@ -543,7 +543,7 @@ def run_demo(
         FeedrankError: A step failed; with no champion after the DAG, the gate's reason.
     """
     from feedrank import services
-    from feedrank.experiment import report_from_lake
+    from feedrank.experiment_analysis import report_from_lake
     from feedrank.simulator.backfill import extend_or_start
     from feedrank.tracking import champion_version, tracking_uri
     from serving.scorer import NO_CHAMPION_RANKER
@@ -599,7 +599,7 @@ def run_demo(
     )
     _step("6/6 summary")
     latency = latency_table(feeds)
-    from serving.experiment import counterfactual_summary
+    from serving.counterfactual import counterfactual_summary
 
     counterfactual = counterfactual_summary(settings, {f.request_id for f in feeds})
     print_summary(feeds, latency, metrics, experiment, counterfactual)

@@ -37,8 +37,8 @@ class DayAheadCalibration:
     """Per-head Platt scaling ``q' = sigmoid(slope · logit(q) + intercept)``.
 
     Fitted by ``feedrank train`` on the most recent labelled day before the held-out day,
-    scored by heads that had not seen that day (jobs/train.py), so it corrects the shift a
-    model shows on the day after its training data. Applied after the downsampling
+    scored by heads that had not seen that day (jobs/train_calibration.py), so it corrects the
+    shift a model shows on the day after its training data. Applied after the downsampling
     recalibration ``q = p/(p + (1 − p)/w)``.
     """
 

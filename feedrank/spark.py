@@ -48,6 +48,9 @@ def profile_conf(app_name: str, settings: Settings) -> dict[str, str]:
         "spark.driver.bindAddress": "127.0.0.1",
         "spark.local.dir": str(settings.paths.home / "spark-local"),
         "spark.ui.enabled": "false",
+        # PySpark starts as a "shell", which turns the stage progress bar on; off a terminal
+        # (task logs, `make demo > log`) its carriage-return redraws are all the log would hold.
+        "spark.ui.showConsoleProgress": str(sys.stderr.isatty()).lower(),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.executorEnv.PYSPARK_PYTHON": sys.executable,
     }

@@ -1,5 +1,7 @@
 """MLflow: the training runs, the registered model versions and the ``champion`` alias.
 
+Long because: runs, versions and the alias share one client, its error mapping and its setup.
+
 Embedded by default: a SQLite backend and a file artifact store under ``<paths.home>/mlflow``
 (``mlflow.db``, ``artifacts/``), opened in-process, no server to run; ``mlflow.tracking_uri``
 points every component at a shared tracking server instead. ``make mlflow-ui`` browses

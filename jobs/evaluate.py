@@ -52,7 +52,7 @@ from feedrank.model import LoadedModel
 from feedrank.offline_metrics import head_metrics
 from feedrank.ranking import author_diversity, engagement_relevance, grouped_ndcg, weighted_score
 from feedrank.simulator.references import REFERENCES, lake_references
-from jobs.train import TrainingData, feature_matrix, load_training_data, resolve_run
+from jobs.train_inputs import TrainingData, feature_matrix, load_training_data, resolve_run
 
 log = logging.getLogger("feedrank.evaluate")
 

@@ -32,7 +32,7 @@ from feedrank.config import HEADS, Settings
 from feedrank.errors import FeedrankError
 from feedrank.exporter import record_outcome, record_time
 from jobs.evaluate import prepare_rows, score_model
-from jobs.train import load_training_data, resolve_run
+from jobs.train_inputs import load_training_data, resolve_run
 
 log = logging.getLogger("feedrank.promote")
 

@@ -55,7 +55,7 @@ from feedrank.config import (
     get_settings,
 )
 from feedrank.errors import FeedrankError
-from feedrank.experiment import assign_arm
+from feedrank.experiment_design import assign_arm
 from feedrank.schemas import DeadLetter, Engagement, decode_record
 
 log = logging.getLogger(__name__)

@@ -120,7 +120,7 @@ def build_scorer(settings: Settings) -> Scorer:
         FeedrankError: The champion fails verification.
     """
     from feedrank.tracking import TrackingUnavailable, champion_version, tracking_uri
-    from serving.experiment import experiment_hooks
+    from serving.experiment_hooks import experiment_hooks
     from serving.hydration import FeatureHydrator
 
     try:

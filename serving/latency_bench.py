@@ -83,7 +83,7 @@ def _train_bench_model(settings: Settings) -> str:
     from feedrank.model_files import save_model
     from feedrank.ranking import weighted_score
     from feedrank.tracking import set_champion
-    from jobs.train import distill_light_ranker
+    from jobs.train_light_ranker import distill_light_ranker
 
     rng = np.random.default_rng(11)
     n, f = 20_000, len(model_features())

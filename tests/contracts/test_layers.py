@@ -5,7 +5,8 @@ Layers, bottom to top (docs/architecture.md draws them):
 0. contracts: configuration, record schemas, the feature spec, the lake layout, context
    features, errors, logging, shared statistics;
 1. libraries: the building blocks jobs and serving share (ranking, model files, MLflow, Feast store,
-   Spark session, offline metrics, readiness probes, spec-generated feature tables);
+   Spark session, offline metrics, readiness probes, spec-generated feature tables, the
+   experiment's arm assignment);
 2. components: the batch and streaming jobs (``jobs``), the online scorer (``serving``), the
    simulator and the experiment analysis;
 3. entry points: CLIs, benchmarks, the demo, service control and the Airflow DAGs.
@@ -53,7 +54,8 @@ LAYER_OF_PREFIX: dict[str, str] = {
     "feedrank.tracking": "libraries",
     "feedrank.spark": "libraries",
     "feedrank.synthetic_features": "libraries",
-    "feedrank.experiment": "components",
+    "feedrank.experiment_analysis": "components",
+    "feedrank.experiment_design": "libraries",
     "feedrank.simulator": "components",
     "jobs": "components",
     "jobs.spark_entry": "entry points",  # spark-submit's entry: runs the feedrank CLI

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from feedrank.config import Settings, SimulatorConfig
-from feedrank.experiment import compare_to_control, counterfactual_report, outcome_weights
+from feedrank.experiment_analysis import compare_to_control, counterfactual_report
+from feedrank.experiment_design import outcome_weights
 from feedrank.feature_spec import model_features
 from feedrank.simulator.engagement import head_probabilities
 from feedrank.simulator.world import World
-from serving.experiment import expected_outcome
+from serving.counterfactual import expected_outcome
 
 pytestmark = pytest.mark.unit
 COLUMNS = {name: i for i, name in enumerate(model_features())}

@@ -7,12 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from feedrank.experiment import (
-    assign_arm,
-    compare_to_control,
-    experiment_report,
-    session_outcomes,
-)
+from feedrank.experiment_analysis import compare_to_control, experiment_report, session_outcomes
+from feedrank.experiment_design import assign_arm
 
 pytestmark = pytest.mark.unit
 ARMS = {"control": 0.5, "treatment": 0.5}
@@ -151,7 +147,7 @@ def test_report_from_the_lake_through_the_cli(tmp_path, monkeypatch) -> None:
 
 def test_report_from_the_lake_keeps_only_the_given_requests(tmp_path) -> None:
     """A demo rerun on the same day reports its own sessions, not the earlier run's too."""
-    from feedrank.experiment import report_from_lake
+    from feedrank.experiment_analysis import report_from_lake
 
     lake = tmp_path / "lake"
     _lake_with_two_arms(lake)

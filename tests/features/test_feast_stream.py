@@ -302,7 +302,7 @@ def _exported(settings: Settings, user_id: int) -> dict[str, float]:
     """The stream-features metrics of this process (prometheus_client's default registry)."""
     from prometheus_client import REGISTRY
 
-    from feedrank.experiment import assign_arm
+    from feedrank.experiment_design import assign_arm
 
     def value(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0

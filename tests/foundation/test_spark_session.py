@@ -62,3 +62,28 @@ def test_spark_reads_a_kafka_topic_through_the_connector(spark, kafka: Settings)
     rows = frame.collect()
     assert {(r.k, r.v) for r in rows} == expected
     assert {r.partition for r in rows} == {0, 1}
+
+
+@pytest.mark.integration
+def test_a_job_off_a_terminal_writes_no_progress_bar(tmp_path: Path) -> None:
+    """A Spark job whose stderr is a log (a DAG task, ``make demo > log``) writes lines only.
+
+    The stage sleeps past the progress bar's first delay (0.5 s), so a bar would be drawn.
+    """
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import time\n"
+        "from feedrank.spark import get_spark\n"
+        "spark = get_spark('progress-test')\n"
+        "spark.sparkContext.parallelize(range(2), 2).map(lambda x: time.sleep(2) or x).count()\n"
+        "spark.stop()\n"
+    )
+    env = {**os.environ, "FEEDRANK_PATHS__HOME": str(tmp_path)}
+    # Bytes: text mode would turn the bar's carriage returns into newlines.
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:].decode(errors="replace")
+    assert b"\r" not in done.stderr
+    assert b"[Stage" not in done.stderr

@@ -18,11 +18,11 @@ from serving_helpers import (
 
 from feedrank import ranking
 from feedrank.config import ExperimentConfig, Settings
-from feedrank.experiment import assign_arm
+from feedrank.experiment_design import assign_arm
 from feedrank.model_files import load_model
 from feedrank.schemas import RankedFeed
 from serving.consumer import run_serving
-from serving.experiment import ShadowScorer, arm_of, experiment_policies, read_shadow_log
+from serving.experiment_hooks import ShadowScorer, arm_of, experiment_policies, read_shadow_log
 from serving.feed_cache import SqliteFeedCache
 from serving.scorer import FALLBACK_VERSION, ModelSlot, Scorer
 
@@ -151,13 +151,13 @@ def test_counterfactual_recorder_scores_every_policy_on_the_same_request(
 
     from feedrank.feature_spec import model_features
     from feedrank.simulator.world import World
-    from serving.experiment import (
+    from serving.counterfactual import (
         COUNTERFACTUAL_POLICIES,
         CounterfactualRecorder,
         counterfactual_summary,
-        experiment_hooks,
         read_counterfactual_records,
     )
+    from serving.experiment_hooks import experiment_hooks
     from serving.scorer import Budget, PolicyContext, PolicyResult
 
     settings = _experiment(serve_settings, counterfactual=True)

@@ -78,7 +78,7 @@ def _settings_at(settings: Settings, home: Path) -> Settings:
 
 def window_run(whole: Path, frame: pd.DataFrame, held_out: dt.date, days: int, out: Path) -> Path:
     """The run folder of the ``days``-day window ending on ``held_out``, cut from ``whole``."""
-    from jobs.train import effective_keep_rate
+    from jobs.train_inputs import effective_keep_rate
 
     first = held_out - dt.timedelta(days=days - 1)
     day = pd.to_datetime(frame["served_at"], utc=True).dt.date

@@ -17,7 +17,7 @@ from feedrank import services
 from feedrank.config import HEADS, Settings
 from feedrank.feature_spec import KEEP_PROB_COLUMN
 from feedrank.model_files import load_model
-from jobs.train import feature_matrix
+from jobs.train_inputs import feature_matrix
 
 pytestmark = pytest.mark.integration
 

@@ -16,14 +16,9 @@ from feedrank.errors import FeedrankError
 from feedrank.feature_spec import KEEP_PROB_COLUMN, model_features
 from feedrank.model import LoadedModel
 from feedrank.model_files import load_model
-from jobs.train import (
-    feature_matrix,
-    load_training_data,
-    resolve_run,
-    search_space,
-    train,
-    train_heads_single_node,
-)
+from jobs.train import train
+from jobs.train_heads import search_space, train_heads_single_node
+from jobs.train_inputs import feature_matrix, load_training_data, resolve_run
 
 pytestmark = pytest.mark.unit
 

@@ -1,52 +1,38 @@
-"""The online experiment and shadow mode, plugged into the scorer's arm and hook points.
+"""Rankings judged by the simulated world's truth: the oracle arm and the counterfactual recorder.
 
-Long because: the arms, the shadow and the counterfactual recorders of one online experiment.
+Simulation only: both rebuild the world from ``settings.simulator``.
 
-Arms come from ``settings.experiment.arms`` (stable hash of the user id, see
-:func:`feedrank.experiment.assign_arm`): ``control`` is the old chronological feed,
-``treatment`` the champion, ``challenger`` a named registry version, and ``oracle`` ranks by
-the simulator's true probabilities — the ceiling, available only against the simulated world.
+The oracle policy (:func:`oracle_policy`, arm ``oracle``) ranks by the simulator's true
+probabilities — the experiment's ceiling, available only against the simulated world.
 
-Shadow mode scores every model-ranked request with a challenger as well; its ranking is only
-compared with the served one (Spearman rank correlation, top-10 overlap, its own latency) and
-never leaves the process.
-
-The counterfactual recorder (``experiment.counterfactual``, simulation only) ranks every
-request with every policy of :data:`COUNTERFACTUAL_POLICIES` on the same candidates and
-records each ranking's expected outcome under the simulator's truth: a paired comparison
-whose only noise is which requests came, not which engagements were drawn.
+The counterfactual recorder (``experiment.counterfactual``) ranks every request with every
+policy of :data:`COUNTERFACTUAL_POLICIES` on the same candidates and records each ranking's
+expected outcome under the simulator's truth: a paired comparison whose only noise is which
+requests came, not which engagements were drawn (:func:`counterfactual_summary`, analysed by
+:func:`feedrank.experiment_analysis.counterfactual_report`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
-from collections.abc import Callable
 from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from prometheus_client import Histogram
-from scipy import stats
 
 from feedrank import ranking
 from feedrank.config import Settings
-from feedrank.errors import FeedrankError
-from feedrank.experiment import assign_arm, outcome_weights
+from feedrank.experiment_design import outcome_weights
 from feedrank.feature_spec import model_features
 from feedrank.model import LoadedModel
 from feedrank.schemas import DEVICES, FeedRequest
-from feedrank.stats import percentile
 from serving.scorer import (
     PolicyContext,
     PolicyResult,
     RankingPolicy,
     Scorer,
-    champion_policy,
-    chronological_policy,
     load_serving_model,
 )
 
@@ -55,32 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _COLUMNS = {name: i for i, name in enumerate(model_features())}
-
-SHADOW_LATENCY = Histogram(
-    "feedrank_serving_shadow_seconds", "Challenger scoring time in shadow mode.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
-)  # fmt: skip
-SHADOW_OVERLAP = Histogram(
-    "feedrank_serving_shadow_top10_overlap_ratio",
-    "Share of the served top 10 the challenger also ranks there.",
-    buckets=(0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0),
-)  # fmt: skip
-
-
-def arm_of(settings: Settings) -> Callable[[FeedRequest], str]:
-    """The request -> arm function of the configured experiment."""
-    arms, salt = dict(settings.experiment.arms), settings.experiment.salt
-    return lambda request: assign_arm(request.user_id, arms, salt)
-
-
-def model_policy(model: LoadedModel) -> RankingPolicy:
-    """Rank with a fixed registry model (the challenger arm), all candidates, heavy heads."""
-
-    def policy(scorer: Scorer, ctx: PolicyContext) -> PolicyResult:
-        scores = model.weighted_scores(ctx.features)
-        return PolicyResult(np.arange(len(ctx.tweet_ids)), scores, model.version)
-
-    return policy
 
 
 def oracle_policy(settings: Settings) -> RankingPolicy:
@@ -124,95 +84,6 @@ def oracle_policy_in(world: World, weights: dict[str, float]) -> RankingPolicy:
         return PolicyResult(np.arange(len(ctx.tweet_ids)), scores, "oracle", log_features=False)
 
     return policy
-
-
-def experiment_policies(
-    settings: Settings, challenger: LoadedModel | None = None
-) -> dict[str, RankingPolicy]:
-    """One ranking policy per configured arm; an arm without a policy is a config error."""
-    policies: dict[str, RankingPolicy] = {}
-    for arm in settings.experiment.arms:
-        if arm == "control":
-            policies[arm] = chronological_policy
-        elif arm == "treatment":
-            policies[arm] = champion_policy
-        elif arm == "challenger":
-            if challenger is None:
-                raise FeedrankError("the challenger arm needs experiment.challenger_version")
-            policies[arm] = model_policy(challenger)
-        elif arm == "oracle":
-            policies[arm] = oracle_policy(settings)
-        else:
-            raise FeedrankError(f"experiment arm {arm!r} has no ranking policy")
-    return policies
-
-
-class ShadowScorer:
-    """The scorer's ``on_scored`` hook: score the same candidates with a challenger, compare.
-
-    Results are kept in memory (``summary()``), exported as prometheus histograms and
-    appended to ``<reports>/shadow/<challenger>.jsonl``; nothing is produced to Kafka.
-    """
-
-    def __init__(self, settings: Settings, challenger: LoadedModel) -> None:
-        self.challenger = challenger
-        self.path = settings.paths.reports / "shadow" / f"{challenger.version}.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.records: list[dict] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, ctx: PolicyContext, result: PolicyResult) -> None:
-        if result.model_version in ("chronological", "oracle", self.challenger.version):
-            return
-        features = ctx.features[result.index]
-        started = time.perf_counter()
-        shadow_scores = self.challenger.weighted_scores(features)
-        elapsed_s = time.perf_counter() - started
-        top = min(10, len(result.index))
-        served_top = set(np.argsort(-result.scores, kind="stable")[:top].tolist())
-        shadow_top = set(np.argsort(-shadow_scores, kind="stable")[:top].tolist())
-        overlap = len(served_top & shadow_top) / top if top else 1.0
-        corr = stats.spearmanr(result.scores, shadow_scores).statistic if top > 1 else 1.0
-        record = {
-            "request_id": ctx.request.request_id,
-            "served_model": result.model_version,
-            "challenger": self.challenger.version,
-            "candidates": len(result.index),
-            "spearman": float(corr) if np.isfinite(corr) else None,
-            "top10_overlap": overlap,
-            "latency_ms": elapsed_s * 1000.0,
-        }
-        SHADOW_LATENCY.observe(elapsed_s)
-        SHADOW_OVERLAP.observe(overlap)
-        with self._lock:
-            self.records.append(record)
-            with self.path.open("a") as out:
-                out.write(json.dumps(record) + "\n")
-
-    def summary(self) -> dict:
-        """Agreement and latency over the requests seen so far."""
-        return summarize_shadow(self.records)
-
-
-def summarize_shadow(records: list[dict]) -> dict:
-    """Mean rank correlation, mean top-10 overlap and latency percentiles of shadow records."""
-    if not records:
-        return {"requests": 0}
-    corr = [r["spearman"] for r in records if r["spearman"] is not None]
-    latency = np.array([r["latency_ms"] for r in records])
-    return {
-        "requests": len(records),
-        "challenger": records[-1]["challenger"],
-        "spearman_mean": float(np.mean(corr)) if corr else None,
-        "top10_overlap_mean": float(np.mean([r["top10_overlap"] for r in records])),
-        "latency_p50_ms": percentile(latency, 50),
-        "latency_p99_ms": percentile(latency, 99),
-    }
-
-
-def read_shadow_log(path: Path) -> list[dict]:
-    """The records of a shadow log file."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 COUNTERFACTUAL_POLICIES: tuple[str, ...] = (
@@ -460,9 +331,9 @@ def read_counterfactual_records(folder: Path, request_ids: set[str] | None = Non
 
 
 def counterfactual_summary(settings: Settings, request_ids: set[str]) -> dict | None:
-    """The paired comparison (:func:`feedrank.experiment.counterfactual_report`) of the
+    """The paired comparison (:func:`feedrank.experiment_analysis.counterfactual_report`) of the
     recorded requests among ``request_ids``, resampling users; ``None`` with fewer than two."""
-    from feedrank.experiment import counterfactual_report
+    from feedrank.experiment_analysis import counterfactual_report
 
     records = read_counterfactual_records(settings.paths.reports / "counterfactual", request_ids)
     if len(records) < 2:
@@ -474,32 +345,3 @@ def counterfactual_summary(settings: Settings, request_ids: set[str]) -> dict | 
         },
         users=np.array([r["user_id"] for r in records]),
     )
-
-
-def _both(*hooks: Callable | None) -> Callable | None:
-    active = [h for h in hooks if h is not None]
-    if len(active) <= 1:
-        return active[0] if active else None
-
-    def call_all(ctx: PolicyContext, result: PolicyResult) -> None:
-        for hook in active:
-            hook(ctx, result)
-
-    return call_all
-
-
-def experiment_hooks(settings: Settings) -> dict:
-    """Keyword arguments for :class:`Scorer`: arm assignment, policies, shadow and
-    counterfactual hooks."""
-    version = settings.experiment.challenger_version
-    challenger = load_serving_model(version, settings) if version else None
-    if settings.experiment.shadow and challenger is None:
-        raise FeedrankError("shadow mode needs experiment.challenger_version")
-    return {
-        "assign_arm": arm_of(settings),
-        "policies": experiment_policies(settings, challenger),
-        "on_scored": _both(
-            ShadowScorer(settings, challenger) if settings.experiment.shadow else None,
-            CounterfactualRecorder(settings) if settings.experiment.counterfactual else None,
-        ),
-    }
