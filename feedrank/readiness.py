@@ -11,12 +11,15 @@ from feedrank.config import Settings, get_settings, redis_client_kwargs
 log = logging.getLogger("feedrank.services")
 
 
-def kafka_ready(settings: Settings | None = None, timeout_s: float = 0.0) -> bool:
+def kafka_ready(
+    settings: Settings | None = None, timeout_s: float = 0.0, principal: str = "admin"
+) -> bool:
     """True once a kafka-python metadata request to the configured broker succeeds.
 
     Args:
         settings: resolved settings (``kafka.bootstrap_servers``).
         timeout_s: keep retrying this long; 0 means a single attempt.
+        principal: who asks (under ``kafka.security: scram`` a refused login is "not ready").
     """
     from kafka import KafkaAdminClient
 
@@ -31,7 +34,7 @@ def kafka_ready(settings: Settings | None = None, timeout_s: float = 0.0) -> boo
             remaining_ms = max(int((deadline - time.monotonic()) * 1000), 0)
             try:
                 admin = KafkaAdminClient(
-                    bootstrap_servers=settings.kafka.bootstrap_servers,
+                    **settings.kafka.client_options(principal),
                     client_id="feedrank-ready",
                     api_version_auto_timeout_ms=max(min(remaining_ms, 3000), 1000),
                     request_timeout_ms=5000,
@@ -65,7 +68,7 @@ def kafka_live_brokers(settings: Settings | None = None) -> set[int] | None:
     kafka_logger.setLevel(logging.CRITICAL)
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=settings.kafka.bootstrap_servers,
+            **settings.kafka.client_options("admin"),
             client_id="feedrank-ready",
             api_version_auto_timeout_ms=2000,
             request_timeout_ms=5000,

@@ -185,7 +185,7 @@ def land(
     landed_on = dt.datetime.now(dt.UTC).date()
     source = (
         spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", settings.kafka.bootstrap_servers)
+        .options(**settings.kafka.spark_options("land"))
         .option("subscribe", ",".join(topics))
         .option(
             "startingOffsets",
