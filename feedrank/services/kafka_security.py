@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -165,19 +166,25 @@ def sync_acls(settings: Settings, admin: KafkaAdminClient) -> None:
         permission_type=ACLPermissionType.ANY,
         resource_pattern=ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY),
     )
-    existing, error = admin.describe_acls(every)
-    if error.errno != 0:
-        raise FeedrankError(f"describing Kafka ACLs failed: {error}")
-    have = {
-        (a.principal, a.resource_pattern.resource_type.name.lower(),
-         a.resource_pattern.resource_name, a.operation.name)
-        for a in existing
-        if a.resource_pattern.pattern_type == ACLResourcePatternType.LITERAL
-        and a.permission_type == ACLPermissionType.ALLOW and a.host == "*"
-    }  # fmt: skip
-    extra = [a for a in existing if a.principal.startswith("User:") and
+
+    def described() -> tuple[list[ACL], set[tuple[str, str, str, str]]]:
+        acls, error = admin.describe_acls(every)
+        if error.errno != 0:
+            raise FeedrankError(f"describing Kafka ACLs failed: {error}")
+        allowed = {
+            (a.principal, a.resource_pattern.resource_type.name.lower(),
+             a.resource_pattern.resource_name, a.operation.name)
+            for a in acls
+            if a.resource_pattern.pattern_type == ACLResourcePatternType.LITERAL
+            and a.permission_type == ACLPermissionType.ALLOW and a.host == "*"
+        }  # fmt: skip
+        return acls, allowed
+
+    existing, have = described()
+    extra = [a for a in existing if
              (a.principal, a.resource_pattern.resource_type.name.lower(),
-              a.resource_pattern.resource_name, a.operation.name) not in wanted]  # fmt: skip
+              a.resource_pattern.resource_name, a.operation.name) not in wanted
+             or a.permission_type != ACLPermissionType.ALLOW or a.host != "*"]  # fmt: skip
     missing = sorted(wanted - have)
     if missing:
         result = admin.create_acls(
@@ -215,3 +222,10 @@ def sync_acls(settings: Settings, admin: KafkaAdminClient) -> None:
             ]
         )
         log.info("deleted %d Kafka ACLs not in feedrank.config.kafka_access", len(extra))
+    # The brokers apply ACL changes from the metadata log a moment after the controller
+    # accepted them: wait, so that a client started next finds its rights.
+    deadline = time.monotonic() + settings.kafka.ready_timeout_s
+    while (missing or extra) and described()[1] != wanted:
+        if time.monotonic() >= deadline:
+            raise FeedrankError("the brokers did not apply feedrank's Kafka ACLs in time")
+        time.sleep(0.1)
