@@ -24,7 +24,7 @@ from kafka.errors import (
 from feedrank import services
 from feedrank.config import KAFKA_PRINCIPALS, Settings, Topics, get_settings, kafka_access
 from feedrank.errors import ConfigError, FeedrankError
-from feedrank.readiness import kafka_ready
+from feedrank.readiness import check_kafka_login, kafka_ready
 from feedrank.services.kafka_security import check_users, listener_values
 
 PORT_OFFSET = 300
@@ -104,7 +104,7 @@ def _end_offset(settings: Settings, topic: str) -> int:
         consumer.close()
 
 
-def test_a_wrong_password_is_refused(secured: Settings) -> None:
+def test_a_wrong_password_is_refused(secured: Settings, tmp_path: Path) -> None:
     before = _end_offset(secured, Topics.RANKED_FEEDS)
     forger = _producer(secured, "serve", sasl_plain_password="not-the-password", max_block_ms=3000)
     with pytest.raises(KafkaError):
@@ -113,6 +113,18 @@ def test_a_wrong_password_is_refused(secured: Settings) -> None:
     log = (secured.paths.logs / "kafka.log").read_text()
     assert "invalid credentials with SASL mechanism SCRAM-SHA-512" in log
     assert _end_offset(secured, Topics.RANKED_FEEDS) == before
+    # What `feedrank serve` checks first: one line naming the password file, not the password.
+    wrong = tmp_path / "secrets"
+    wrong.mkdir()
+    (wrong / "serve.password").write_text("not-the-password\n")
+    forged = secured.model_copy(
+        update={"kafka": secured.kafka.model_copy(update={"password_dir": wrong})}
+    )
+    with pytest.raises(FeedrankError, match="refused the SCRAM login of 'serve'") as refused:
+        check_kafka_login(forged, "serve")
+    assert str(wrong / "serve.password") in str(refused.value)
+    assert "not-the-password" not in str(refused.value)
+    check_kafka_login(secured, "serve")  # the right one passes
 
 
 def test_every_principal_writes_and_reads_its_topics_and_nothing_else(secured: Settings) -> None:
