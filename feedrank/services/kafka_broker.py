@@ -109,7 +109,10 @@ def _cluster_id(settings: Settings) -> str:
     while cluster_id.startswith("-"):
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(cluster_id + "\n")
+    # Written whole or not at all: a reader never sees an empty id.
+    partial = path.with_suffix(".partial")
+    partial.write_text(cluster_id + "\n")
+    partial.rename(path)
     return cluster_id
 
 
@@ -406,7 +409,9 @@ def kafka_up(settings: Settings | None = None) -> bool:
         started = time.monotonic()
         for node in down:
             _wait_for_free_ports(settings, node)
-        # Formatting costs a JVM start per node: all at once.
+        # Formatting costs a JVM start per node: all at once, with one cluster id made first
+        # (made by each thread, two nodes got different ids, one of them empty).
+        _cluster_id(settings)
         with ThreadPoolExecutor(max_workers=len(down)) as pool:
             log4js = list(pool.map(lambda node: _prepare_node(settings, node), down))
         # Every node before any wait: a static quorum elects a leader only once a majority runs.
