@@ -260,3 +260,14 @@ def test_bad_principals_and_missing_secrets_are_one_line_errors(tmp_path: Path) 
     (tmp_path / "kafka").mkdir()
     with pytest.raises(FeedrankError, match="formatted without SCRAM users for broker, admin"):
         check_users(settings, tmp_path / "kafka")
+
+
+@pytest.mark.unit
+def test_the_secure_profile_is_redis_with_scram(monkeypatch: pytest.MonkeyPatch) -> None:
+    from feedrank.services.status import profile_services
+
+    monkeypatch.setenv("FEEDRANK_PROFILE", "secure")
+    settings = Settings()
+    assert settings.kafka.security == "scram"
+    assert settings.feast.online_store == "redis"
+    assert profile_services(settings) == ("kafka", "redis")
