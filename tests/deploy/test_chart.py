@@ -119,9 +119,8 @@ def test_the_scaled_object_validates_against_keda_and_is_capped_at_the_partition
         capture_output=True, text=True, timeout=300, check=False, cwd="/",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    schema = _closed(
-        _crd_schema(Path(json.loads(done.stdout)["Dir"]), "keda.sh_scaledobjects.yaml")
-    )
+    keda = Path(json.loads(done.stdout)["Dir"])
+    schema = _closed(_crd_schema(keda, "keda.sh_scaledobjects.yaml"))
     (scaled,) = _kinds(rendered, "ScaledObject")
     jsonschema.validate(scaled, schema)
     partitions = settings.kafka.topics["feed_requests"].partitions
@@ -129,6 +128,19 @@ def test_the_scaled_object_validates_against_keda_and_is_capped_at_the_partition
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["metadata"]["topic"] == "feed_requests"
     assert trigger["metadata"]["consumerGroup"] == settings.serving.group_id
+    # SCRAM: the scaler logs in as the serve KafkaUser, user name and password by reference.
+    assert trigger["metadata"]["sasl"] == "scram_sha512"
+    (auth,) = _kinds(rendered, "TriggerAuthentication")
+    jsonschema.validate(auth, _closed(_crd_schema(keda, "keda.sh_triggerauthentications.yaml")))
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    (password,) = auth["spec"]["secretTargetRef"]
+    (username,) = auth["spec"]["configMapTargetRef"]
+    assert (password["parameter"], password["key"]) == ("password", "password")
+    users = next(
+        c for c in _kinds(rendered, "ConfigMap") if c["metadata"]["name"] == username["name"]
+    )
+    assert username["parameter"] == "username"
+    assert users["data"][username["key"]] == password["name"] == "feedrank-feedrank-serve"
 
 
 def test_kafka_topics_agree_with_the_profile(rendered: list[dict], settings: Settings) -> None:
