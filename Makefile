@@ -18,7 +18,7 @@ export UV_PYTHON := python3.11
 .PHONY: help setup up down status test test-unit lint demo bench chaos airflow quality-curve prometheus mlflow-ui helm k8s-check
 
 help: ## List the targets
-	@echo "feedrank — make targets (FEEDRANK_PROFILE=local|redis|cluster picks the services):"
+	@echo "feedrank — make targets (FEEDRANK_PROFILE=local|redis|cluster|secure picks the services):"
 	@grep -hE '^[a-z][a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) \
 	  | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
@@ -48,7 +48,7 @@ setup: .venv/.feedrank-synced ## venv + locked deps, Kafka/Spark jars, Airflow D
 	@$(PY) -m feedrank.services setup
 	@$(PY) -m feedrank.prometheus install
 
-up: setup ## Start Kafka (+ Redis for redis/cluster; cluster: 3 brokers, Spark cluster, 2 serve)
+up: setup ## Start Kafka (+ Redis for redis/cluster/secure; cluster: 3 brokers, Spark cluster, 2 serve; secure: SCRAM + ACLs)
 	@$(PY) -m feedrank.services up
 
 down: ## Stop every service started from the run folder (var/ unless FEEDRANK_PATHS__HOME)

@@ -133,14 +133,14 @@ def kafka_bench(settings: Settings, requests: int, messages: dict[str, bytes]) -
     # CPU of every broker node (the cluster profile's replicas included), when we own them.
     broker_pids = owned_brokers(settings) or None
     topic = f"bench_capacity_{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    admin = KafkaAdminClient(**settings.kafka.client_options("admin"))
     replicas = settings.kafka.replication_factor
     admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=replicas)])
     total_bytes = requests * sum(len(m) for m in messages.values())
     out: dict[str, Any] = {"topic_partitions": 6, "replicas": replicas, "mb": total_bytes / MB}
     try:
         producer = KafkaProducer(
-            bootstrap_servers=settings.kafka.bootstrap_servers,
+            **settings.kafka.client_options("admin"),
             **settings.kafka.producer_options(),
             linger_ms=5,
             max_request_size=4 * 2**20,
@@ -157,7 +157,7 @@ def kafka_bench(settings: Settings, requests: int, messages: dict[str, bytes]) -
         producer.close()
         consumer = KafkaConsumer(
             topic,
-            bootstrap_servers=settings.kafka.bootstrap_servers,
+            **settings.kafka.client_options("admin"),
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             group_id=None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +29,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 IN_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "feedrank").is_dir()
 # The profiles ship inside the package (package data), checkout or wheel alike.
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
-PROFILES = ("local", "redis", "cluster")
+PROFILES = ("local", "redis", "cluster", "secure")
 HEADS: tuple[str, ...] = ("like", "reply", "retweet", "click", "negative")
 # The heads whose engagement is positive (every head but negative feedback).
 POSITIVE_HEADS: tuple[str, ...] = tuple(h for h in HEADS if h != "negative")
@@ -133,6 +134,81 @@ class Topics:
         return f"{name}.dlq"
 
 
+# The consumer group of `feedrank stream-features` (its committed offsets are its restart point).
+STREAM_FEATURES_GROUP = "feedrank-stream-features"
+# Kafka principals with every right (super.users): the brokers among themselves, and the
+# operator's tools (topic provisioning, ACLs, readiness probes, the demo, benches, tests).
+KAFKA_SUPER_USERS: tuple[str, ...] = ("broker", "admin")
+
+
+@dataclass(frozen=True)
+class KafkaAccess:
+    """What one component's Kafka principal may do under ``kafka.security: scram``.
+
+    Each topic in ``read`` gets Read and Describe, each in ``write`` Write and Describe, the
+    group (if any) Read (join, fetch and commit offsets). Nothing else is allowed
+    (``allow.everyone.if.no.acl.found=false``).
+    """
+
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    group: str | None = None
+
+    def bindings(self) -> set[tuple[str, str, str]]:
+        """Every (resource type, literal resource name, operation) this access allows."""
+        allowed = {("topic", t, op) for t in self.read for op in ("Read", "Describe")}
+        allowed |= {("topic", t, op) for t in self.write for op in ("Write", "Describe")}
+        if self.group is not None:
+            allowed.add(("group", self.group, "Read"))
+        return allowed
+
+
+def kafka_access(serving_group: str) -> dict[str, KafkaAccess]:
+    """The least-privilege ACL table, declared once: the local brokers get exactly these ACLs
+    (feedrank/services/kafka_security.py) and the Helm chart's KafkaUsers are checked against
+    it (tests/deploy/test_chart.py).
+
+    Args:
+        serving_group: ``serving.group_id``, the serving consumer group.
+    """
+    return {
+        "serve": KafkaAccess(
+            read=(Topics.FEED_REQUESTS,),
+            write=(Topics.RANKED_FEEDS, Topics.IMPRESSIONS, Topics.dlq(Topics.FEED_REQUESTS)),
+            group=serving_group,
+        ),
+        "stream-features": KafkaAccess(
+            read=(Topics.ENGAGEMENTS,),
+            write=(Topics.dlq(Topics.ENGAGEMENTS),),
+            group=STREAM_FEATURES_GROUP,
+        ),
+        # Spark's Kafka source reads with assign() and keeps its offsets in its checkpoint.
+        "land": KafkaAccess(
+            read=(
+                Topics.TWEETS,
+                Topics.FOLLOWS,
+                Topics.FEED_REQUESTS,
+                Topics.IMPRESSIONS,
+                Topics.ENGAGEMENTS,
+            )
+        ),
+        # The live simulator and the load generators: the world's events in, the feeds out.
+        "simulator": KafkaAccess(
+            read=(Topics.RANKED_FEEDS,),
+            write=(
+                Topics.TWEETS,
+                Topics.FOLLOWS,
+                Topics.FEED_REQUESTS,
+                Topics.ENGAGEMENTS,
+                Topics.dlq(Topics.RANKED_FEEDS),
+            ),
+        ),
+    }
+
+
+KAFKA_PRINCIPALS: tuple[str, ...] = (*KAFKA_SUPER_USERS, *kafka_access(""))
+
+
 def _default_topics() -> dict[str, TopicConfig]:
     topics = {name: TopicConfig() for name in Topics.ALL}
     # The serving group's unit of scale-out: 6 splits evenly over 1, 2, 3 or 6 `feedrank serve`
@@ -179,6 +255,25 @@ class KafkaConfig(Section):
         default_factory=_default_topics, description="Every topic feedrank uses, declared once."
     )
 
+    security: Literal["none", "scram"] = Field(
+        default="none",
+        description="none: plaintext listener, no authorization. scram: the client listener "
+        "requires SASL/SCRAM-SHA-512, the brokers authorize every request against the ACLs of "
+        "feedrank.config.kafka_access (nothing allowed without an ACL), and every client "
+        "authenticates as its component's principal (docs/security.md).",
+    )
+    username_prefix: str = Field(
+        default="",
+        description="Prepended to each principal's name to make its Kafka user name (the Helm "
+        "chart's KafkaUsers are named <release>-feedrank-<principal>).",
+    )
+    password_dir: Path | None = Field(
+        default=None,
+        description="Folder of the SCRAM passwords, one file <principal>.password each "
+        "(default <paths.home>/secrets/kafka; `make up` creates missing ones with a random "
+        "password, mode 0600). Point it outside the checkout in production.",
+    )
+
     @model_validator(mode="after")
     def _replication_fits(self) -> KafkaConfig:
         if self.replication_factor > self.brokers:
@@ -203,6 +298,71 @@ class KafkaConfig(Section):
     @property
     def bootstrap_servers(self) -> str:
         return ",".join(f"{self.host}:{port}" for _, port, _ in self.nodes)
+
+    def password_file(self, principal: str) -> Path:
+        """The file holding ``principal``'s SCRAM password."""
+        if principal not in KAFKA_PRINCIPALS:
+            raise ConfigError(
+                f"unknown Kafka principal {principal!r}; principals are "
+                f"{', '.join(KAFKA_PRINCIPALS)}"
+            )
+        if self.password_dir is None:
+            raise ConfigError("kafka.password_dir is not set (Settings pins it)")
+        return self.password_dir / f"{principal}.password"
+
+    def password(self, principal: str) -> str:
+        """``principal``'s SCRAM password, read from its file.
+
+        Raises:
+            ConfigError: the file is missing or empty (one line naming it, never the value).
+        """
+        path = self.password_file(principal)
+        try:
+            password = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{path}: cannot read the Kafka password of {principal!r} ({exc.strerror}); "
+                "`make up` creates it, in a cluster mount the KafkaUser's Secret there"
+            ) from exc
+        if not password:
+            raise ConfigError(f"{path}: empty Kafka password for {principal!r}")
+        return password
+
+    def client_options(self, principal: str) -> dict[str, Any]:
+        """``bootstrap_servers`` and the security options of a kafka-python client
+        (``KafkaProducer``, ``KafkaConsumer``, ``KafkaAdminClient``) acting as ``principal``:
+        the one place every feedrank client takes them from.
+
+        Args:
+            principal: the component (a key of :func:`kafka_access`, or a super user).
+        """
+        options: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers}
+        if self.security == "none":
+            return options
+        return options | {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_plain_username": self.username_prefix + principal,
+            "sasl_plain_password": self.password(principal),
+        }
+
+    def spark_options(self, principal: str) -> dict[str, str]:
+        """The same as :meth:`client_options`, as options of Spark's Kafka source or sink."""
+        client = self.client_options(principal)
+        options = {"kafka.bootstrap.servers": client["bootstrap_servers"]}
+        if self.security == "none":
+            return options
+        user, password = client["sasl_plain_username"], client["sasl_plain_password"]
+        # Spark redacts sasl.jaas.config in its logs and UI (KafkaRedactionUtil).
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{user}" password="{password}";'
+        )
+        return options | {
+            "kafka.security.protocol": client["security_protocol"],
+            "kafka.sasl.mechanism": client["sasl_mechanism"],
+            "kafka.sasl.jaas.config": jaas,
+        }
 
     def producer_options(self) -> dict[str, Any]:
         """The durability options every feedrank ``KafkaProducer`` takes: acks from all
@@ -484,7 +644,7 @@ class Settings(BaseSettings):
         env_prefix="FEEDRANK_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
-    profile: Literal["local", "redis", "cluster"] = Field(
+    profile: Literal["local", "redis", "cluster", "secure"] = Field(
         default="local", description="Which profile YAML was layered under the environment."
     )
     paths: PathsConfig = PathsConfig()
@@ -505,7 +665,7 @@ class Settings(BaseSettings):
     experiment: ExperimentConfig = ExperimentConfig()
 
     @model_validator(mode="after")
-    def _pin_redis_password_file(self) -> Settings:
+    def _pin_secret_files(self) -> Settings:
         # Resolved once, here: a copy of the settings with another run folder (benchmarks,
         # test stores) still talks to the same redis-server with the same password.
         if self.redis.password_file is None:
@@ -513,6 +673,11 @@ class Settings(BaseSettings):
                 update={"password_file": self.paths.home / "secrets" / "redis.password"}
             )
             object.__setattr__(self, "redis", pinned)
+        if self.kafka.password_dir is None:
+            kafka = self.kafka.model_copy(
+                update={"password_dir": self.paths.home / "secrets" / "kafka"}
+            )
+            object.__setattr__(self, "kafka", kafka)
         return self
 
     @classmethod

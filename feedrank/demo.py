@@ -306,9 +306,7 @@ def gate_reason(settings: Settings) -> str | None:
 def _end_offsets(settings: Settings, topic: str):
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False
-    )
+    consumer = KafkaConsumer(**settings.kafka.client_options("admin"), enable_auto_commit=False)
     partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
     return consumer, consumer.end_offsets(partitions)
 
@@ -333,7 +331,7 @@ def _read_feeds(settings: Settings, start_offsets: dict, consumer) -> list:
     consumer.close(autocommit=False)
     if letters:
         producer = KafkaProducer(
-            bootstrap_servers=settings.kafka.bootstrap_servers,
+            **settings.kafka.client_options("admin"),
             **settings.kafka.producer_options(),
         )
         for letter in letters:

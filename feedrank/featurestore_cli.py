@@ -84,9 +84,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Engagements topic -> 30 min / 1 h counters -> Feast push (at-least-once)."""
         from feedrank.exporter import start_metrics_server
         from feedrank.logs import setup_logging
+        from feedrank.readiness import check_kafka_login
         from jobs.stream_features import run_stream_features
 
         settings = get_settings()
+        check_kafka_login(settings, "stream-features")
         log = setup_logging("stream-features", settings)
         obs = settings.observability
         try:

@@ -35,6 +35,9 @@ def setup_logging(component: str, settings: Settings | None = None) -> logging.L
         root.setLevel(logging.INFO)
         for noisy in ("kafka", "py4j", "urllib3", "feast", "matplotlib"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # kafka-python warns on every SCRAM login without TLS; SCRAM never sends the password
+        # and the missing TLS is stated once, in docs/security.md.
+        logging.getLogger("kafka.sasl").setLevel(logging.ERROR)
     logger = logging.getLogger(f"feedrank.{component}")
     logger.info("resolved config (profile %s):\n%s", settings.profile, dump_settings(settings))
     return logger

@@ -193,7 +193,7 @@ def land(
     )
     source = (
         spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", settings.kafka.bootstrap_servers)
+        .options(**settings.kafka.spark_options("land"))
         .option("subscribe", ",".join(topics))
         .option(
             "startingOffsets",

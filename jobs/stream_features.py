@@ -50,6 +50,7 @@ from feedrank import feature_spec as spec
 from feedrank.config import (
     GROUP_POLL_TIMEOUT_MS,
     POSITIVE_HEADS,
+    STREAM_FEATURES_GROUP,
     Settings,
     Topics,
     get_settings,
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 
 TOPIC = Topics.ENGAGEMENTS
 DLQ_TOPIC = Topics.dlq(TOPIC)
-GROUP_ID = "feedrank-stream-features"
+GROUP_ID = STREAM_FEATURES_GROUP
 
 # /metrics of `feedrank stream-features` (observability.stream_features_port).
 CONSUMED = Counter(
@@ -287,7 +288,7 @@ def run_stream_features(
     counters = WindowCounters()
     stats = StreamStats()
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
+        **settings.kafka.client_options("stream-features"),
         group_id=group_id,
         enable_auto_commit=False,
         # Start points are explicit (see _start_points); this only applies to an offset that
@@ -296,7 +297,7 @@ def run_stream_features(
         max_poll_records=2000,
     )
     producer = KafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers, **settings.kafka.producer_options()
+        **settings.kafka.client_options("stream-features"), **settings.kafka.producer_options()
     )
     replaying: dict[Any, int] = {}  # partition -> committed offset the replay runs up to
     uncommitted: dict[Any, int] = {}  # partition -> next offset, counted but not committed

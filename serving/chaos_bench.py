@@ -48,8 +48,8 @@ def _busiest_partition_leader(settings: Settings) -> tuple[int, int]:
 
     from feedrank.services.kafka_broker import describe_topics
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    consumer = KafkaConsumer(**settings.kafka.client_options("admin"))
+    admin = KafkaAdminClient(**settings.kafka.client_options("admin"))
     try:
         parts = [
             TopicPartition(Topics.FEED_REQUESTS, p)

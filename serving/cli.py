@@ -26,9 +26,11 @@ def serve(
     ] = None,
 ) -> None:
     """Rescore feed requests from Kafka with the champion model (one consumer-group member)."""
+    from feedrank.readiness import check_kafka_login
     from serving.consumer import run_serving
 
     settings = get_settings()
+    check_kafka_login(settings, "serve")
     if metrics_port is not None:
         serving = settings.serving.model_copy(update={"metrics_port": metrics_port})
         settings = settings.model_copy(update={"serving": serving})

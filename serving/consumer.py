@@ -201,9 +201,8 @@ class _ServingLoop:
         self._next_commit_s = 0.0
         self._commit_failed = False
         self.in_flight: deque[_InFlight] = deque()
-        bootstrap = settings.kafka.bootstrap_servers
         self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **settings.kafka.client_options("serve"),
             client_id=client_id,
             group_id=settings.serving.group_id,
             enable_auto_commit=False,
@@ -220,7 +219,7 @@ class _ServingLoop:
         )
         self._impressions_max_bytes = settings.kafka.topics[IMPRESSIONS_TOPIC].max_message_bytes
         self.producer = KafkaProducer(
-            bootstrap_servers=bootstrap,
+            **settings.kafka.client_options("serve"),
             client_id=f"{client_id}-out",
             **settings.kafka.producer_options(),
             # A feed's two outputs (the feed, its impressions message) go out at once: waiting

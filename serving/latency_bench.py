@@ -160,7 +160,7 @@ def _group_at_end(settings: Settings, group_id: str) -> None:
     from kafka.structs import OffsetAndMetadata
 
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
+        **settings.kafka.client_options("admin"),
         group_id=group_id,
         enable_auto_commit=False,
     )
@@ -181,7 +181,7 @@ def _feeds_consumer(settings: Settings) -> Any:
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
+        **settings.kafka.client_options("simulator"),
         enable_auto_commit=False,
         fetch_max_wait_ms=20,
     )
@@ -319,7 +319,7 @@ def run_bench(
     log_path = world.paths.logs / "bench-serving.out"
     feeds = _feeds_consumer(world)
     producer = KafkaProducer(
-        bootstrap_servers=world.kafka.bootstrap_servers,
+        **world.kafka.client_options("simulator"),
         linger_ms=0,
         **world.kafka.producer_options(),
     )

@@ -29,6 +29,15 @@ from feedrank.config import Settings
 from feedrank.errors import FeedrankError
 from feedrank.readiness import kafka_ready
 from feedrank.services.jars import fetch_jars, kafka_jars_dir
+from feedrank.services.kafka_security import (
+    check_users,
+    ensure_passwords,
+    format_arguments,
+    formatted,
+    listener_values,
+    protect,
+    sync_acls,
+)
 from feedrank.services.process import (
     INFRA,
     is_running,
@@ -100,7 +109,10 @@ def _cluster_id(settings: Settings) -> str:
     while cluster_id.startswith("-"):
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(cluster_id + "\n")
+    # Written whole or not at all: a reader never sees an empty id.
+    partial = path.with_suffix(".partial")
+    partial.write_text(cluster_id + "\n")
+    partial.rename(path)
     return cluster_id
 
 
@@ -125,6 +137,7 @@ def _prepare_node(settings: Settings, node: BrokerNode) -> Path:
     else:
         voters = ",".join(f"{i}@{kafka.host}:{c}" for i, _, c in kafka.nodes)
         quorum = f"controller.quorum.voters={voters}"
+    protect(node.config)  # under kafka.security: scram it holds the broker's password
     config = render_template(
         INFRA / "kafka" / "server.properties.template",
         node.config,
@@ -138,6 +151,7 @@ def _prepare_node(settings: Settings, node: BrokerNode) -> Path:
         offsets_partitions=10,
         replication_factor=kafka.replication_factor,
         min_insync=kafka.min_insync_replicas,
+        **listener_values(settings),
     )
     log4j = render_template(
         INFRA / "kafka" / "log4j2.properties.template",
@@ -153,14 +167,20 @@ def _prepare_node(settings: Settings, node: BrokerNode) -> Path:
             f"{kafka_jars_dir(settings)}/*", "kafka.tools.StorageTool", "format",
             *standalone, "--ignore-formatted",
             "--cluster-id", _cluster_id(settings), "--config", str(config),
+            *format_arguments(settings, node.folder),
         ]  # fmt: skip
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        result = None
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        finally:
+            formatted(settings, node.folder, result is not None and result.returncode == 0)
         if result.returncode != 0:
             raise FeedrankError(
                 f"formatting Kafka storage of {node.name} failed: "
                 f"{(result.stderr or result.stdout).strip()}"
             )
         log.info("formatted Kafka storage of %s: %s", node.name, result.stdout.strip())
+    check_users(settings, node.folder)
     return log4j
 
 
@@ -237,9 +257,7 @@ def ensure_topics(settings: Settings | None = None) -> list[str]:
 
     settings = resolve(settings)
     declared = settings.kafka.topics
-    admin = KafkaAdminClient(
-        bootstrap_servers=settings.kafka.bootstrap_servers, client_id="feedrank-topics"
-    )
+    admin = KafkaAdminClient(**settings.kafka.client_options("admin"), client_id="feedrank-topics")
     try:
         described = {t["topic"]: t["partitions"] for t in describe_topics(admin)}
         existing = {name: len(parts) for name, parts in described.items()}
@@ -284,6 +302,7 @@ def ensure_topics(settings: Settings | None = None) -> list[str]:
                 )  # fmt: skip
         if settings.kafka.replication_factor > 1:
             _create_offsets_topic(admin, settings.serving.group_id)
+        sync_acls(settings, admin)
         return sorted(t.name for t in missing)
     finally:
         admin.close()
@@ -380,6 +399,8 @@ def kafka_up(settings: Settings | None = None) -> bool:
             ensure_topics(settings)
             return False
         fetch_jars(settings)
+        if settings.kafka.security == "scram":
+            ensure_passwords(settings)
         down = [n for n in nodes if pids[n.name] is None]
         say(
             f"starting Kafka {settings.kafka.version} on "
@@ -388,7 +409,9 @@ def kafka_up(settings: Settings | None = None) -> bool:
         started = time.monotonic()
         for node in down:
             _wait_for_free_ports(settings, node)
-        # Formatting costs a JVM start per node: all at once.
+        # Formatting costs a JVM start per node: all at once, with one cluster id made first
+        # (made by each thread, two nodes got different ids, one of them empty).
+        _cluster_id(settings)
         with ThreadPoolExecutor(max_workers=len(down)) as pool:
             log4js = list(pool.map(lambda node: _prepare_node(settings, node), down))
         # Every node before any wait: a static quorum elects a leader only once a majority runs.

@@ -95,12 +95,13 @@ def status(settings: Settings | None = None) -> dict[str, dict[str, object]]:
 
 
 def profile_services(settings: Settings | None = None) -> tuple[str, ...]:
-    """Services the profile needs: Kafka always, Redis for redis/cluster, Spark for cluster,
+    """Services the profile needs: Kafka always, Redis for redis/cluster/secure, Spark for cluster,
     and ``serving.processes`` ``feedrank serve`` members when it is above 0 (cluster: 2)."""
     settings = resolve(settings)
     services = {
         "local": ("kafka",),
         "redis": ("kafka", "redis"),
         "cluster": ("kafka", "redis", "spark-cluster"),
+        "secure": ("kafka", "redis"),
     }[settings.profile]
     return (*services, "serve") if settings.serving.processes > 0 else services

@@ -134,11 +134,11 @@ class LiveSimulator:
         from feedrank.readiness import kafka_ready
 
         bootstrap = self.settings.kafka.bootstrap_servers
-        if not kafka_ready(self.settings):
+        if not kafka_ready(self.settings, principal="simulator"):
             raise FeedrankError(f"Kafka not reachable at {bootstrap} (start it with make up)")
         try:
             producer = KafkaProducer(
-                bootstrap_servers=bootstrap,
+                **self.settings.kafka.client_options("simulator"),
                 client_id=f"simulator-{self.run_tag}",
                 **self.settings.kafka.producer_options(),
                 linger_ms=5,
@@ -147,7 +147,7 @@ class LiveSimulator:
             consumer = None
             if self.closed_loop:
                 consumer = KafkaConsumer(
-                    bootstrap_servers=bootstrap,
+                    **self.settings.kafka.client_options("simulator"),
                     client_id=f"simulator-{self.run_tag}-feeds",
                     group_id=None,
                     enable_auto_commit=False,

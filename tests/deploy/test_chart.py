@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from feedrank.config import Settings
+from feedrank.config import Settings, kafka_access
 from feedrank.featurestore import feature_store_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,9 +119,8 @@ def test_the_scaled_object_validates_against_keda_and_is_capped_at_the_partition
         capture_output=True, text=True, timeout=300, check=False, cwd="/",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    schema = _closed(
-        _crd_schema(Path(json.loads(done.stdout)["Dir"]), "keda.sh_scaledobjects.yaml")
-    )
+    keda = Path(json.loads(done.stdout)["Dir"])
+    schema = _closed(_crd_schema(keda, "keda.sh_scaledobjects.yaml"))
     (scaled,) = _kinds(rendered, "ScaledObject")
     jsonschema.validate(scaled, schema)
     partitions = settings.kafka.topics["feed_requests"].partitions
@@ -129,11 +128,22 @@ def test_the_scaled_object_validates_against_keda_and_is_capped_at_the_partition
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["metadata"]["topic"] == "feed_requests"
     assert trigger["metadata"]["consumerGroup"] == settings.serving.group_id
+    # SCRAM: the scaler logs in as the serve KafkaUser, user name and password by reference.
+    assert trigger["metadata"]["sasl"] == "scram_sha512"
+    (auth,) = _kinds(rendered, "TriggerAuthentication")
+    jsonschema.validate(auth, _closed(_crd_schema(keda, "keda.sh_triggerauthentications.yaml")))
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    (password,) = auth["spec"]["secretTargetRef"]
+    (username,) = auth["spec"]["configMapTargetRef"]
+    assert (password["parameter"], password["key"]) == ("password", "password")
+    users = next(
+        c for c in _kinds(rendered, "ConfigMap") if c["metadata"]["name"] == username["name"]
+    )
+    assert username["parameter"] == "username"
+    assert users["data"][username["key"]] == password["name"] == "feedrank-feedrank-serve"
 
 
-def test_kafka_topics_and_acls_agree_with_the_profile(
-    rendered: list[dict], settings: Settings
-) -> None:
+def test_kafka_topics_agree_with_the_profile(rendered: list[dict], settings: Settings) -> None:
     topics = {t["spec"]["topicName"]: t["spec"] for t in _kinds(rendered, "KafkaTopic")}
     if not topics:  # values-prod: topics are managed where the Kafka cluster is
         return
@@ -142,16 +152,73 @@ def test_kafka_topics_and_acls_agree_with_the_profile(
         assert spec["partitions"] == settings.kafka.topics[name].partitions, name
         assert spec["replicas"] == 3 and spec["config"]["min.insync.replicas"] == 2
         assert spec["config"]["max.message.bytes"] == settings.kafka.topics[name].max_message_bytes
-    for user in _kinds(rendered, "KafkaUser"):
-        for acl in user["spec"]["authorization"]["acls"]:
-            if acl["resource"]["type"] == "topic":
-                assert acl["resource"]["name"] in settings.kafka.topics, acl
-    serve = next(
-        u for u in _kinds(rendered, "KafkaUser") if u["metadata"]["name"].endswith("serve")
-    )
-    groups = [a["resource"]["name"] for a in serve["spec"]["authorization"]["acls"]
-              if a["resource"]["type"] == "group"]  # fmt: skip
-    assert groups == [settings.serving.group_id]
+
+
+def _acl_bindings(acls: list[dict]) -> set[tuple[str, str, str]]:
+    """(resource type, name, operation) of Strimzi ``spec.authorization.acls``."""
+    return {
+        (acl["resource"]["type"], acl["resource"]["name"], op)
+        for acl in acls
+        for op in acl["operations"]
+    }
+
+
+def test_kafka_users_are_the_principals_of_the_acl_table(
+    rendered: list[dict], settings: Settings
+) -> None:
+    """feedrank.config.kafka_access is the one declaration: the values' users and every
+    rendered KafkaUser carry exactly its ACLs (the simulator is not deployed by the chart)."""
+    table = kafka_access(settings.serving.group_id)
+    deployed = set(table) - {"simulator"}
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["kafka"]["users"]
+    assert set(values) == deployed
+    for principal, user in values.items():
+        acls = [{"resource": {"type": "topic", "name": t}, "operations": ["Read", "Describe"]}
+                for t in user.get("read", [])]  # fmt: skip
+        acls += [{"resource": {"type": "topic", "name": t}, "operations": ["Write", "Describe"]}
+                 for t in user.get("write", [])]  # fmt: skip
+        if "group" in user:
+            acls.append(
+                {"resource": {"type": "group", "name": user["group"]}, "operations": ["Read"]}
+            )
+        assert _acl_bindings(acls) == table[principal].bindings(), principal
+    users = {u["metadata"]["name"]: u for u in _kinds(rendered, "KafkaUser")}
+    if not users:  # values-prod: users are managed where the Kafka cluster is
+        return
+    prefix = "feedrank-feedrank-"  # the username_prefix the chart passes (below)
+    assert set(users) == {prefix + p for p in deployed}
+    for name, user in users.items():
+        assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+        got = _acl_bindings(user["spec"]["authorization"]["acls"])
+        assert got == table[name.removeprefix(prefix)].bindings(), name
+
+
+def _container_env(pod: dict) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+
+
+@pytest.mark.parametrize("deployment", ["serve", "stream-features"])
+def test_each_pod_logs_in_as_its_own_kafka_user_from_a_secret_file(
+    rendered: list[dict], deployment: str
+) -> None:
+    principal = deployment  # each Deployment runs the component of the same name
+    (found,) = [d for d in _kinds(rendered, "Deployment")
+                if d["metadata"]["name"].endswith(f"-{deployment}")]  # fmt: skip
+    pod = found["spec"]["template"]["spec"]
+    env = _container_env(pod)
+    cfg = Settings.model_validate(
+        {"kafka": {"security": env["FEEDRANK_KAFKA__SECURITY"],
+                   "username_prefix": env["FEEDRANK_KAFKA__USERNAME_PREFIX"],
+                   "password_dir": env["FEEDRANK_KAFKA__PASSWORD_DIR"]}}
+    )  # fmt: skip
+    assert cfg.kafka.security == "scram"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "kafka-credentials"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "kafka-credentials"]
+    (item,) = volume["secret"]["items"]
+    # Strimzi's Secret of the KafkaUser named like the user feedrank logs in as.
+    assert volume["secret"]["secretName"] == cfg.kafka.username_prefix + principal
+    assert item["key"] == "password"
+    assert Path(mount["mountPath"]) / item["path"] == cfg.kafka.password_file(principal)
 
 
 def test_the_feature_store_config_map_is_the_one_feedrank_builds(
@@ -213,9 +280,11 @@ def test_every_feedrank_setting_the_chart_passes_exists(rendered: list[dict]) ->
 
 def _sample(name: str) -> str:
     """A valid value for a setting the chart passes (its type is what is checked here)."""
-    return {"FEEDRANK_PROFILE": "cluster", "FEEDRANK_FEAST__ONLINE_STORE": "redis"}.get(
-        name, "9100" if name.endswith("PORT") else "/tmp/feedrank-chart-check"
-    )
+    return {
+        "FEEDRANK_PROFILE": "cluster",
+        "FEEDRANK_FEAST__ONLINE_STORE": "redis",
+        "FEEDRANK_KAFKA__SECURITY": "scram",
+    }.get(name, "9100" if name.endswith("PORT") else "/tmp/feedrank-chart-check")
 
 
 def test_the_dockerfile_passes_hadolint() -> None:

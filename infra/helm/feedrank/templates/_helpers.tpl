@@ -26,8 +26,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/* FEEDRANK_* settings every container gets (only settings feedrank/config.py defines:
-an unknown FEEDRANK_ key is refused at start). Kafka SASL and the Redis password are not
-settings yet (the security profile, issue 26), so no credential is passed here. */}}
+an unknown FEEDRANK_ key is refused at start). No credential is a value here: the Redis
+password comes from its Secret, each Kafka password from a mounted Secret file
+(feedrank.kafkaCredentials). */}}
 {{- define "feedrank.env" -}}
 - name: FEEDRANK_PROFILE
   value: {{ .Values.settings.profile | quote }}
@@ -37,6 +38,15 @@ settings yet (the security profile, issue 26), so no credential is passed here. 
   value: {{ .Values.kafka.host | quote }}
 - name: FEEDRANK_KAFKA__PORT
   value: {{ .Values.kafka.port | quote }}
+- name: FEEDRANK_KAFKA__SECURITY
+  value: {{ .Values.kafka.security | quote }}
+{{- if eq .Values.kafka.security "scram" }}
+# Strimzi names each SCRAM user after its KafkaUser: <fullname>-<principal>.
+- name: FEEDRANK_KAFKA__USERNAME_PREFIX
+  value: {{ printf "%s-" (include "feedrank.fullname" .) | quote }}
+- name: FEEDRANK_KAFKA__PASSWORD_DIR
+  value: {{ .Values.kafka.passwordDir | quote }}
+{{- end }}
 - name: FEEDRANK_REDIS__HOST
   value: {{ .Values.redis.host | quote }}
 - name: FEEDRANK_REDIS__PORT
@@ -65,6 +75,28 @@ settings yet (the security profile, issue 26), so no credential is passed here. 
 - name: feature-store
   mountPath: /etc/feedrank/feature_repo
   readOnly: true
+{{- end -}}
+
+{{/* The Kafka password of one principal ("root", "principal"): the key `password` of the
+Secret Strimzi creates for its KafkaUser, as the file <passwordDir>/<principal>.password. */}}
+{{- define "feedrank.kafkaCredentialsVolume" -}}
+{{- if eq .root.Values.kafka.security "scram" }}
+- name: kafka-credentials
+  secret:
+    secretName: {{ printf "%s-%s" (include "feedrank.fullname" .root) .principal }}
+    defaultMode: 0400
+    items:
+      - key: password
+        path: {{ printf "%s.password" .principal }}
+{{- end }}
+{{- end -}}
+
+{{- define "feedrank.kafkaCredentialsMount" -}}
+{{- if eq .Values.kafka.security "scram" }}
+- name: kafka-credentials
+  mountPath: {{ .Values.kafka.passwordDir }}
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{- define "feedrank.securityContext" -}}
