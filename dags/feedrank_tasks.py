@@ -317,7 +317,9 @@ def model_version_for(training_run: str | Path) -> str:
     ``v<last day>-<manifest sha256[:12]>``: sorts by day like the registry's timestamp
     names, and the same training data (same manifest bytes) always gives the same name.
     """
+    from feedrank.feature_spec import TRAINING_MANIFEST
+
     run = Path(training_run)
-    manifest = (run / "manifest.json").read_bytes()
+    manifest = (run / TRAINING_MANIFEST).read_bytes()
     last_day = run.name.rsplit("_", 1)[-1].replace("-", "")
     return f"v{last_day}-{hashlib.sha256(manifest).hexdigest()[:12]}"

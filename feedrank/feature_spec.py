@@ -337,6 +337,7 @@ class Contract:
 # (effective per-head negative keep-rate for recalibration), negative_keep_rate,
 # attribution_window_s, train_dates, validation_dates, input_partitions, features,
 # feature_service, schema_sha256.
+TRAINING_MANIFEST = "manifest.json"
 ID_COLUMNS: tuple[str, ...] = (
     "request_id",
     "user_id",

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from feedrank.config import get_settings
+from feedrank.feature_spec import TRAINING_MANIFEST
 from feedrank.logs import setup_logging
 
 StartOpt = Annotated[str, typer.Option("--start", help="First date, YYYY-MM-DD (UTC).")]
@@ -65,7 +66,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         run = training_data.run_training_data(
             get_spark("feedrank-training-data", settings), settings, first, last, run_id
         )
-        typer.echo(f"training examples: {run} (manifest {run / 'manifest.json'})")
+        typer.echo(f"training examples: {run} (manifest {run / TRAINING_MANIFEST})")
 
     @app.command("validate")
     def validate_cmd(

@@ -27,7 +27,7 @@ import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from feedrank import lake, publish
+from feedrank import feature_spec, lake, publish
 from feedrank.config import MonitoringConfig, Settings
 from feedrank.errors import FeedrankError
 from feedrank.exporter import record_outcome, record_time
@@ -161,7 +161,7 @@ def run_monitor(
             views = {v: read(spark, parts[v], lake.feature_table_schema(v)) for v in MODEL_VIEWS}
             skew = skew_report(impressions, feed_requests, views, mon.skew_mismatch_alert)
         run_dir = training_run or default_training_run(settings, versions)
-        if run_dir is None or not (Path(run_dir) / "manifest.json").is_file():
+        if run_dir is None or not (Path(run_dir) / feature_spec.TRAINING_MANIFEST).is_file():
             drift = {"status": f"skipped: no training run ({run_dir})", "breaches": []}
         else:
             drift = drift_report(

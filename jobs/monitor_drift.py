@@ -20,7 +20,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from feedrank.feature_spec import model_features
+from feedrank.feature_spec import TRAINING_MANIFEST, model_features
 from jobs.monitor_skew import served_with_features
 from jobs.training_data import keep_hash
 from jobs.validate import PSI_BINS, PSI_MIN_ROWS, psi
@@ -61,9 +61,9 @@ def training_sample(
     only rows with ``keep_hash < w`` (positives included) leaves a uniform ``w``-sample of all
     impressions, so its feature distribution is the impressions', not the downsampled one.
     """
-    manifest_path = run_dir / "manifest.json"
+    manifest_path = run_dir / TRAINING_MANIFEST
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"no training run at {run_dir} (manifest.json missing)")
+        raise FileNotFoundError(f"no training run at {run_dir} ({TRAINING_MANIFEST} missing)")
     manifest = json.loads(manifest_path.read_text())
     rate = float(manifest["negative_keep_rate"])
     rows = int(manifest["rows"]["train"])

@@ -22,14 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from feedrank import model_files, tracking
+from feedrank import feature_spec, model_files, tracking
 from feedrank.config import Settings
 from feedrank.errors import FeedrankError
 from feedrank.exporter import record_outcome, record_time
 from jobs.train_calibration import fit_day_ahead_calibration
 from jobs.train_heads import HeadResult, train_heads_distributed, train_heads_single_node
 from jobs.train_inputs import (
-    MANIFEST,
     TrainingData,
     feature_matrix,
     load_training_data,
@@ -101,7 +100,7 @@ def log_training_run(
         params=params,
         metrics={"train": tracking.flatten(metrics) | tracking.flatten(tree_counts)},
         artifacts={
-            "training_data": data.run_dir / MANIFEST,
+            "training_data": data.run_dir / feature_spec.TRAINING_MANIFEST,
             tracking.MODEL_ARTIFACT: model_dir,
         },
     )

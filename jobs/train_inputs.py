@@ -35,10 +35,10 @@ import pandas as pd
 from feedrank import feature_spec
 from feedrank.config import HEADS, Settings
 from feedrank.errors import FeedrankError
+from feedrank.feature_spec import TRAINING_MANIFEST
 
 log = logging.getLogger("feedrank.train")
 
-MANIFEST = "manifest.json"
 SPLITS = ("train", "validation")
 
 
@@ -81,7 +81,7 @@ class TrainingData:
 
 def _validation_end(run_dir: Path) -> str:
     try:
-        manifest = json.loads((run_dir / MANIFEST).read_text())
+        manifest = json.loads((run_dir / TRAINING_MANIFEST).read_text())
         return max(manifest.get("validation_dates") or [""])
     except (OSError, ValueError):
         return ""
@@ -100,15 +100,15 @@ def resolve_run(settings: Settings, data: str | Path | None) -> Path:
     """
     root = settings.paths.training
     if data is None or str(data) == "latest":
-        runs = [p for p in root.glob("*") if (p / MANIFEST).is_file()] if root.is_dir() else []
+        runs = [p for p in root.glob("*") if (p / TRAINING_MANIFEST).is_file()]
         if not runs:
             raise FeedrankError(f"no training-data run under {root}; run 'feedrank training-data'")
         return max(runs, key=lambda p: (_validation_end(p), p.stat().st_mtime))
     path = Path(data)
     if not path.is_absolute() and not path.exists():
         path = root / str(data)
-    if not (path / MANIFEST).is_file():
-        raise FeedrankError(f"{path} is not a training-data run (no {MANIFEST})")
+    if not (path / TRAINING_MANIFEST).is_file():
+        raise FeedrankError(f"{path} is not a training-data run (no {TRAINING_MANIFEST})")
     return path
 
 
@@ -153,7 +153,7 @@ def load_training_data(run_dir: Path) -> TrainingData:
         FeedrankError: Missing split, missing columns, a manifest for another contract,
             labels that are not 0/1, or keep-rates outside (0, 1].
     """
-    manifest_path = run_dir / MANIFEST
+    manifest_path = run_dir / TRAINING_MANIFEST
     raw = manifest_path.read_bytes()
     try:
         manifest = json.loads(raw)

@@ -53,6 +53,7 @@ from feedrank.feature_spec import (
     ID_COLUMNS,
     KEEP_PROB_COLUMN,
     LABEL_COLUMNS,
+    TRAINING_MANIFEST,
     VIEWS,
     View,
     model_features,
@@ -544,7 +545,7 @@ def run_training_data(
             "schema_sha256": schema_sha256(),
             "content_sha256": {s: lake.content_hash(tmp / s) for s in SPLITS},
         }
-        publish.write_json(tmp / "manifest.json", manifest)
+        publish.write_json(tmp / TRAINING_MANIFEST, manifest)
 
     try:
         publish.write_dir_atomic(target, build)
