@@ -346,4 +346,8 @@ def test_a_day_without_landed_data_waits_and_fails_nothing(
     assert states["wait_for_landed_data"] == "up_for_reschedule"
     assert not set(states.values()) & {"failed", "upstream_failed", "success", "skipped"}, states
     log = (dag_home / f"dag-test-{RETRAIN}-{_next(NOT_LANDED)}.log").read_text()
-    assert f"waiting for feed_requests/date={NOT_LANDED}" in log
+    # It says what it waits for: the day's partitions and landing past the day's end.
+    assert (
+        f"waiting for feed_requests landed through {_next(NOT_LANDED)}T00:00:00+00:00 "
+        f"(marked {NOT_LANDED}T00:00:00+00:00), feed_requests/date={NOT_LANDED}"
+    ) in log
