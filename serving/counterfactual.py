@@ -60,7 +60,7 @@ def _world_of(settings: Settings) -> World:
 
 def oracle_policy_in(world: World, weights: dict[str, float]) -> RankingPolicy:
     """:func:`oracle_policy` on an already built world (shared with the recorder)."""
-    from feedrank.simulator.engagement import head_probabilities
+    from feedrank.simulator.engagement import true_probabilities
 
     def policy(scorer: Scorer | None, ctx: PolicyContext) -> PolicyResult:
         f = ctx.features.astype(np.float64)
@@ -80,7 +80,7 @@ def oracle_policy_in(world: World, weights: dict[str, float]) -> RankingPolicy:
                 np.full(n, DEVICES.index(ctx.request.device)),
                 np.zeros(n),
             )
-            scores[known] = ranking.weighted_score(head_probabilities(inputs), weights)
+            scores[known] = ranking.weighted_score(true_probabilities(inputs), weights)
         return PolicyResult(np.arange(len(ctx.tweet_ids)), scores, "oracle", log_features=False)
 
     return policy
@@ -126,7 +126,7 @@ def expected_outcome(
     Returns:
         ``(weighted_engagements, negative_actions)`` expected for this session.
     """
-    from feedrank.simulator.engagement import head_probabilities
+    from feedrank.simulator.engagement import true_probabilities
 
     f = features[served].astype(np.float64)
     created = f[:, _COLUMNS["tweet_created_ts"]]
@@ -136,7 +136,7 @@ def expected_outcome(
     stay = 1.0 - min(1.0, 1.0 / float(world.view_depth_mean[user_id]))
     seen = stay ** np.flatnonzero(known).astype(np.float64)
     n = int(known.sum())
-    probs = head_probabilities(
+    probs = true_probabilities(
         world.inputs_from_attributes(
             np.full(n, user_id),
             author_ids[served][known],

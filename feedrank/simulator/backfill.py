@@ -38,7 +38,7 @@ from feedrank.config import HEADS, Settings, SimulatorConfig
 from feedrank.lake import mark_landed_through, midnight, write_partitioned
 from feedrank.logs import progress_bar
 from feedrank.schemas import DEVICES, EVENT_TIME, LAKE_TABLES, table_schema
-from feedrank.simulator.engagement import draw_delays_s, draw_engagements, head_probabilities
+from feedrank.simulator.engagement import draw_delays_s, draw_engagements, true_probabilities
 from feedrank.simulator.world import (
     SECONDS_PER_DAY,
     TWEET_ID_BASE,
@@ -215,7 +215,7 @@ def _serve_day(
             "features": pa.nulls(n_imp, pa.list_(pa.float64())),
         },
     )
-    probs = head_probabilities(
+    probs = true_probabilities(
         world.inputs_from_attributes(
             imp_users,
             author_ids,

@@ -179,7 +179,7 @@ def relevance(
     )
 
 
-def head_probabilities(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def true_probabilities(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """True probability per head from the latent inputs (arrays broadcast together).
 
     Args:
@@ -222,7 +222,7 @@ def draw_engagements(
     """Draw correlated engagement outcomes whose marginals are exactly the probabilities.
 
     Args:
-        probabilities: ``{head: p}`` as returned by :func:`head_probabilities`.
+        probabilities: ``{head: p}`` as returned by :func:`true_probabilities`.
         rng: the generator to draw from (seeded by the caller for determinism).
 
     Returns:

@@ -30,7 +30,7 @@ from scipy.special import ndtri
 from feedrank.config import SimulatorConfig
 from feedrank.context import context_features
 from feedrank.schemas import DEVICES
-from feedrank.simulator.engagement import head_probabilities
+from feedrank.simulator.engagement import true_probabilities
 
 TWEET_ID_BASE = 1_000_000_000
 SECONDS_PER_DAY = 86_400
@@ -531,7 +531,7 @@ class World:
         Returns:
             ``{head: float64 array}`` for every head.
         """
-        return head_probabilities(
+        return true_probabilities(
             self.latent_inputs(user_ids, tweet_ids, request_ts_s, device_codes, positions)
         )
 

@@ -9,7 +9,7 @@ from feedrank.config import Settings, SimulatorConfig
 from feedrank.experiment_analysis import compare_to_control, counterfactual_report
 from feedrank.experiment_design import outcome_weights
 from feedrank.feature_spec import model_features
-from feedrank.simulator.engagement import head_probabilities
+from feedrank.simulator.engagement import true_probabilities
 from feedrank.simulator.world import World
 from serving.counterfactual import expected_outcome
 
@@ -78,7 +78,7 @@ def test_expected_outcome_is_the_viewed_true_engagement_of_the_served_order(
     stay = 1.0 - 1.0 / world.view_depth_mean[user]
     known = np.array([0, 3, 1])
     f = features[known].astype(np.float64)
-    probs = head_probabilities(
+    probs = true_probabilities(
         world.inputs_from_attributes(
             np.full(3, user),
             authors[known],

@@ -13,7 +13,7 @@ from feedrank.config import HEADS, Settings, SimulatorConfig
 from feedrank.lake import read_lake_table
 from feedrank.schemas import DEVICES
 from feedrank.simulator.backfill import simulate_backfill
-from feedrank.simulator.engagement import LATENT_INPUTS, draw_engagements, head_probabilities
+from feedrank.simulator.engagement import LATENT_INPUTS, draw_engagements, true_probabilities
 from feedrank.simulator.oracle import oracle_labels, oracle_metrics
 from feedrank.simulator.world import World
 
@@ -68,20 +68,20 @@ def test_world_shape_follow_graph_is_heavy_tailed_and_homophilous(settings: Sett
 def test_formula_moves_each_head_in_the_documented_direction() -> None:
     low, high = _baseline_inputs(1), _baseline_inputs(1)
     high["affinity"] = np.array([1.5])
-    p_low, p_high = head_probabilities(low), head_probabilities(high)
+    p_low, p_high = true_probabilities(low), true_probabilities(high)
     for head in ("like", "reply", "retweet", "click"):
         assert p_high[head][0] > 1.5 * p_low[head][0]
     assert p_high["negative"][0] < p_low["negative"][0]
     # The position effect is mild: position 50 keeps most of position 0's like probability.
     deep = _baseline_inputs(1)
     deep["position"] = np.array([50.0])
-    ratio = head_probabilities(deep)["like"][0] / p_low["like"][0]
+    ratio = true_probabilities(deep)["like"][0] / p_low["like"][0]
     assert 0.6 < ratio < 0.95
     stale = _baseline_inputs(1)
     stale["tweet_age_hours"] = np.array([40.0])
-    assert head_probabilities(stale)["like"][0] < p_low["like"][0]
+    assert true_probabilities(stale)["like"][0] < p_low["like"][0]
     with pytest.raises(ValueError, match="latent inputs missing"):
-        head_probabilities({"interest": np.zeros(1)})
+        true_probabilities({"interest": np.zeros(1)})
 
 
 @pytest.mark.unit
