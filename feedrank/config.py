@@ -173,6 +173,45 @@ class KafkaConfig(Section):
         "kafka-python then sends one request at a time per broker, which slows a busy "
         "producer: on for the replicated cluster profile, where retries happen.",
     )
+    broker_session_timeout_ms: int = Field(
+        default=3000,
+        ge=1000,
+        description="broker.session.timeout.ms: a broker whose heartbeats stop for this long is "
+        "fenced by the controller, which moves its leaderships and drops it from every ISR. "
+        "Until then the partitions it led, and every acks=all write to a partition it "
+        "follows, wait (Kafka's default, 9 s, was most of the stall after a broker kill).",
+    )
+    broker_heartbeat_interval_ms: int = Field(
+        default=500,
+        ge=100,
+        description="broker.heartbeat.interval.ms: broker heartbeats to the controller "
+        "(several per broker_session_timeout_ms, so one slow beat does not fence a live broker).",
+    )
+    client_request_timeout_ms: int = Field(
+        default=10_000,
+        ge=1000,
+        description="Producers' request_timeout_ms: a produce request unanswered this long is "
+        "retried (kafka-python's default, 30 s, held a write as long when a broker died with "
+        "it in flight; with idempotence the retry cannot duplicate).",
+    )
+    reconnect_backoff_max_ms: int = Field(
+        default=1000,
+        ge=50,
+        description="Every client's reconnect_backoff_max_ms: kafka-python doubles the wait "
+        "between reconnects to a dead broker up to this (its default is 30 s; Kafka's Java "
+        "clients use 1 s), so a restarted broker is used again within about this long.",
+    )
+    group_session_timeout_ms: int = Field(
+        default=6000,
+        ge=6000,
+        description="Consumer groups' session_timeout_ms: a member that stops heartbeating "
+        "(a killed serve process) keeps its partitions this long before they are reassigned "
+        "(the broker's group.min.session.timeout.ms, 6 s, is the floor; kafka-python's "
+        "default is 10 s).",
+    )
+    group_heartbeat_interval_ms: int = Field(
+        default=2000, ge=100, description="Consumer groups' heartbeat_interval_ms (≤ 1/3 of it)."
+    )
     version: str = Field(default="4.1.1", description="Apache Kafka version fetched by Maven.")
     ready_timeout_s: float = Field(default=60.0, description="How long to wait for readiness.")
     topics: dict[str, TopicConfig] = Field(
@@ -188,6 +227,14 @@ class KafkaConfig(Section):
             )
         if self.min_insync_replicas > self.replication_factor:
             raise ValueError("min_insync_replicas cannot exceed replication_factor")
+        if self.broker_heartbeat_interval_ms * 3 > self.broker_session_timeout_ms:
+            raise ValueError(
+                "broker_heartbeat_interval_ms must be ≤ 1/3 of broker_session_timeout_ms"
+            )
+        if self.group_heartbeat_interval_ms * 3 > self.group_session_timeout_ms:
+            raise ValueError(
+                "group_heartbeat_interval_ms must be ≤ 1/3 of group_session_timeout_ms"
+            )
         ports = [p for node in self.nodes for p in node[1:]]
         if len(set(ports)) != len(ports):
             raise ValueError(f"broker and controller ports overlap: {sorted(ports)}")
@@ -204,10 +251,29 @@ class KafkaConfig(Section):
     def bootstrap_servers(self) -> str:
         return ",".join(f"{self.host}:{port}" for _, port, _ in self.nodes)
 
+    def client_options(self) -> dict[str, Any]:
+        """The failover options every feedrank kafka-python client takes (producer, consumer,
+        admin): how fast it reconnects to a broker that was down."""
+        return {"reconnect_backoff_max_ms": self.reconnect_backoff_max_ms}
+
     def producer_options(self) -> dict[str, Any]:
-        """The durability options every feedrank ``KafkaProducer`` takes: acks from all
-        in-sync replicas, and idempotence when ``idempotent_producers``."""
-        return {"acks": "all", "enable_idempotence": self.idempotent_producers}
+        """The options every feedrank ``KafkaProducer`` takes: acks from all in-sync
+        replicas, idempotence when ``idempotent_producers``, and the failover timeouts."""
+        return {
+            "acks": "all",
+            "enable_idempotence": self.idempotent_producers,
+            "request_timeout_ms": self.client_request_timeout_ms,
+            **self.client_options(),
+        }
+
+    def group_consumer_options(self) -> dict[str, Any]:
+        """The options every feedrank ``KafkaConsumer`` of a consumer group takes: how soon a
+        dead member's partitions go to the others, and the failover options."""
+        return {
+            "session_timeout_ms": self.group_session_timeout_ms,
+            "heartbeat_interval_ms": self.group_heartbeat_interval_ms,
+            **self.client_options(),
+        }
 
 
 class RedisConfig(Section):

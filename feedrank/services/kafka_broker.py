@@ -138,6 +138,8 @@ def _prepare_node(settings: Settings, node: BrokerNode) -> Path:
         offsets_partitions=10,
         replication_factor=kafka.replication_factor,
         min_insync=kafka.min_insync_replicas,
+        broker_session_timeout_ms=kafka.broker_session_timeout_ms,
+        broker_heartbeat_interval_ms=kafka.broker_heartbeat_interval_ms,
     )
     log4j = render_template(
         INFRA / "kafka" / "log4j2.properties.template",
