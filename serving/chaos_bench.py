@@ -194,7 +194,9 @@ class CorruptModel(Fault):
         target = self.world.paths.models / bad
         shutil.copytree(self.world.paths.models / old, target)
         metadata = json.loads((target / METADATA_FILE).read_text())
-        (target / METADATA_FILE).write_text(json.dumps({**metadata, "version": bad}, indent=2))
+        # Its own version name and no training run: registered as a folder of its own.
+        metadata |= {"version": bad, "training": {}}
+        (target / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
         booster = target / head_file(HEADS[0])
         data = bytearray(booster.read_bytes())
         data[len(data) // 2 : len(data) // 2 + 64] = b"\x00" * 64
@@ -346,11 +348,17 @@ def chaos_report(figures: dict[str, Any], events: dict[str, Any], budget_ms: int
         n = bucket["sent"]
         bucket["normal"] = bucket["late"] <= n * noise + 3 * math.sqrt(n * noise * (1 - noise))
     abnormal = [b for b in timeline if b["from_fault_s"] >= 0 and not b["normal"]]
+    unrecovered = any(r["received"] is None for r in after)
     recovery = (
         None
-        if any(r["received"] is None for r in after)
+        if unrecovered
         else max((b["from_fault_s"] + TIMELINE_STEP_S for b in abnormal), default=0.0)
     )
+    # The same split at the heal (a restart is a disturbance of its own): the buckets whose
+    # middle is before the heal, recovery counted from the fault; the others, from the heal.
+    heal_s = events.get("heal_at", end) - start
+    during = [b for b in abnormal if b["from_fault_s"] + TIMELINE_STEP_S / 2 < heal_s]
+    healed = [b for b in abnormal if b not in during]
     late_after = [r for r in after if late(r)]
     report = {
         "scenario": events["scenario"],
@@ -371,6 +379,15 @@ def chaos_report(figures: dict[str, Any], events: dict[str, Any], budget_ms: int
         "p99_overall_ms": percentile([latency_ms(r) for r in rows if r["received"]], 99),
         "late_share_before_fault": noise,
         "recovery_s": recovery,
+        "recovery_before_heal_s": None
+        if unrecovered
+        else max((b["from_fault_s"] + TIMELINE_STEP_S for b in during), default=0.0),
+        "recovery_after_heal_s": None
+        if unrecovered
+        else max(
+            (b["from_fault_s"] + TIMELINE_STEP_S - heal_s for b in healed),
+            default=0.0,
+        ),
         "last_late_answer_s": max((r["received"] or due(r)) - start for r in late_after)
         if late_after
         else 0.0,

@@ -86,3 +86,14 @@ def test_nothing_late_after_the_kill_recovers_at_once() -> None:
     rows = [_row(90.0, 50.0), _row(105.0, 30.0), _row(140.0, 40.0)]
     report = chaos_report({**FIGURES, "per_request": rows}, EVENTS, budget_ms=300)
     assert report["recovery_s"] == 0.0 and report["lost"] == 0
+
+
+def test_recovery_is_split_at_the_heal() -> None:
+    # No noise before; late 0–5 s (the fault), normal until the heal at 20 s, late 25–30 s
+    # (the restart's own disturbance).
+    before = [_row(50.0 + 0.5 * i, 50.0) for i in range(100)]
+    after = [_row(100.0 + 0.5 * i, 900.0 if i < 10 or 50 <= i < 60 else 50.0) for i in range(80)]
+    report = chaos_report({**FIGURES, "per_request": before + after}, EVENTS, budget_ms=300)
+    assert report["recovery_before_heal_s"] == 5.0
+    assert report["recovery_after_heal_s"] == 10.0  # 30 s after the fault, 20 s the heal
+    assert report["recovery_s"] == 30.0
