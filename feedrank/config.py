@@ -291,6 +291,21 @@ class RedisConfig(Section):
         "redis-server and neither exists). Point it outside the checkout in production.",
     )
 
+    serving_retries: int = Field(
+        default=1,
+        ge=0,
+        description="Retries, without backoff, of a serve process's Redis call (feed cache, "
+        "online-store reads) after a connection error: one reconnects a pooled connection "
+        "that a Redis restart closed. redis-py 7's default (3 retries, exponential backoff "
+        "from 1 s) held each request for seconds while Redis was down.",
+    )
+    serving_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Socket timeout of a serve process's Redis calls (a hung server; a stopped "
+        "one refuses the connection at once).",
+    )
+
     @property
     def url(self) -> str:
         return f"{self.host}:{self.port}"
@@ -685,6 +700,18 @@ def redis_client_kwargs(settings: Settings) -> dict[str, Any]:
         "host": settings.redis.host,
         "port": settings.redis.port,
         "password": redis_password(settings),
+    }
+
+
+def redis_serving_options(settings: Settings) -> dict[str, Any]:
+    """``socket_timeout`` and ``retry`` for the ``redis.Redis`` clients of a serve process:
+    fail fast, so a request is answered around a Redis outage instead of waiting it out."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return {
+        "socket_timeout": settings.redis.serving_timeout_s,
+        "retry": Retry(NoBackoff(), settings.redis.serving_retries),
     }
 
 

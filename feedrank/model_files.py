@@ -162,7 +162,13 @@ def save_model(
         }
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=_json_default))
 
-    write_dir_atomic(final, build, replace=False)
+    try:
+        write_dir_atomic(final, build, replace=False)
+    except (OSError, ValueError) as exc:  # ValueError: xgboost.core.XGBoostError
+        # A full disk, say: nothing was published (write_dir_atomic removed its temp folder),
+        # so the previous versions are untouched; say why in one line.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise FeedrankError(f"model version {version} not written to {root}: {reason}") from exc
     return final
 
 

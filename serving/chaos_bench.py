@@ -1,5 +1,8 @@
 """``make chaos``: fault scenarios under serving load on the replicated cluster profile.
 
+Long because: each scenario's inject and heal steps sit next to the one report arithmetic
+they share, so a new fault is a class here and nothing else.
+
 The load is ``feedrank bench serving``'s (:func:`serving.latency_bench.run_bench`: requests of
 1,000 candidates at a fixed rate, answered by 2 ``feedrank serve`` processes of one consumer
 group); each scenario injects one fault while it runs and reports, per scenario: requests

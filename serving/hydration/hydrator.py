@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from feedrank import feature_spec as spec
-from feedrank.config import Settings, get_settings
+from feedrank.config import Settings, get_settings, redis_serving_options
 from feedrank.context import context_features
 from feedrank.errors import FeedrankError
 from serving.hydration.feast_codec import STREAM_VIEWS, UNKNOWN_ID, EntityKeyCodec, device_code
@@ -145,7 +145,9 @@ class FeatureHydrator:
             address, *options = config.online_store.connection_string.split(",")
             host, port = address.split(":")
             password = dict(o.split("=", 1) for o in options).get("password")
-            client = redis.Redis(host=host, port=int(port), password=password)
+            client = redis.Redis(
+                host=host, port=int(port), password=password, **redis_serving_options(self.settings)
+            )
             self._reader = RedisReader(client, config.project)
             self._mirror = RedisStreamMirror.start(
                 self._reader,
