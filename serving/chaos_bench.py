@@ -229,8 +229,8 @@ class DiskFull(Fault):
         if old is None:
             raise FeedrankError("the chaos world has no champion to keep serving")
         model = load_model(old, self.world)
-        before = sorted(p.name for p in models.iterdir())
         with full_filesystem(models) as how:
+            before = sorted(p.name for p in models.iterdir())
             try:
                 save_model(
                     self.world,
