@@ -29,10 +29,13 @@ class RedisHydrator(TableHydrator):
     def __init__(self, settings: Settings) -> None:
         import redis
 
-        from feedrank.config import redis_client_kwargs
+        from feedrank.config import redis_client_kwargs, redis_serving_options
 
         super().__init__()
-        self.client = redis.Redis(**redis_client_kwargs(settings), socket_timeout=2.0)
+        # A serve process's client options, as serving.hydration's reader has them.
+        self.client = redis.Redis(
+            **redis_client_kwargs(settings), **redis_serving_options(settings)
+        )
 
     def hydrate(self, user_id: int, tweet_ids: list[int], request_ts: float, device: str):
         self.client.ping()
