@@ -64,6 +64,7 @@ DEFAULT_RATE_RPS = 50.0
 DEFAULT_CANDIDATES = 1_000
 SERVERS = 2
 TIMELINE_STEP_S = 5
+BROKER_KILL_RECOVERY_GOAL_S = 30.0  # issue 26
 
 
 def _log(message: str) -> None:
@@ -362,7 +363,27 @@ def chaos_report(figures: dict[str, Any], events: dict[str, Any], budget_ms: int
     heal_s = events.get("heal_at", end) - start
     during = [b for b in abnormal if b["from_fault_s"] + TIMELINE_STEP_S / 2 < heal_s]
     healed = [b for b in abnormal if b not in during]
+    recovery_before_heal = max((b["from_fault_s"] + TIMELINE_STEP_S for b in during), default=0.0)
     late_after = [r for r in after if late(r)]
+    versions = Counter(r.get("model_version") for r in rows if r["received"])
+    goals = {"nothing_lost": lost == 0}
+    if "uncommitted_window" in events:
+        goals["duplicates_within_the_uncommitted_window"] = (
+            sum(r["answers"] > 1 for r in rows) <= events["uncommitted_window"]
+        )
+    if events["scenario"] == "broker-kill":
+        # Recovered before the restart: the last bucket before the heal is normal again.
+        goals["recovered_within_30_s_of_the_kill"] = (
+            not unrecovered
+            and recovery_before_heal <= BROKER_KILL_RECOVERY_GOAL_S
+            and recovery_before_heal + TIMELINE_STEP_S / 2 < heal_s
+        )
+    if "bad_version" in events:
+        goals["bad_version_never_served"] = versions.get(events["bad_version"], 0) == 0
+        goals["refused_by_every_server"] = all(n >= 1 for n in events["refused_by_servers"])
+    if "write_refused" in events:
+        goals["write_refused_cleanly"] = events["write_refused"] and not events["left_behind"]
+        goals["champion_unchanged"] = events["champion_after"] == events["old_version"]
     report = {
         "scenario": events["scenario"],
         "fault": events["fault"],
@@ -382,9 +403,7 @@ def chaos_report(figures: dict[str, Any], events: dict[str, Any], budget_ms: int
         "p99_overall_ms": percentile([latency_ms(r) for r in rows if r["received"]], 99),
         "late_share_before_fault": noise,
         "recovery_s": recovery,
-        "recovery_before_heal_s": None
-        if unrecovered
-        else max((b["from_fault_s"] + TIMELINE_STEP_S for b in during), default=0.0),
+        "recovery_before_heal_s": None if unrecovered else recovery_before_heal,
         "recovery_after_heal_s": None
         if unrecovered
         else max(
@@ -394,7 +413,9 @@ def chaos_report(figures: dict[str, Any], events: dict[str, Any], budget_ms: int
         "last_late_answer_s": max((r["received"] or due(r)) - start for r in late_after)
         if late_after
         else 0.0,
-        "model_versions": dict(Counter(r.get("model_version") for r in rows if r["received"])),
+        "model_versions": dict(versions),
+        "goals": goals,
+        "passed": all(goals.values()),
         "events": {k: v for k, v in events.items() if k not in ("scenario", "fault")},
         "timeline": timeline,
     }
@@ -499,6 +520,7 @@ def main(
     settings = get_settings()
     setup_logging("chaos", settings)
     names = ["baseline"] if baseline else scenario or [n for n in SCENARIOS if n != "baseline"]
+    failed: list[str] = []
     for name in names:
         report = run_scenario(
             settings,
@@ -517,6 +539,11 @@ def main(
         path.write_text(json.dumps(report, indent=2) + "\n")
         typer.echo(json.dumps({k: v for k, v in report.items() if k != "timeline"}, indent=2))
         _log(f"report: {path}")
+        if not report["passed"]:
+            failed.append(f"{name}: " + ", ".join(g for g, ok in report["goals"].items() if not ok))
+    if failed:
+        _log("goals not met: " + "; ".join(failed))
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

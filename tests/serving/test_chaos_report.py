@@ -97,3 +97,30 @@ def test_recovery_is_split_at_the_heal() -> None:
     assert report["recovery_before_heal_s"] == 5.0
     assert report["recovery_after_heal_s"] == 10.0  # 30 s after the fault, 20 s the heal
     assert report["recovery_s"] == 30.0
+
+
+def test_goals_per_scenario() -> None:
+    before = [_row(50.0 + 0.5 * i, 50.0) for i in range(100)]
+    # Late until 20 s after the kill, the heal: not recovered before the restart.
+    stalled = [_row(100.0 + 0.5 * i, 900.0 if i < 40 else 50.0) for i in range(80)]
+    report = chaos_report({**FIGURES, "per_request": before + stalled}, EVENTS, budget_ms=300)
+    assert report["goals"] == {"nothing_lost": True, "recovered_within_30_s_of_the_kill": False}
+    assert not report["passed"]
+    quick = [_row(100.0 + 0.5 * i, 900.0 if i < 10 else 50.0) for i in range(80)]
+    report = chaos_report({**FIGURES, "per_request": before + quick}, EVENTS, budget_ms=300)
+    assert report["passed"]
+
+    served_bad = [{**_row(105.0, 50.0), "model_version": "bad"}]
+    events = {**EVENTS, "scenario": "corrupt-model", "bad_version": "bad"}
+    report = chaos_report(
+        {**FIGURES, "per_request": before + served_bad},
+        {**events, "refused_by_servers": [1.0, 0.0]},
+        budget_ms=300,
+    )
+    assert report["goals"]["bad_version_never_served"] is False
+    assert report["goals"]["refused_by_every_server"] is False and not report["passed"]
+
+    twice = [_row(105.0, 50.0, answers=2) for _ in range(3)]
+    events = {**EVENTS, "scenario": "serve-kill", "uncommitted_window": 2}
+    report = chaos_report({**FIGURES, "per_request": before + twice}, events, budget_ms=300)
+    assert report["goals"]["duplicates_within_the_uncommitted_window"] is False
