@@ -81,7 +81,7 @@ bench: setup ## Run every `feedrank bench` benchmark and print its table
 
 # The cluster profile's brokers; the bench world's Feast offline store is the file one (the
 # fault is Kafka's; a Spark master would only take cores from the serve processes).
-chaos: setup ## Broker kill -9 + restart under 50 req/s of 1,000 candidates (cluster profile; docs/reliability.md)
+chaos: setup ## Fault scenarios (broker/serve kill -9, Redis stop, corrupt model, full disk) under load (cluster profile; CHAOS_ARGS='--scenario X'; docs/reliability.md)
 	FEEDRANK_PROFILE=cluster FEEDRANK_FEAST__OFFLINE_STORE=file $(PY) -m serving.chaos_bench $(CHAOS_ARGS)
 
 quality-curve: setup ## Learning curve: model vs ceiling RCE, 2/4/8 days × 1k/2k/4k users (long)

@@ -249,6 +249,45 @@ class KafkaConfig(Section):
         "kafka-python then sends one request at a time per broker, which slows a busy "
         "producer: on for the replicated cluster profile, where retries happen.",
     )
+    broker_session_timeout_ms: int = Field(
+        default=3000,
+        ge=1000,
+        description="broker.session.timeout.ms: a broker whose heartbeats stop for this long is "
+        "fenced by the controller, which moves its leaderships and drops it from every ISR. "
+        "Until then the partitions it led, and every acks=all write to a partition it "
+        "follows, wait (Kafka's default, 9 s, was most of the stall after a broker kill).",
+    )
+    broker_heartbeat_interval_ms: int = Field(
+        default=500,
+        ge=100,
+        description="broker.heartbeat.interval.ms: broker heartbeats to the controller "
+        "(several per broker_session_timeout_ms, so one slow beat does not fence a live broker).",
+    )
+    client_request_timeout_ms: int = Field(
+        default=10_000,
+        ge=1000,
+        description="Producers' request_timeout_ms: a produce request unanswered this long is "
+        "retried (kafka-python's default, 30 s, held a write as long when a broker died with "
+        "it in flight; with idempotence the retry cannot duplicate).",
+    )
+    reconnect_backoff_max_ms: int = Field(
+        default=1000,
+        ge=50,
+        description="Every client's reconnect_backoff_max_ms: kafka-python doubles the wait "
+        "between reconnects to a dead broker up to this (its default is 30 s; Kafka's Java "
+        "clients use 1 s), so a restarted broker is used again within about this long.",
+    )
+    group_session_timeout_ms: int = Field(
+        default=6000,
+        ge=6000,
+        description="Consumer groups' session_timeout_ms: a member that stops heartbeating "
+        "(a killed serve process) keeps its partitions this long before they are reassigned "
+        "(the broker's group.min.session.timeout.ms, 6 s, is the floor; kafka-python's "
+        "default is 10 s).",
+    )
+    group_heartbeat_interval_ms: int = Field(
+        default=2000, ge=100, description="Consumer groups' heartbeat_interval_ms (≤ 1/3 of it)."
+    )
     version: str = Field(default="4.1.1", description="Apache Kafka version fetched by Maven.")
     ready_timeout_s: float = Field(default=60.0, description="How long to wait for readiness.")
     topics: dict[str, TopicConfig] = Field(
@@ -283,6 +322,14 @@ class KafkaConfig(Section):
             )
         if self.min_insync_replicas > self.replication_factor:
             raise ValueError("min_insync_replicas cannot exceed replication_factor")
+        if self.broker_heartbeat_interval_ms * 3 > self.broker_session_timeout_ms:
+            raise ValueError(
+                "broker_heartbeat_interval_ms must be ≤ 1/3 of broker_session_timeout_ms"
+            )
+        if self.group_heartbeat_interval_ms * 3 > self.group_session_timeout_ms:
+            raise ValueError(
+                "group_heartbeat_interval_ms must be ≤ 1/3 of group_session_timeout_ms"
+            )
         ports = [p for node in self.nodes for p in node[1:]]
         if len(set(ports)) != len(ports):
             raise ValueError(f"broker and controller ports overlap: {sorted(ports)}")
@@ -330,13 +377,18 @@ class KafkaConfig(Section):
 
     def client_options(self, principal: str) -> dict[str, Any]:
         """``bootstrap_servers`` and the security options of a kafka-python client
-        (``KafkaProducer``, ``KafkaConsumer``, ``KafkaAdminClient``) acting as ``principal``:
-        the one place every feedrank client takes them from.
+        (``KafkaProducer``, ``KafkaConsumer``, ``KafkaAdminClient``) acting as ``principal``,
+        and the failover option every client shares: the one place every feedrank client
+        takes them from.
 
         Args:
             principal: the component (a key of :func:`kafka_access`, or a super user).
         """
-        options: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers}
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            # How fast it reconnects to a broker that was down (kafka-python: up to 30 s).
+            "reconnect_backoff_max_ms": self.reconnect_backoff_max_ms,
+        }
         if self.security == "none":
             return options
         return options | {
@@ -365,9 +417,22 @@ class KafkaConfig(Section):
         }
 
     def producer_options(self) -> dict[str, Any]:
-        """The durability options every feedrank ``KafkaProducer`` takes: acks from all
-        in-sync replicas, and idempotence when ``idempotent_producers``."""
-        return {"acks": "all", "enable_idempotence": self.idempotent_producers}
+        """The options every feedrank ``KafkaProducer`` takes beside :meth:`client_options`:
+        acks from all in-sync replicas, idempotence when ``idempotent_producers``, and the
+        failover request timeout."""
+        return {
+            "acks": "all",
+            "enable_idempotence": self.idempotent_producers,
+            "request_timeout_ms": self.client_request_timeout_ms,
+        }
+
+    def group_consumer_options(self) -> dict[str, Any]:
+        """The options every feedrank ``KafkaConsumer`` of a consumer group takes: how soon a
+        dead member's partitions go to the others (beside :meth:`client_options`)."""
+        return {
+            "session_timeout_ms": self.group_session_timeout_ms,
+            "heartbeat_interval_ms": self.group_heartbeat_interval_ms,
+        }
 
 
 class RedisConfig(Section):
@@ -383,6 +448,21 @@ class RedisConfig(Section):
         description="File holding the AUTH password (default <paths.home>/secrets/"
         "redis.password, created with a random password, mode 0600, when feedrank starts "
         "redis-server and neither exists). Point it outside the checkout in production.",
+    )
+
+    serving_retries: int = Field(
+        default=1,
+        ge=0,
+        description="Retries, without backoff, of a serve process's Redis call (feed cache, "
+        "online-store reads) after a connection error: one reconnects a pooled connection "
+        "that a Redis restart closed. redis-py 7's default (3 retries, exponential backoff "
+        "from 1 s) held each request for seconds while Redis was down.",
+    )
+    serving_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Socket timeout of a serve process's Redis calls (a hung server; a stopped "
+        "one refuses the connection at once).",
     )
 
     @property
@@ -791,6 +871,18 @@ def redis_client_kwargs(settings: Settings) -> dict[str, Any]:
         "host": settings.redis.host,
         "port": settings.redis.port,
         "password": redis_password(settings),
+    }
+
+
+def redis_serving_options(settings: Settings) -> dict[str, Any]:
+    """``socket_timeout`` and ``retry`` for the ``redis.Redis`` clients of a serve process:
+    fail fast, so a request is answered around a Redis outage instead of waiting it out."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return {
+        "socket_timeout": settings.redis.serving_timeout_s,
+        "retry": Retry(NoBackoff(), settings.redis.serving_retries),
     }
 
 

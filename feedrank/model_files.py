@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,18 @@ def save_model(
         }
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=_json_default))
 
-    write_dir_atomic(final, build, replace=False)
+    try:
+        write_dir_atomic(final, build, replace=False)
+    except (OSError, ValueError) as exc:  # ValueError: xgboost.core.XGBoostError
+        # A full disk, say: nothing was published (write_dir_atomic removed its temp folder),
+        # so the previous versions are untouched; say why in one line.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        # XGBoost reports a full disk as "FileStream.Write incomplete": the free space says it.
+        free = shutil.disk_usage(root).free
+        raise FeedrankError(
+            f"model version {version} not written to {root} ({free:,} bytes free there "
+            f"after cleaning up): {reason}"
+        ) from exc
     return final
 
 

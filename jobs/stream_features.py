@@ -295,6 +295,7 @@ def run_stream_features(
         # retention has deleted since it was committed: read what is left, skip nothing.
         auto_offset_reset="earliest",
         max_poll_records=2000,
+        **settings.kafka.group_consumer_options(),
     )
     producer = KafkaProducer(
         **settings.kafka.client_options("stream-features"), **settings.kafka.producer_options()

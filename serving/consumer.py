@@ -216,6 +216,7 @@ class _ServingLoop:
             # kafka-python's client-side sensors are never read here (serving exports its own
             # Prometheus metrics) and cost Python time on every request and response.
             metrics_enabled=False,
+            **settings.kafka.group_consumer_options(),
         )
         self._impressions_max_bytes = settings.kafka.topics[IMPRESSIONS_TOPIC].max_message_bytes
         self.producer = KafkaProducer(

@@ -14,15 +14,19 @@ Feast online store is Redis there too).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from feedrank.config import Settings, redis_client_kwargs
+from feedrank.config import Settings, redis_client_kwargs, redis_serving_options
 from feedrank.schemas import RankedFeed
+from serving import metrics
+
+log = logging.getLogger("feedrank.serving")
 
 _KEY_PREFIX = "feedrank:serving"
 
@@ -137,11 +141,15 @@ class RedisFeedCache:
     score and the set itself expires when the user stops fetching.
     """
 
-    def __init__(self, host: str, port: int, ttl_s: int, password: str | None = None) -> None:
+    def __init__(
+        self, host: str, port: int, ttl_s: int, password: str | None = None, **options: Any
+    ) -> None:
+        """``options``: more ``redis.Redis`` arguments (a serve process's
+        :func:`feedrank.config.redis_serving_options`)."""
         import redis
 
         self.ttl_s = ttl_s
-        self._redis = redis.Redis(host=host, port=port, password=password, socket_timeout=5.0)
+        self._redis = redis.Redis(host=host, port=port, password=password, **options)
 
     def get(self, request_id: str) -> bytes | None:
         return self._redis.get(f"{_KEY_PREFIX}:feed:{request_id}")
@@ -170,9 +178,71 @@ class RedisFeedCache:
         self._redis.close()
 
 
+class TolerantFeedCache:
+    """A feed cache whose failures (its server stopped, say) are answered around, not raised.
+
+    The cache only makes duplicates harmless and feeds fresher; serving must not stop
+    without it. While it fails: ``get`` misses (a redelivered request is recomputed),
+    ``seen`` is empty (a tweet may be served to a user again) and ``put_many`` drops the
+    feeds. Each failure is counted (``feedrank_serving_dependency_errors_total``); the first
+    of an outage and the recovery are logged.
+    """
+
+    def __init__(self, inner: FeedCache) -> None:
+        self.inner = inner
+        self.failing = False
+
+    def _failed(self, exc: Exception) -> None:
+        metrics.DEPENDENCY_ERRORS.labels(dependency="feed_cache").inc()
+        if not self.failing:
+            log.warning("feed cache unavailable, serving without it: %s", exc)
+        self.failing = True
+
+    def _answered(self) -> None:
+        if self.failing:
+            log.info("feed cache answers again")
+        self.failing = False
+
+    def get(self, request_id: str) -> bytes | None:
+        try:
+            value = self.inner.get(request_id)
+        except Exception as exc:
+            self._failed(exc)
+            return None
+        self._answered()
+        return value
+
+    def seen(self, user_id: int) -> set[int]:
+        try:
+            value = self.inner.seen(user_id)
+        except Exception as exc:
+            self._failed(exc)
+            return set()
+        self._answered()
+        return value
+
+    def put_many(self, feeds: Iterable[tuple[RankedFeed, bytes]]) -> None:
+        try:
+            self.inner.put_many(feeds)
+        except Exception as exc:
+            self._failed(exc)
+            return
+        self._answered()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def open_feed_cache(settings: Settings) -> FeedCache:
-    """The profile's feed cache: Redis where the profile runs Redis, SQLite otherwise."""
+    """The profile's feed cache: Redis where the profile runs Redis, SQLite otherwise;
+    failures tolerated (:class:`TolerantFeedCache`)."""
     ttl_s = settings.serving.feed_cache_ttl_s
     if settings.feast.online_store == "redis":
-        return RedisFeedCache(**redis_client_kwargs(settings), ttl_s=ttl_s)
-    return SqliteFeedCache(settings.paths.home / "serving" / "feed_cache.sqlite", ttl_s)
+        return TolerantFeedCache(
+            RedisFeedCache(
+                **redis_client_kwargs(settings), ttl_s=ttl_s, **redis_serving_options(settings)
+            )
+        )
+    return TolerantFeedCache(
+        SqliteFeedCache(settings.paths.home / "serving" / "feed_cache.sqlite", ttl_s)
+    )

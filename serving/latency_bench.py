@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from feedrank.config import HEADS, PathsConfig, Settings, Topics
+from feedrank.config import HEADS, PathsConfig, Settings, Topics, redis_password_file
 from feedrank.errors import FeedrankError
 from feedrank.schemas import DEVICES, DeadLetter, FeedRequest, decode_record, encode
 from feedrank.stats import percentile
@@ -206,6 +206,9 @@ def _start_server(
         "FEEDRANK_SERVING__GROUP_ID": group_id,
         "FEEDRANK_SERVING__METRICS_PORT": str(world.serving.metrics_port + index),
         "FEEDRANK_SERVING__BUDGET_MS": str(world.serving.budget_ms),
+        # The run folder's Redis password (pinned when the settings were resolved), not one
+        # under the world's folder: the servers must authenticate to the same redis-server.
+        "FEEDRANK_REDIS__PASSWORD_FILE": str(redis_password_file(world)),
     }
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
@@ -215,6 +218,48 @@ def _start_server(
             stdout=log,
             stderr=log,
         )
+
+
+class ServeProcesses:
+    """The bench's ``feedrank serve`` processes (one consumer group); a fault scenario may
+    ``kill -9`` one and start it again."""
+
+    def __init__(self, world: Settings, group_id: str, log_path: Path, count: int) -> None:
+        self.world, self.group_id, self.log_path = world, group_id, log_path
+        self.procs = [_start_server(world, group_id, log_path, i) for i in range(count)]
+        self.killed: set[int] = set()
+
+    def kill(self, index: int) -> int:
+        """``kill -9`` process ``index``; returns its pid."""
+        proc = self.procs[index]
+        self.killed.add(index)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return proc.pid
+
+    def restart(self, index: int) -> int:
+        """Start process ``index`` again (same group, same /metrics port); returns its pid."""
+        self.procs[index] = _start_server(self.world, self.group_id, self.log_path, index)
+        self.killed.discard(index)
+        return self.procs[index].pid
+
+    def check(self) -> None:
+        """Raise if a process exited that no fault killed."""
+        for index, server in enumerate(self.procs):
+            if index not in self.killed and server.poll() is not None:
+                raise FeedrankError(
+                    f"feedrank serve exited ({server.returncode}); see {self.log_path}"
+                )
+
+    def stop(self) -> None:
+        for server in self.procs:
+            if server.poll() is None:
+                server.send_signal(signal.SIGTERM)
+        for server in self.procs:
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 # ------------------------------------------------------------------ the run
@@ -288,7 +333,7 @@ def run_bench(
     servers: int = 1,
     warmup_s: float = 5.0,
     curve_rates: tuple[float, ...] = (),
-    fault: Callable[[float], None] | None = None,
+    fault: Callable[[float, ServeProcesses], None] | None = None,
     per_request: bool = False,
 ) -> dict[str, Any]:
     """Run the serving benchmark; returns the figures (see the module docstring).
@@ -300,8 +345,9 @@ def run_bench(
 
     Args:
         fault: Run on a thread of its own when the measured load at ``rate_rps`` starts, with
-            that wall time (``time.time()``): a fault scenario (``serving.chaos_bench``) under
-            load. Its exception fails the run once the load is over.
+            that wall time (``time.time()``) and the serve processes: a fault scenario
+            (``serving.chaos_bench``) under load. Its exception fails the run once the load
+            is over.
         per_request: Also return ``per_request``: each measured request's requested_at,
             when its first answer was consumed (None: never), how many answers it got,
             degraded and deadline_missed.
@@ -324,7 +370,7 @@ def run_bench(
         **world.kafka.producer_options(),
     )
     broker = broker_pids(settings)  # the brokers' pid files are in the run folder, not world's
-    procs = [_start_server(world, group_id, log_path, i) for i in range(servers)]
+    procs = ServeProcesses(world, group_id, log_path, servers)
     results: dict[str, dict[str, Any]] = {}
     answers: Counter[str] = Counter()
     dead_lettered: list[DeadLetter] = []
@@ -333,7 +379,7 @@ def run_bench(
     def run_fault(started_at: float) -> None:
         assert fault is not None
         try:
-            fault(started_at)
+            fault(started_at, procs)
         except BaseException as exc:  # surfaced after the load
             fault_errors.append(exc)
 
@@ -351,11 +397,7 @@ def run_bench(
                         continue
                     results.setdefault(feed.request_id, {"feed": feed, "received": received})
                     answers[feed.request_id] += 1
-            for server in procs:
-                if server.poll() is not None:
-                    raise FeedrankError(
-                        f"feedrank serve exited ({server.returncode}); see {log_path}"
-                    )
+            procs.check()
 
     def send(user: int, tweet_ids: list[int], device: str, prefix: str) -> FeedRequest:
         request = FeedRequest(
@@ -380,10 +422,13 @@ def run_bench(
             f"{candidates} candidates each"
         )
         sent: list[FeedRequest] = []
+        # When each measured request was due (the plan's time): a sender blocked by its
+        # producer sends late, and a user would have waited from here.
+        scheduled: list[float] = []
         measured_from: list[float] = []
 
         def produce() -> None:
-            start = time.monotonic()
+            start, start_wall = time.monotonic(), time.time()
             for i, spec in enumerate([*warm_load, *planned]):
                 delay = start + i / rate - time.monotonic()
                 if delay > 0:
@@ -393,6 +438,7 @@ def run_bench(
                 else:
                     if not measured_from:
                         measured_from.append(time.time())
+                    scheduled.append(start_wall + i / rate)
                     sent.append(send(*spec, prefix="bench"))
                 producer.flush()
 
@@ -453,6 +499,7 @@ def run_bench(
             figures["per_request"] = [
                 {
                     "requested_at": r.requested_at.timestamp(),
+                    "scheduled_at": due,
                     "received": results[r.request_id]["received"]
                     if r.request_id in results
                     else None,
@@ -460,8 +507,11 @@ def run_bench(
                     "degraded": r.request_id in results and results[r.request_id]["feed"].degraded,
                     "deadline_missed": r.request_id in results
                     and results[r.request_id]["feed"].deadline_missed,
+                    "model_version": results[r.request_id]["feed"].model_version
+                    if r.request_id in results
+                    else None,
                 }
-                for r in sent
+                for r, due in zip(sent, scheduled, strict=True)
             ]
         return figures
 
@@ -488,14 +538,7 @@ def run_bench(
         for k, rate in enumerate(curve_rates):
             curve.append(main if rate == rate_rps else load(rate, seed=100 + 2 * k))
     finally:
-        for server in procs:
-            if server.poll() is None:
-                server.send_signal(signal.SIGTERM)
-        for server in procs:
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        procs.stop()
         feeds.close(autocommit=False)
         producer.close(timeout=10)
 

@@ -66,6 +66,13 @@ DEGRADED = Counter(
     "Feeds answered by the light ranker instead of the heavy ranker, by reason.",
     ["reason"],
 )
+DEPENDENCY_ERRORS = Counter(
+    "feedrank_serving_dependency_errors_total",
+    "Calls to a dependency that failed and were answered around, by dependency: feed_cache "
+    "(that request got no replay or seen-dedupe, or that feed was not cached) or "
+    "online_store (that feed was answered without features: candidate order, degraded).",
+    ["dependency"],
+)
 HEAVY_ROWS = Histogram(
     "feedrank_serving_heavy_rows",
     "Candidates the heavy ranker scored per request.",

@@ -14,7 +14,8 @@ The funnel per request (each stage timed and checked against the request's deadl
    request context, :class:`serving.hydration.FeatureHydrator`);
    A request already past its deadline on arrival skips hydration and models: it is
    answered in candidate order (``model_version="fallback"``, degraded, a counted miss) so
-   a backlog drains fast;
+   a backlog drains fast; so is a request whose hydration fails (the online store is down:
+   ``feedrank_serving_dependency_errors_total``), rather than going unanswered;
 4. **light** — the light ranker prunes to ``ranking.heavy_ranker_cap`` when there are more
    candidates — and further, down to ``ranking.heavy_ranker_floor``, when the request has
    waited so long that the heavy ranker on all of them would answer after
@@ -261,6 +262,7 @@ class Scorer:
         self._heavy_fixed_ms = 1.0
         # Smoothed cost of everything after scoring (rank, feed, impressions, encoding).
         self._finish_ms = 20.0
+        self._store_failing = False  # hydration failed last time (logged once per outage)
 
     def close(self) -> None:
         self._heavy_pool.shutdown(wait=False, cancel_futures=True)
@@ -432,18 +434,33 @@ class Scorer:
         # miss whatever we do, so it is made the cheapest way — candidate order, no features,
         # no model — and the backlog drains instead of every later request missing too.
         expired = bool(tweet_ids) and budget.left_ms() <= 0
+        # Why the answer is made without features and models, if it is: "expired", or
+        # "online_store" when hydration failed (the store stopped, say): a feed in
+        # candidate order, flagged degraded, rather than no feed.
+        unscored = "expired" if expired else None
         t = time.perf_counter()
-        if tweet_ids and not expired:
-            self._delay("hydrate")
-            X = self.hydrator.hydrate(request.user_id, tweet_ids, requested_s, request.device)
-            timings["hydrate"] = _observe("hydrate", t)
-        else:
-            X = np.empty((0, len(_FEATURE_INDEX)), dtype=np.float32)
-        authors = (
-            np.asarray(self.hydrator.author_ids(tweet_ids))
-            if tweet_ids
-            else np.empty(0, dtype=np.int64)
-        )
+        X = np.empty((0, len(_FEATURE_INDEX)), dtype=np.float32)
+        authors = np.empty(0, dtype=np.int64)
+        if tweet_ids:
+            try:
+                if not expired:
+                    self._delay("hydrate")
+                    X = self.hydrator.hydrate(
+                        request.user_id, tweet_ids, requested_s, request.device
+                    )
+                    timings["hydrate"] = _observe("hydrate", t)
+                authors = np.asarray(self.hydrator.author_ids(tweet_ids))
+                if self._store_failing:
+                    log.info("online store answers again")
+                    self._store_failing = False
+            except Exception as exc:
+                metrics.DEPENDENCY_ERRORS.labels(dependency="online_store").inc()
+                if not self._store_failing:  # once per outage: every request fails in one
+                    log.warning("hydration failed (%s): answering in candidate order", exc)
+                self._store_failing = True
+                X = np.empty((0, len(_FEATURE_INDEX)), dtype=np.float32)
+                authors = np.full(len(tweet_ids), -1, dtype=np.int64)
+                unscored = "online_store"
         observe_cpu("hydrate", cpu)  # with the candidates' dedupe and their authors
         ctx = PolicyContext(
             request=request,
@@ -459,8 +476,8 @@ class Scorer:
             result = PolicyResult(
                 np.empty(0, dtype=np.int64), np.empty(0), _version_label(model), model is None
             )
-        elif expired:
-            metrics.DEGRADED.labels(reason="expired").inc()
+        elif unscored is not None:
+            metrics.DEGRADED.labels(reason=unscored).inc()
             n = len(tweet_ids)
             result = PolicyResult(
                 index=np.arange(n),
@@ -489,7 +506,7 @@ class Scorer:
         self._delay("rank")
         order, final = ranking.rank(
             result.scores,
-            None if expired else ctx.author_ids[result.index],
+            None if unscored else ctx.author_ids[result.index],
             self.settings.ranking.author_diversity_floor,
             self.settings.ranking.top_k,
         )
@@ -531,7 +548,7 @@ class Scorer:
         metrics.END_TO_END_LATENCY.observe(max(served_at.timestamp() - requested_s, 0.0))
         if missed:
             metrics.DEADLINE_MISSES.inc()
-        if self.on_scored is not None and not expired:
+        if self.on_scored is not None and not unscored:
             try:
                 self.on_scored(ctx, result)
             except Exception:  # a shadow hook must never fail the served answer

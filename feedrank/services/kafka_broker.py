@@ -151,6 +151,8 @@ def _prepare_node(settings: Settings, node: BrokerNode) -> Path:
         offsets_partitions=10,
         replication_factor=kafka.replication_factor,
         min_insync=kafka.min_insync_replicas,
+        broker_session_timeout_ms=kafka.broker_session_timeout_ms,
+        broker_heartbeat_interval_ms=kafka.broker_heartbeat_interval_ms,
         **listener_values(settings),
     )
     log4j = render_template(

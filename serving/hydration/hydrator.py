@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from feedrank import feature_spec as spec
-from feedrank.config import Settings, get_settings, redis_client_kwargs
+from feedrank.config import (
+    Settings,
+    get_settings,
+    redis_client_kwargs,
+    redis_serving_options,
+)
 from feedrank.context import context_features
 from feedrank.errors import FeedrankError
 from serving.hydration.feast_codec import STREAM_VIEWS, UNKNOWN_ID, EntityKeyCodec, device_code
@@ -142,8 +147,10 @@ class FeatureHydrator:
         else:
             import redis
 
-            # The same address and password the Feast config was written from.
-            client = redis.Redis(**redis_client_kwargs(self.settings))
+            # The same address and password the Feast config was written from; fail fast.
+            client = redis.Redis(
+                **redis_client_kwargs(self.settings), **redis_serving_options(self.settings)
+            )
             self._reader = RedisReader(client, config.project)
             self._mirror = RedisStreamMirror.start(
                 self._reader,

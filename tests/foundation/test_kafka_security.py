@@ -239,7 +239,8 @@ def test_without_security_clients_and_broker_are_as_before(tmp_path: Path) -> No
     settings = Settings(paths={"home": tmp_path})
     assert settings.kafka.security == "none"
     assert settings.kafka.client_options("serve") == {
-        "bootstrap_servers": settings.kafka.bootstrap_servers
+        "bootstrap_servers": settings.kafka.bootstrap_servers,
+        "reconnect_backoff_max_ms": settings.kafka.reconnect_backoff_max_ms,
     }
     assert settings.kafka.spark_options("land") == {
         "kafka.bootstrap.servers": settings.kafka.bootstrap_servers
