@@ -129,13 +129,23 @@ class TopicReader:
         for tp, offset in ends.items():
             self.consumer.seek(tp, offset)
 
-    def read(self, until: int, timeout_s: float, accept=lambda value: True) -> list[bytes]:
-        """Messages (values) accepted by ``accept`` until ``until`` of them or the timeout."""
+    def read(
+        self, until: int, timeout_s: float, accept=lambda value: True, key=None
+    ) -> list[bytes]:
+        """Messages (values) accepted by ``accept`` until ``until`` of them or the timeout.
+
+        With ``key`` (value → identity), ``until`` counts distinct identities: duplicates
+        (a batch redone after a rebalance) do not end the read before every one arrived.
+        """
         out: list[bytes] = []
+        seen: set = set()
         deadline = time.monotonic() + timeout_s
-        while len(out) < until and time.monotonic() < deadline:
+        while (len(seen) if key else len(out)) < until and time.monotonic() < deadline:
             for records in self.consumer.poll(timeout_ms=200).values():
-                out += [r.value for r in records if accept(r.value)]
+                new = [r.value for r in records if accept(r.value)]
+                out += new
+                if key:
+                    seen.update(key(v) for v in new)
         return out
 
     def close(self) -> None:

@@ -476,7 +476,12 @@ def test_two_consumers_and_rebalances_lose_nothing(group_settings, producer, hyd
             send_requests(producer, requests[i : i + 20])
             time.sleep(0.1)
         ids = {r.request_id for r in requests}
-        values = reader.read(len(ids), 120, accept=lambda v: json.loads(v)["request_id"] in ids)
+        values = reader.read(
+            len(ids),
+            120,
+            accept=lambda v: json.loads(v)["request_id"] in ids,
+            key=lambda v: json.loads(v)["request_id"],
+        )
         assert second is not None
         stats_second = second.stop()
     finally:
