@@ -297,6 +297,13 @@ class TrainingDataConfig(Section):
         default=0.25, gt=0, le=1, description="Share of all-negative impressions kept."
     )
     validation_days: int = Field(default=1, ge=1, description="Last days held out by time.")
+    asof_broadcast_max_rows: int = Field(
+        default=1_000_000,
+        ge=0,
+        description="Point-in-time join: a feature table of at most this many rows is sent "
+        "whole to every task instead of sorted with the impressions (jobs/training_data.py); "
+        "0 turns the broadcast plan off.",
+    )
 
 
 class TrainingConfig(Section):

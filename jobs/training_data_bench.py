@@ -4,8 +4,9 @@ Synthetic impressions (``rows``) are joined as of ``served_at`` to two feature t
 in the feature-table contract: ``user_engagement_daily`` (daily snapshots, ttl 2 days) and
 ``tweet_realtime`` (5-minute counters, ttl 1 day). Three engines do the same joins:
 
-- Spark: :func:`jobs.training_data.asof_lookup` per view, joined back by row id (what
-  ``feedrank training-data`` runs), written to the ``noop`` sink so all columns are computed;
+- Spark: :func:`jobs.training_data.asof_join` per view (broadcast at or below
+  ``training_data.asof_broadcast_max_rows`` rows, else a sort carrying the narrow
+  impressions), written to the ``noop`` sink so all columns are computed;
 - Feast: ``get_historical_features`` on the file offline store of ``feature_repo/``, applied
   in a scratch run folder (capped at ``feast_max_rows`` entity rows; above that the time is
   extrapolated linearly from the capped run and reported as such);
@@ -156,16 +157,25 @@ def measure(run: Callable[[], object], pid: int) -> dict[str, float]:
     }
 
 
-def run_spark(spark, home: Path) -> None:
-    """Spark's as-of joins of every impression to both views, into the ``noop`` sink."""
-    from jobs.training_data import asof_lookup
+def run_spark(spark, home: Path, broadcast_max_rows: int) -> None:
+    """Spark's as-of joins of every impression to both views into the ``noop`` sink.
 
-    imps = spark.read.parquet(str(home / "impressions"))
-    out = imps
-    for name in BENCH_VIEWS:
-        feats = spark_io.read_view(spark, home / "features", name, None, None)
-        out = out.join(
-            asof_lookup(imps, feats, VIEWS[name], id_columns=("row_id",)), "row_id", "left"
+    :func:`jobs.training_data.asof_join` per view, as ``feedrank training-data`` runs it
+    (broadcast at or below ``broadcast_max_rows``), with the impressions carried through the
+    sort (they are narrow here); views that are sorted go first, while the rows are narrow.
+    """
+    from jobs.training_data import asof_join, broadcastable
+
+    views = {n: spark_io.read_view(spark, home / "features", n, None, None) for n in BENCH_VIEWS}
+    out = spark.read.parquet(str(home / "impressions"))
+    for name in sorted(views, key=lambda n: broadcastable(views[n], broadcast_max_rows)):
+        out = asof_join(
+            out,
+            views[name],
+            VIEWS[name],
+            id_columns=("row_id",),
+            broadcast_max_rows=broadcast_max_rows,
+            carry=True,
         )
     out.write.format("noop").mode("overwrite").save()
 
@@ -241,12 +251,13 @@ def bench_point(
         t = time.perf_counter()
         counts = write_bench_data(home, rows)
         log.info("bench data %s written in %.1fs", counts, time.perf_counter() - t)
+        broadcast_rows = settings.training_data.asof_broadcast_max_rows
         if warm_up:  # JIT, file listing caches: the first query of a session is slower
-            run_spark(spark, home)
+            run_spark(spark, home, broadcast_rows)
         cores = os.cpu_count() or 1
         engines = {
             "spark": {
-                **measure(lambda: run_spark(spark, home), _jvm_pid(spark)),
+                **measure(lambda: run_spark(spark, home, broadcast_rows), _jvm_pid(spark)),
                 "cores": spark.sparkContext.defaultParallelism,
                 "process": "driver JVM (local mode: executors inside it)",
             },
@@ -379,6 +390,7 @@ def bench_training_data(
         },
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "feast_max_rows": feast_max_rows,
+        "asof_broadcast_max_rows": settings.training_data.asof_broadcast_max_rows,
     }
     if json_path:
         publish.write_json(Path(json_path), result)
