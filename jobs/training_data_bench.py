@@ -1,5 +1,8 @@
 """``feedrank bench training-data``: the same point-in-time joins in Spark, Feast and DuckDB.
 
+Long because: the data generator, the three engines, the measuring and the curve's plot share
+one data layout and one result shape.
+
 Synthetic impressions (``rows``) are joined as of ``served_at`` to two feature tables written
 in the feature-table contract: ``user_engagement_daily`` (daily snapshots, ttl 2 days) and
 ``tweet_realtime`` (5-minute counters, ttl 1 day). Three engines do the same joins:
