@@ -130,7 +130,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ] = None,
         json_path: Annotated[
             Path | None,
-            typer.Option("--json", help="Write results here (default: <reports>/…json)."),
+            typer.Option(
+                "--json", help="Write results here (default: <reports>/bench-training-data.json)."
+            ),
         ] = None,
         png_path: Annotated[
             Path | None,
