@@ -121,12 +121,27 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     @bench_app.command("training-data")
     def bench_training_data_cmd(
-        rows: Annotated[int, typer.Option(min=1000, help="Impressions to join.")] = 1_000_000,
+        rows: Annotated[
+            list[int] | None,
+            typer.Option(
+                min=1000,
+                help="Impressions to join (repeatable: one point of the curve per size); "
+                "default 1000000.",
+            ),
+        ] = None,
         json_path: Annotated[
-            Path | None, typer.Option("--json", help="Write results here.")
+            Path | None,
+            typer.Option(
+                "--json", help="Write results here (default: <reports>/bench-training-data.json)."
+            ),
+        ] = None,
+        png_path: Annotated[
+            Path | None,
+            typer.Option("--png", help="Plot the curve here (default: the JSON path, .png)."),
         ] = None,
         feast_max_rows: Annotated[
-            int, typer.Option(help="Skip Feast above this many rows (it is ~30x slower).")
+            int,
+            typer.Option(help="Feast above this many rows is extrapolated (it is slower)."),
         ] = 1_000_000,
     ) -> None:
         """Point-in-time joins: Spark vs Feast's file offline store vs DuckDB ASOF JOIN."""
@@ -134,6 +149,25 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         settings = get_settings()
         setup_logging("bench", settings)
-        result = bench_training_data(settings, rows, json_path, feast_max_rows)
-        for key, value in result.items():
-            typer.echo(f"{key:>18}: {value}")
+        json_path = json_path or settings.paths.reports / "bench-training-data.json"
+        png_path = png_path or json_path.with_suffix(".png")
+        result = bench_training_data(
+            settings, rows or [1_000_000], json_path, png_path, feast_max_rows
+        )
+        typer.echo(
+            f"{'rows':>11} {'engine':>7} {'s':>8} {'cpu_s':>8} {'rows/core-s':>12} {'MB':>7}"
+        )
+        for point in result["points"]:
+            for engine, f in point["engines"].items():
+                mark = " (extrapolated)" if f.get("extrapolated") else ""
+                typer.echo(
+                    f"{point['rows']:>11} {engine:>7} {f['s']:>8.2f} {f['cpu_s']:>8.2f} "
+                    f"{f['rows_per_core_s']:>12} {f['peak_rss_mb']:>7.0f}{mark}"
+                )
+            typer.echo(
+                f"{'':>11} spark/duckdb per core {point['spark_vs_duckdb_per_core']}, "
+                f"spark/feast {point['spark_vs_feast_per_core']}, "
+                f"load average {point['load_avg_1m']}"
+            )
+        typer.echo(f"goals: {result['goals']}")
+        typer.echo(f"curve: {json_path} and {png_path}")

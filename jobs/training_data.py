@@ -144,6 +144,16 @@ def downsample_negatives(labelled: DataFrame, keep_rate: float) -> DataFrame:
     )
 
 
+def broadcastable(features: DataFrame, broadcast_max_rows: int) -> bool:
+    """Whether a feature table is small enough for the broadcast plan of :func:`asof_lookup`.
+
+    Decided on rows (for Parquet a metadata-only count): the broadcast copy holds one object
+    per row, so rows, not compressed bytes, say what it costs (a narrow 5M-row view, 43 MB of
+    Parquet, filled a 4 GB driver and had not finished after 4 minutes; docs/performance.md).
+    """
+    return broadcast_max_rows > 0 and features.count() <= broadcast_max_rows
+
+
 def asof_lookup(
     points: DataFrame,
     features: DataFrame,
@@ -151,11 +161,17 @@ def asof_lookup(
     key_columns: Mapping[str, str] | None = None,
     ts_column: str = "served_at",
     id_columns: tuple[str, ...] = ID_KEYS,
+    broadcast: bool = False,
 ) -> DataFrame:
     """For each point: ``view``'s features as of ``points[ts_column]`` (Feast semantics).
 
-    Works on a narrow frame (ids, keys, time) so the sort carries little data; callers join
-    the result back on ``id_columns``.
+    Two plans, same rows:
+
+    - broadcast (``broadcast``, for a small feature table: :func:`broadcastable`): each key's
+      feature rows, sorted by time, go to every task as one array; a point keeps the last
+      element at or before its time. No shuffle of the points at all.
+    - sort-based (default): the union of points and feature rows sorted by key and time,
+      last non-null feature row per key; scales out instead of exploding a range join.
 
     Args:
         points: rows to look up; ``id_columns`` must identify a row.
@@ -163,7 +179,9 @@ def asof_lookup(
         view: the view's declaration (entity keys, ttl, feature names).
         key_columns: entity join key -> the column of ``points`` holding it (default: same).
         ts_column: the point in time of each row.
-        id_columns: the columns identifying a point.
+        id_columns: the columns of ``points`` carried to the result (at least a row's id;
+            any of its columns may be carried, which spares the caller a join back).
+        broadcast: use the broadcast plan.
 
     Returns:
         ``id_columns``, the view's features (null when no row is within the TTL) and
@@ -175,40 +193,67 @@ def asof_lookup(
     feat_struct = F.struct(
         *[F.col(n) for n in view.feature_names], F.col("event_timestamp").alias(src)
     )
-    feat_type = features.select(feat_struct.alias("s")).schema["s"].dataType
-    id_types = {f.name: f.dataType for f in points.select(*id_columns).schema.fields}
     key_alias = [f"_k{i}" for i in range(len(keys))]
-    lhs = points.select(
-        *id_columns,
-        *[
-            F.col(mapping.get(k, k)).cast("bigint").alias(a)
-            for k, a in zip(keys, key_alias, strict=True)
-        ],
-        F.col(ts_column).alias("_ts"),
-        F.lit(1).alias("_side"),
-        F.lit(None).cast("timestamp").alias("_cts"),
-        F.lit(None).cast(feat_type).alias("_feat"),
-    )
-    rhs = features.select(
-        *[F.lit(None).cast(id_types[c]).alias(c) for c in id_columns],
-        *[F.col(k).cast("bigint").alias(a) for k, a in zip(keys, key_alias, strict=True)],
-        F.col("event_timestamp").alias("_ts"),
-        F.lit(0).alias("_side"),
-        F.col("created_timestamp").alias("_cts"),
-        feat_struct.alias("_feat"),
-    )
-    # Feature rows sort before points at the same instant: event_timestamp <= served_at;
-    # among equal event times the greatest created_timestamp comes last and wins.
-    order = (
-        Window.partitionBy(*key_alias)
-        .orderBy("_ts", "_side", "_cts")
-        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    )
-    joined = (
-        lhs.unionByName(rhs)
-        .withColumn("_feat", F.last("_feat", ignorenulls=True).over(order))
-        .where(F.col("_side") == 1)
-    )
+    point_keys = [
+        F.col(mapping.get(k, k)).cast("bigint").alias(a)
+        for k, a in zip(keys, key_alias, strict=True)
+    ]
+    feature_keys = [F.col(k).cast("bigint").alias(a) for k, a in zip(keys, key_alias, strict=True)]
+    if broadcast:
+        # sort_array orders the structs by event time, then created time: the last element
+        # at or before the point is the greatest event time, ties to the latest created.
+        history = features.groupBy(*feature_keys).agg(
+            F.sort_array(
+                F.collect_list(
+                    F.struct(
+                        F.col("event_timestamp").alias("ts"),
+                        F.col("created_timestamp").alias("cts"),
+                        feat_struct.alias("feat"),
+                    )
+                )
+            ).alias("_history")
+        )
+        joined = (
+            points.select(*id_columns, *point_keys, F.col(ts_column).alias("_ts"))
+            .join(F.broadcast(history), key_alias, "left")
+            .withColumn(
+                "_feat",
+                F.try_element_at(
+                    F.filter("_history", lambda row: row["ts"] <= F.col("_ts")), F.lit(-1)
+                )["feat"],
+            )
+        )
+    else:
+        feat_type = features.select(feat_struct.alias("s")).schema["s"].dataType
+        id_types = {f.name: f.dataType for f in points.select(*id_columns).schema.fields}
+        lhs = points.select(
+            *id_columns,
+            *point_keys,
+            F.col(ts_column).alias("_ts"),
+            F.lit(1).alias("_side"),
+            F.lit(None).cast("timestamp").alias("_cts"),
+            F.lit(None).cast(feat_type).alias("_feat"),
+        )
+        rhs = features.select(
+            *[F.lit(None).cast(id_types[c]).alias(c) for c in id_columns],
+            *feature_keys,
+            F.col("event_timestamp").alias("_ts"),
+            F.lit(0).alias("_side"),
+            F.col("created_timestamp").alias("_cts"),
+            feat_struct.alias("_feat"),
+        )
+        # Feature rows sort before points at the same instant: event_timestamp <= served_at;
+        # among equal event times the greatest created_timestamp comes last and wins.
+        order = (
+            Window.partitionBy(*key_alias)
+            .orderBy("_ts", "_side", "_cts")
+            .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+        )
+        joined = (
+            lhs.unionByName(rhs)
+            .withColumn("_feat", F.last("_feat", ignorenulls=True).over(order))
+            .where(F.col("_side") == 1)
+        )
     fresh = F.col(f"_feat.{src}") >= F.col("_ts") - F.expr(f"INTERVAL {view.ttl_days} DAYS")
     return joined.select(
         *id_columns,
@@ -224,9 +269,27 @@ def asof_join(
     key_columns: Mapping[str, str] | None = None,
     ts_column: str = "served_at",
     id_columns: tuple[str, ...] = ID_KEYS,
+    broadcast_max_rows: int = 0,
+    carry: bool = False,
 ) -> DataFrame:
-    """``left`` plus ``view``'s features as of ``ts_column`` (see :func:`asof_lookup`)."""
-    found = asof_lookup(left, features, view, key_columns, ts_column, id_columns)
+    """``left`` plus ``view``'s features as of ``ts_column`` (see :func:`asof_lookup`).
+
+    A view of at most ``broadcast_max_rows`` rows is looked up by broadcast with
+    every column of ``left`` carried along (no shuffle at all). A larger view is sorted with
+    the points: by default on a narrow frame (ids, keys, time) joined back on ``id_columns``,
+    so wide rows are not sorted with the feature rows; with ``carry`` every column of ``left``
+    goes through the sort instead (one shuffle instead of two: the better plan for a narrow
+    ``left``).
+    """
+    broadcast = broadcastable(features, broadcast_max_rows)
+    if carry or broadcast:
+        return asof_lookup(
+            left, features, view, key_columns, ts_column, tuple(left.columns), broadcast
+        )
+    mapping = dict(key_columns or {})
+    point_keys = {mapping.get(k, k) for k in ENTITIES[view.entity].join_keys}
+    points = left.select(*dict.fromkeys([*id_columns, *sorted(point_keys), ts_column]))
+    found = asof_lookup(points, features, view, key_columns, ts_column, id_columns)
     return left.join(found, list(id_columns), "left")
 
 
@@ -238,29 +301,42 @@ def request_time(df: DataFrame) -> Column:
     return F.col("served_at")
 
 
-def join_features(examples: DataFrame, views: Mapping[str, DataFrame]) -> DataFrame:
+def join_features(
+    examples: DataFrame, views: Mapping[str, DataFrame], broadcast_max_rows: int = 0
+) -> DataFrame:
     """Every model view joined as of :func:`request_time` (``examples`` keyed by
     :data:`ID_KEYS`).
 
-    Each view is looked up on a narrow frame from ``examples`` and joined back by id, so the
-    wide rows are shuffled once instead of once per view. ``examples`` is read once per view:
-    cache it.
+    A view of at most ``broadcast_max_rows`` rows is looked up by broadcast with every column
+    carried along (no shuffle). A larger one is looked up on a narrow frame taken from
+    ``examples`` and joined back by id, so the wide rows are shuffled once instead of once per
+    view. ``examples`` is read once per view: cache it.
     """
     missing = [name for name in JOIN_ORDER if name not in views]
     if missing:
         raise FeedrankError(f"feature table {missing[0]} is missing (run feedrank features)")
     ids = list(ID_KEYS)
     at = "_features_at"
-    points = examples.select(*ids, "user_id", "author_id", request_time(examples).alias(at))
-    first = JOIN_ORDER[0]
-    tweet = asof_lookup(points, views[first], VIEWS[first], ts_column=at)
-    out = examples.join(tweet, ids, "left")
-    with_topic = points.join(tweet.select(*ids, "tweet_topic"), ids, "left")
+    out = examples.withColumn(at, request_time(examples))
+    points = out.select(*ids, "user_id", "author_id", at)
+    first = JOIN_ORDER[0]  # tweet_attributes: its tweet_topic keys the user_topic view
+    if broadcastable(views[first], broadcast_max_rows):
+        out = asof_lookup(out, views[first], VIEWS[first], None, at, tuple(out.columns), True)
+        with_topic = asof_lookup(
+            points, views[first], VIEWS[first], None, at, tuple(points.columns), True
+        ).select(*points.columns, "tweet_topic")
+    else:
+        tweet = asof_lookup(points, views[first], VIEWS[first], ts_column=at)
+        out = out.join(tweet, ids, "left")
+        with_topic = points.join(tweet.select(*ids, "tweet_topic"), ids, "left")
     for name in JOIN_ORDER[1:]:
-        keys = VIEW_KEY_COLUMNS.get(name)
-        found = asof_lookup(with_topic if keys else points, views[name], VIEWS[name], keys, at)
-        out = out.join(found, ids, "left")
-    return out
+        view, keys = VIEWS[name], VIEW_KEY_COLUMNS.get(name)
+        if broadcastable(views[name], broadcast_max_rows):
+            out = asof_lookup(out, views[name], view, keys, at, tuple(out.columns), True)
+        else:
+            found = asof_lookup(with_topic if keys else points, views[name], view, keys, at)
+            out = out.join(found, ids, "left")
+    return out.drop(at)
 
 
 def device_codes(feed_requests: DataFrame) -> DataFrame:
@@ -334,6 +410,7 @@ def build_training_examples(
     attribution_window_s: int,
     negative_keep_rate: float,
     validation_start: dt.date,
+    broadcast_max_rows: int = 0,
 ) -> DataFrame:
     """Labelled, downsampled, point-in-time-joined examples.
 
@@ -344,7 +421,7 @@ def build_training_examples(
     """
     labelled = attribute_labels(impressions, engagements, attribution_window_s)
     return examples_from_labels(
-        labelled, feed_requests, views, negative_keep_rate, validation_start
+        labelled, feed_requests, views, negative_keep_rate, validation_start, broadcast_max_rows
     )
 
 
@@ -354,15 +431,17 @@ def examples_from_labels(
     views: Mapping[str, DataFrame],
     negative_keep_rate: float,
     validation_start: dt.date,
+    broadcast_max_rows: int = 0,
 ) -> DataFrame:
-    """The part of :func:`build_training_examples` after :func:`attribute_labels`."""
+    """The part of :func:`build_training_examples` after :func:`attribute_labels`; views of
+    at most ``broadcast_max_rows`` rows are looked up by broadcast (:func:`join_features`)."""
     # Impressions are unique per (request, tweet); the ids below rely on it.
     kept = downsample_negatives(labelled.dropDuplicates(list(ID_KEYS)), negative_keep_rate).join(
         device_codes(feed_requests), "request_id", "left"
     )
     # Every view reads the kept rows: compute them once.
     kept = kept.cache()
-    joined = add_context(join_features(kept, views))
+    joined = add_context(join_features(kept, views, broadcast_max_rows))
     types = _output_types()
     split = F.when(F.to_date("served_at") >= F.lit(validation_start), "validation").otherwise(
         "train"
@@ -486,7 +565,12 @@ def run_training_data(
     labelled = attribute_labels(impressions, engagements, td.attribution_window_s).cache()
     keep_rates = negative_keep_rates(labelled, td.negative_keep_rate)
     examples = examples_from_labels(
-        labelled, feed_requests, views, td.negative_keep_rate, validation_start
+        labelled,
+        feed_requests,
+        views,
+        td.negative_keep_rate,
+        validation_start,
+        td.asof_broadcast_max_rows,
     ).cache()
     counts = (
         examples.groupBy("split")

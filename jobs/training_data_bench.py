@@ -1,25 +1,39 @@
 """``feedrank bench training-data``: the same point-in-time joins in Spark, Feast and DuckDB.
 
+Long because: the data generator, the three engines, the measuring and the curve's plot share
+one data layout and one result shape.
+
 Synthetic impressions (``rows``) are joined as of ``served_at`` to two feature tables written
 in the feature-table contract: ``user_engagement_daily`` (daily snapshots, ttl 2 days) and
 ``tweet_realtime`` (5-minute counters, ttl 1 day). Three engines do the same joins:
 
-- Spark: :func:`jobs.training_data.asof_lookup` per view, joined back by row id (what
-  ``feedrank training-data`` runs), written to the ``noop`` sink so all columns are computed;
+- Spark: :func:`jobs.training_data.asof_join` per view (broadcast at or below
+  ``training_data.asof_broadcast_max_rows`` rows, else a sort carrying the narrow
+  impressions), written to the ``noop`` sink so all columns are computed;
 - Feast: ``get_historical_features`` on the file offline store of ``feature_repo/``, applied
   in a scratch run folder (capped at ``feast_max_rows`` entity rows; above that the time is
   extrapolated linearly from the capped run and reported as such);
 - DuckDB: ``ASOF LEFT JOIN`` per view with the TTL applied, materialized into a temp table.
+
+Several sizes make a scaling curve (JSON + PNG). Per engine and size: wall seconds, CPU
+seconds of the process doing the work (the driver JVM for Spark, this process for DuckDB and
+Feast), rows per core-second (rows / (seconds x cores the engine may use)) and that process's
+peak RSS during the run (Linux VmHWM, reset before each engine). Each size's data is written to
+``<home>/bench/`` and deleted after its run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import logging
+import os
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -55,8 +69,15 @@ def _features_table(
     return pa.table(columns, schema=schema)
 
 
+CHUNK_ROWS = 5_000_000  # rows per generated Parquet file: bounds the generator's memory
+
+
 def write_bench_data(home: Path, rows: int, seed: int = 0) -> dict[str, int]:
-    """Impressions over two days plus the two feature tables, as Parquet under ``home``."""
+    """Impressions over two days plus the two feature tables, as Parquet under ``home``.
+
+    Impressions and stream counters are written in files of at most :data:`CHUNK_ROWS` rows,
+    so 100M rows never sit in memory at once.
+    """
     rng = np.random.default_rng(seed)
     users, tweets = max(1_000, rows // 100), max(1_000, rows // 20)
     day_us = 86_400 * 1_000_000
@@ -77,48 +98,103 @@ def write_bench_data(home: Path, rows: int, seed: int = 0) -> dict[str, int]:
         counts["user_engagement_daily"] = counts.get("user_engagement_daily", 0) + users
     # Stream counters: about one row per two impressions, on the 5-minute grid.
     n_stream = max(1_000, rows // 2)
-    steps = rng.integers(0, 3 * 86_400 // STEP_S, n_stream) * STEP_S * 1_000_000 + t0
-    stream = _features_table("tweet_realtime", rng.integers(0, tweets, n_stream), steps, rng)
     folder = lake.partition_dir(features_root, "tweet_realtime", DAY0)
     folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(stream, folder / "part-00000.parquet")
+    for i, first in enumerate(range(0, n_stream, CHUNK_ROWS)):
+        n = min(CHUNK_ROWS, n_stream - first)
+        steps = rng.integers(0, 3 * 86_400 // STEP_S, n) * STEP_S * 1_000_000 + t0
+        stream = _features_table("tweet_realtime", rng.integers(0, tweets, n), steps, rng)
+        pq.write_table(stream, folder / f"part-{i:05d}.parquet")
     counts["tweet_realtime"] = n_stream
-    served = t0 + day_us + rng.integers(0, 2 * day_us, rows)
-    impressions = pa.table(
-        {
-            "row_id": pa.array(np.arange(rows, dtype=np.int64)),
-            "user_id": pa.array(rng.integers(0, users, rows), pa.int64()),
-            "tweet_id": pa.array(rng.integers(0, tweets, rows), pa.int64()),
-            "served_at": pa.array(served, pa.timestamp("us", tz="UTC")),
-        }
-    )
     (home / "impressions").mkdir(parents=True, exist_ok=True)
-    pq.write_table(impressions, home / "impressions" / "part-00000.parquet")
+    for i, first in enumerate(range(0, rows, CHUNK_ROWS)):
+        n = min(CHUNK_ROWS, rows - first)
+        served = t0 + day_us + rng.integers(0, 2 * day_us, n)
+        impressions = pa.table(
+            {
+                "row_id": pa.array(np.arange(first, first + n, dtype=np.int64)),
+                "user_id": pa.array(rng.integers(0, users, n), pa.int64()),
+                "tweet_id": pa.array(rng.integers(0, tweets, n), pa.int64()),
+                "served_at": pa.array(served, pa.timestamp("us", tz="UTC")),
+            }
+        )
+        pq.write_table(impressions, home / "impressions" / f"part-{i:05d}.parquet")
     counts["impressions"] = rows
     return counts
 
 
-def time_spark(spark, home: Path) -> float:
-    """Seconds for Spark's as-of joins of every impression to both views."""
-    from jobs.training_data import asof_lookup
+def _jvm_pid(spark) -> int:
+    """The driver JVM's process id (in local mode the executors run inside it)."""
+    return int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
 
-    start = time.perf_counter()
-    imps = spark.read.parquet(str(home / "impressions"))
-    out = imps
-    for name in BENCH_VIEWS:
-        feats = spark_io.read_view(spark, home / "features", name, None, None)
-        out = out.join(
-            asof_lookup(imps, feats, VIEWS[name], id_columns=("row_id",)), "row_id", "left"
+
+def _reset_peak_rss(pid: int) -> None:
+    """Start a new peak-RSS window for ``pid`` (Linux: ``clear_refs`` value 5 resets VmHWM)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM) since the last :func:`_reset_peak_rss`."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the name in parentheses may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(run: Callable[[], object], pid: int) -> dict[str, float]:
+    """Wall seconds, CPU seconds and peak RSS (MB) of process ``pid`` while ``run()`` runs."""
+    _reset_peak_rss(pid)
+    cpu, start = _cpu_s(pid), time.perf_counter()
+    run()
+    return {
+        "s": round(time.perf_counter() - start, 3),
+        "cpu_s": round(_cpu_s(pid) - cpu, 3),
+        "peak_rss_mb": _peak_rss_mb(pid),
+    }
+
+
+def run_spark(spark, home: Path, broadcast_max_rows: int) -> None:
+    """Spark's as-of joins of every impression to both views into the ``noop`` sink.
+
+    :func:`jobs.training_data.asof_join` per view, as ``feedrank training-data`` runs it
+    (broadcast at or below ``broadcast_max_rows``), with the impressions carried through the
+    sort (they are narrow here); views that are sorted go first, while the rows are narrow.
+    """
+    from jobs.training_data import asof_join, broadcastable
+
+    views = {n: spark_io.read_view(spark, home / "features", n, None, None) for n in BENCH_VIEWS}
+    out = spark.read.parquet(str(home / "impressions"))
+    for name in sorted(views, key=lambda n: broadcastable(views[n], broadcast_max_rows)):
+        out = asof_join(
+            out,
+            views[name],
+            VIEWS[name],
+            id_columns=("row_id",),
+            broadcast_max_rows=broadcast_max_rows,
+            carry=True,
         )
     out.write.format("noop").mode("overwrite").save()
-    return time.perf_counter() - start
 
 
-def time_duckdb(home: Path) -> float:
-    """Seconds for DuckDB's ASOF LEFT JOINs (TTL applied) into a temp table."""
+def duckdb_threads() -> int:
+    """Threads DuckDB uses by default on this machine."""
     import duckdb
 
-    start = time.perf_counter()
+    with duckdb.connect() as con:
+        return int(con.execute("SELECT current_setting('threads')").fetchone()[0])
+
+
+def run_duckdb(home: Path) -> None:
+    """DuckDB's ASOF LEFT JOINs (TTL applied) into a temp table."""
+    import duckdb
+
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     selects, joins = [], []
@@ -139,66 +215,194 @@ def time_duckdb(home: Path) -> float:
     con.execute(sql)
     con.execute("SELECT count(*) FROM joined").fetchone()
     con.close()
-    return time.perf_counter() - start
 
 
-def time_feast(settings: Settings, home: Path, max_rows: int) -> tuple[float, int]:
-    """Seconds for Feast's file offline store on up to ``max_rows`` entity rows."""
+def prepare_feast(settings: Settings, home: Path, max_rows: int) -> Callable[[], object]:
+    """Feast's ``get_historical_features`` on the first ``max_rows`` impressions, ready to run
+    (the repo is applied and the entity frame loaded outside the timed part)."""
+    import pyarrow.dataset as ds
+
     from feedrank import featurestore
 
     cfg = settings.model_copy(update={"paths": settings.paths.model_copy(update={"home": home})})
     featurestore.apply_repo(cfg)
     store = featurestore.feature_store(cfg)
-    imps = pq.read_table(home / "impressions").slice(0, max_rows).to_pandas()
+    imps = ds.dataset(home / "impressions").head(max_rows).to_pandas()
     entity_df = imps.rename(columns={"served_at": "event_timestamp"})[
         ["user_id", "tweet_id", "event_timestamp"]
     ]
     refs = [f"{name}:{f}" for name in BENCH_VIEWS for f in VIEWS[name].feature_names]
-    start = time.perf_counter()
-    store.get_historical_features(entity_df=entity_df, features=refs).to_df()
-    return time.perf_counter() - start, len(entity_df)
+    return lambda: store.get_historical_features(entity_df=entity_df, features=refs).to_df()
+
+
+def _per_core(rows: int, figures: dict) -> dict:
+    return {
+        **figures,
+        "rows_per_core_s": round(rows / (figures["s"] * figures["cores"])),
+        "rows_per_cpu_s": round(rows / figures["cpu_s"]) if figures["cpu_s"] > 0 else None,
+    }
+
+
+def bench_point(
+    settings: Settings, spark, rows: int, feast_max_rows: int, warm_up: bool
+) -> dict[str, Any]:
+    """The three engines on ``rows`` impressions (data written, joined, then deleted)."""
+    home = settings.paths.home / "bench" / f"training-data-{rows}"
+    shutil.rmtree(home, ignore_errors=True)
+    try:
+        load_before = os.getloadavg()[0]
+        t = time.perf_counter()
+        counts = write_bench_data(home, rows)
+        log.info("bench data %s written in %.1fs", counts, time.perf_counter() - t)
+        broadcast_rows = settings.training_data.asof_broadcast_max_rows
+        if warm_up:  # JIT, file listing caches: the first query of a session is slower
+            run_spark(spark, home, broadcast_rows)
+        cores = os.cpu_count() or 1
+        engines = {
+            "spark": {
+                **measure(lambda: run_spark(spark, home, broadcast_rows), _jvm_pid(spark)),
+                "cores": spark.sparkContext.defaultParallelism,
+                "process": "driver JVM (local mode: executors inside it)",
+            },
+            "duckdb": {
+                **measure(lambda: run_duckdb(home), os.getpid()),
+                "cores": min(duckdb_threads(), cores),
+                "process": "this Python process",
+            },
+        }
+        feast_rows = min(rows, feast_max_rows)
+        feast = measure(prepare_feast(settings, home, feast_rows), os.getpid())
+        scale = rows / feast_rows
+        engines["feast"] = {
+            "s": round(feast["s"] * scale, 3),
+            "cpu_s": round(feast["cpu_s"] * scale, 3),
+            "peak_rss_mb": feast["peak_rss_mb"],
+            "cores": cores,  # dask's threaded scheduler: one thread per core
+            "process": "this Python process",
+            "rows_measured": feast_rows,
+            "s_measured": feast["s"],
+            # Above the cap the seconds are a linear extrapolation; the memory is the capped run's.
+            "extrapolated": feast_rows < rows,
+        }
+        engines = {name: _per_core(rows, figures) for name, figures in engines.items()}
+        spark_rate = engines["spark"]["rows_per_core_s"]
+        return {
+            "rows": rows,
+            "feature_rows": {k: v for k, v in counts.items() if k != "impressions"},
+            "engines": engines,
+            "spark_vs_duckdb_per_core": round(spark_rate / engines["duckdb"]["rows_per_core_s"], 3),
+            "spark_vs_feast_per_core": round(spark_rate / engines["feast"]["rows_per_core_s"], 3),
+            "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        }
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def goals(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Issue 27's goals checked on a curve: Spark within 2x of DuckDB per core from 10M rows,
+    ahead of Feast at every size, and no size step where seconds per row rise > 20 %."""
+    growth = {}
+    for engine in ("spark", "duckdb", "feast"):
+        per_row = [p["engines"][engine]["s"] / p["rows"] for p in points]
+        steps = [b / a for a, b in itertools.pairwise(per_row)]
+        growth[engine] = round(max(steps), 3) if steps else None
+    large = [p for p in points if p["rows"] >= 10_000_000]
+    return {
+        "spark_within_2x_of_duckdb_from_10m": (
+            all(p["spark_vs_duckdb_per_core"] >= 0.5 for p in large) if large else None
+        ),
+        "spark_ahead_of_feast_everywhere": all(p["spark_vs_feast_per_core"] > 1 for p in points),
+        "max_step_growth_of_s_per_row": growth,
+        "spark_linear_within_20pct": growth["spark"] is None or growth["spark"] <= 1.2,
+    }
+
+
+def plot_curve(figures: dict[str, Any], path: Path) -> None:
+    """The scaling curve as a PNG: seconds, rows per core-second and peak memory per engine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = figures["points"]
+    rows = [p["rows"] for p in points]
+    fig, (secs, rate, mem) = plt.subplots(1, 3, figsize=(15, 4.5))
+    for engine, style in (("spark", "o-"), ("duckdb", "s-"), ("feast", "^-")):
+        stats = [p["engines"][engine] for p in points]
+        line = secs.plot(rows, [s["s"] for s in stats], style, label=engine)[0]
+        rate.plot(rows, [s["rows_per_core_s"] for s in stats], style, label=engine)
+        mem.plot(rows, [s["peak_rss_mb"] for s in stats], style, label=engine)
+        guessed = [(r, s) for r, s in zip(rows, stats, strict=True) if s.get("extrapolated")]
+        if guessed:  # extrapolated Feast points: hollow markers
+            for ax, key in ((secs, "s"), (rate, "rows_per_core_s")):
+                ax.plot(
+                    [r for r, _ in guessed],
+                    [s[key] for _, s in guessed],
+                    style[0],
+                    mfc="white",
+                    color=line.get_color(),
+                    label=f"{engine} (extrapolated)" if ax is secs else None,
+                )
+    secs.set(xscale="log", yscale="log", xlabel="impression rows", ylabel="seconds")
+    secs.set_title("as-of join of 2 views")
+    rate.set(xscale="log", yscale="log", xlabel="impression rows", ylabel="rows per core-second")
+    rate.set_title("throughput per core")
+    mem.set(xscale="log", xlabel="impression rows", ylabel="peak RSS, MB")
+    mem.set_title("peak memory (Feast: at its measured size)")
+    for ax in (secs, rate, mem):
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"feedrank bench training-data: {figures['spark_master']}, {figures['cpu_count']} cores, "
+        f"load average {figures['load_avg_1m'][0]:g} → {figures['load_avg_1m'][1]:g}"
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def bench_training_data(
-    settings: Settings, rows: int, json_path: Path | None = None, feast_max_rows: int = 1_000_000
-) -> dict:
-    """Run the three engines on ``rows`` impressions; return (and optionally write) timings."""
+    settings: Settings,
+    sizes: Sequence[int],
+    json_path: Path | None = None,
+    png_path: Path | None = None,
+    feast_max_rows: int = 1_000_000,
+) -> dict[str, Any]:
+    """Run the three engines at each size in ``sizes``; return (and write) the curve."""
     from feedrank.spark import get_spark
 
-    home = settings.paths.home / "bench" / f"training-data-{rows}"
-    shutil.rmtree(home, ignore_errors=True)
-    t = time.perf_counter()
-    counts = write_bench_data(home, rows)
-    log.info("bench data %s written in %.1fs", counts, time.perf_counter() - t)
+    load_before = os.getloadavg()[0]
     t = time.perf_counter()
     spark = get_spark("feedrank-bench", settings)
     spark_start_s = time.perf_counter() - t
-    time_spark(spark, home)  # warm-up: JIT, Python workers, file listing caches
-    spark_s = time_spark(spark, home)
-    duckdb_s = time_duckdb(home)
-    feast_measured_s, feast_rows = time_feast(settings, home, min(rows, feast_max_rows))
-    feast_s = feast_measured_s * rows / feast_rows
+    points = []
+    for i, rows in enumerate(sorted(set(sizes))):
+        points.append(bench_point(settings, spark, rows, feast_max_rows, warm_up=i == 0))
+        log.info("training-data bench %s rows: %s", rows, points[-1]["engines"])
+    conf = spark.sparkContext.getConf()
     result = {
-        "rows": rows,
-        "feature_rows": {k: v for k, v in counts.items() if k != "impressions"},
-        "spark_s": round(spark_s, 3),
-        "spark_rows_per_s": round(rows / spark_s),
+        "points": points,
+        "goals": goals(points),
+        "cpu_count": os.cpu_count(),
+        "spark_master": spark.sparkContext.master,
         "spark_session_start_s": round(spark_start_s, 3),
-        "duckdb_s": round(duckdb_s, 3),
-        "feast_s": round(feast_s, 3),
-        "feast_rows_measured": feast_rows,
-        "feast_extrapolated": feast_rows < rows,
-        "spark_vs_feast_speedup": round(feast_s / spark_s, 2),
-        "spark_vs_duckdb_ratio": round(spark_s / duckdb_s, 2),
-        "cores": spark.sparkContext.defaultParallelism,
+        "spark_conf": {
+            k: conf.get(k)
+            for k in ("spark.driver.memory", "spark.sql.shuffle.partitions")
+            if conf.contains(k)
+        },
+        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "feast_max_rows": feast_max_rows,
+        "asof_broadcast_max_rows": settings.training_data.asof_broadcast_max_rows,
     }
     if json_path:
         publish.write_json(Path(json_path), result)
-    shutil.rmtree(home, ignore_errors=True)
+    if png_path:
+        plot_curve(result, Path(png_path))
     return result
 
 
 if __name__ == "__main__":  # pragma: no cover - manual runs
     from feedrank.config import get_settings
 
-    print(json.dumps(bench_training_data(get_settings(), 20_000), indent=2))
+    print(json.dumps(bench_training_data(get_settings(), [20_000]), indent=2))

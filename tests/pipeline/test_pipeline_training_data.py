@@ -16,7 +16,13 @@ from feedrank.config import HEADS
 from feedrank.errors import FeedrankError
 from feedrank.feature_spec import KEEP_PROB_COLUMN, VIEWS, training_columns
 from jobs import spark_io
-from jobs.training_data import JOIN_ORDER, asof_join, source_ts_column
+from jobs.training_data import (
+    JOIN_ORDER,
+    asof_join,
+    device_codes,
+    join_features,
+    source_ts_column,
+)
 
 # Spark on a shared 2-core machine: the session-wide pipeline build needs headroom.
 pytestmark = pytest.mark.timeout(900)
@@ -155,8 +161,10 @@ def test_leak_check_catches_a_same_day_snapshot_join(spark, pipeline_run):
 
 
 @pytest.mark.integration
-def test_asof_join_ttl_ties_and_missing_keys(spark):
-    """Feast's rule on hand-made rows: latest event <= t, ties by created, within the TTL."""
+@pytest.mark.parametrize("broadcast_max_rows", [0, 1000], ids=["sort", "broadcast"])
+def test_asof_join_ttl_ties_and_missing_keys(spark, broadcast_max_rows):
+    """Feast's rule on hand-made rows: latest event <= t, ties by created, within the TTL;
+    the same rows from the sort-based plan and from the broadcast plan."""
     view = VIEWS["user_realtime"]  # ttl 1 day
     t = dt.datetime(2026, 11, 5, 12, tzinfo=dt.UTC)
     h = dt.timedelta(hours=1)
@@ -177,8 +185,35 @@ def test_asof_join_ttl_ties_and_missing_keys(spark):
     )
     # Collected timestamps are naive (driver-local time; the machines run in UTC).
     t = t.replace(tzinfo=None)
-    got = {
-        (r["user_id"], r["served_at"]): r["user_engagements_1h"]
-        for r in asof_join(left, feats, view, id_columns=("user_id", "served_at")).collect()
-    }
+    joined = asof_join(
+        left,
+        feats,
+        view,
+        id_columns=("user_id", "served_at"),
+        broadcast_max_rows=broadcast_max_rows,
+    )
+    plan = joined._jdf.queryExecution().executedPlan().toString()
+    assert ("Window" in plan) == (broadcast_max_rows == 0)
+    got = {(r["user_id"], r["served_at"]): r["user_engagements_1h"] for r in joined.collect()}
     assert got == {(1, t): 12, (2, t): None, (3, t): 30, (4, t): None, (1, t - 3 * h): None}
+
+
+@pytest.mark.integration
+def test_sort_and_broadcast_plans_join_the_same_features(spark, pipeline_run):
+    """Every model view (topic key included) joined to the world's impressions by the sort
+    plan and by the broadcast plan: the same value in every cell."""
+    cfg = pipeline_run.settings
+    impressions = spark_io.read_lake(spark, cfg.paths.lake, "impressions", START, END)
+    requests = spark_io.read_lake(spark, cfg.paths.lake, "feed_requests", None, None)
+    examples = impressions.join(device_codes(requests), "request_id", "left")
+    views = {v: spark_io.read_view(spark, cfg.paths.features, v, None, None) for v in JOIN_ORDER}
+    by_plan = {}
+    for max_rows in (0, 10**9):
+        rows = join_features(examples, views, broadcast_max_rows=max_rows).collect()
+        by_plan[max_rows] = {(r["request_id"], r["tweet_id"]): r.asDict() for r in rows}
+    assert len(by_plan[0]) == impressions.count() > 1000
+    assert by_plan[0].keys() == by_plan[10**9].keys()
+    for key, row in by_plan[0].items():
+        other = by_plan[10**9][key]
+        assert row.keys() == other.keys()
+        assert all(_same(row[c], other[c]) for c in row), key

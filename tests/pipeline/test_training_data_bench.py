@@ -1,0 +1,80 @@
+"""``feedrank bench training-data``'s measuring and reporting, without the engines."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import training_data_bench as bench
+
+pytestmark = pytest.mark.unit
+
+
+def _point(rows: int, spark_s: float, duckdb_s: float, feast_s: float) -> dict:
+    engines = {}
+    for name, s in (("spark", spark_s), ("duckdb", duckdb_s), ("feast", feast_s)):
+        engines[name] = {"s": s, "cpu_s": s, "peak_rss_mb": 100.0, "cores": 2}
+        engines[name]["rows_per_core_s"] = round(rows / (s * 2))
+    engines["feast"]["extrapolated"] = rows > 1_000_000
+    return {
+        "rows": rows,
+        "engines": engines,
+        "spark_vs_duckdb_per_core": duckdb_s / spark_s,
+        "spark_vs_feast_per_core": feast_s / spark_s,
+        "load_avg_1m": [1.0, 1.0],
+    }
+
+
+def test_goals_flag_a_superlinear_spark_and_a_gap_to_duckdb() -> None:
+    linear = [_point(1_000_000, 10, 6, 20), _point(10_000_000, 100, 60, 200)]
+    assert bench.goals(linear) == {
+        "spark_within_2x_of_duckdb_from_10m": True,
+        "spark_ahead_of_feast_everywhere": True,
+        "max_step_growth_of_s_per_row": {"spark": 1.0, "duckdb": 1.0, "feast": 1.0},
+        "spark_linear_within_20pct": True,
+    }
+    worse = [_point(1_000_000, 10, 4, 20), _point(10_000_000, 130, 40, 100)]
+    found = bench.goals(worse)
+    assert found["spark_within_2x_of_duckdb_from_10m"] is False  # 130 s against 40 s
+    assert found["spark_ahead_of_feast_everywhere"] is False
+    assert found["max_step_growth_of_s_per_row"]["spark"] == 1.3
+    assert found["spark_linear_within_20pct"] is False
+    assert bench.goals(worse[:1])["spark_within_2x_of_duckdb_from_10m"] is None
+
+
+def test_measure_sees_the_memory_and_cpu_a_run_uses() -> None:
+    def allocate() -> None:
+        block = bytearray(200 * 2**20)  # zero-filled: every page is touched
+        sum(block[:: 4096 * 16])
+
+    before = bench.measure(lambda: None, os.getpid())
+    during = bench.measure(allocate, os.getpid())
+    assert during["peak_rss_mb"] >= before["peak_rss_mb"] + 150
+    assert during["cpu_s"] > 0 and during["s"] > 0
+
+
+def test_bench_data_is_written_in_bounded_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench, "CHUNK_ROWS", 1_500)
+    counts = bench.write_bench_data(tmp_path, 4_000)
+    parts = sorted((tmp_path / "impressions").glob("*.parquet"))
+    assert [pq.read_metadata(p).num_rows for p in parts] == [1_500, 1_500, 1_000]
+    ids = [i for p in parts for i in pq.read_table(p, columns=["row_id"])["row_id"].to_pylist()]
+    assert ids == list(range(4_000))
+    assert counts == {"user_engagement_daily": 3_000, "tweet_realtime": 2_000, "impressions": 4_000}
+
+
+def test_curve_png_is_drawn_with_extrapolated_points(tmp_path: Path) -> None:
+    figures = {
+        "points": [_point(1_000_000, 10, 4, 20), _point(10_000_000, 100, 40, 200)],
+        "spark_master": "local[2]",
+        "cpu_count": 2,
+        "load_avg_1m": [1.0, 2.0],
+    }
+    path = tmp_path / "curve.png"
+    bench.plot_curve(figures, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
