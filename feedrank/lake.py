@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("feedrank.lake")
 __all__ = [  # table_schema is part of the lake's contract: the schema of each table
     "DATE_COLUMN",
+    "WATERMARKS",
     "check_interval",
     "content_hash",
     "days_between",

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from feedrank.lake import WATERMARKS
+
 FEEDRANK = [sys.executable, "-c", "from feedrank.cli import main; main()"]
 
 
@@ -44,9 +46,10 @@ def test_simulate_writes_a_lake_and_prints_its_summary(tmp_path: Path) -> None:
     summary = json.loads(done.stdout)
     assert summary["seed"] == 5 and summary["rows"]["impressions"] > 0
     assert (tmp_path / "_manifest.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == sorted(
-        ["users", "tweets", "follows", "feed_requests", "impressions", "engagements", "oracle"]
-    )
+    tables = ["users", "tweets", "follows", "feed_requests", "impressions", "engagements", "oracle"]
+    # The tables, and each table's landed-through mark (the retrain DAG's sensor reads them).
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == sorted([*tables, WATERMARKS])
+    assert sorted(p.stem for p in (tmp_path / WATERMARKS).iterdir()) == sorted(tables)
 
 
 @pytest.mark.unit
