@@ -611,6 +611,9 @@ class RankingConfig(Section):
         return self
 
 
+SERVE_METRICS_PORT_STEP = 10
+
+
 class ServingConfig(Section):
     budget_ms: int = Field(default=300, ge=300, le=400, description="Deadline after request.")
     aim_ms: int = Field(
@@ -636,9 +639,17 @@ class ServingConfig(Section):
     processes: int = Field(
         default=0,
         ge=0,
-        description="`feedrank serve` processes `make up` starts in the consumer group (process "
-        "i exposes /metrics on metrics_port + i); 0: none, serve is started by hand or the demo.",
+        description="`feedrank serve` processes `make up` starts in the consumer group (the "
+        "i-th, from 0, exposes /metrics on metrics_port + 10 i); 0: none, serve is started by "
+        "hand or the demo.",
     )
+
+    def process_metrics_port(self, index: int) -> int:
+        """The ``/metrics`` port of the ``index``-th (from 0) of several serve processes.
+
+        Ten apart, so the other endpoints' default ports (metrics_port + 1, + 2) stay free.
+        """
+        return self.metrics_port + SERVE_METRICS_PORT_STEP * index
 
 
 class ObservabilityConfig(Section):

@@ -86,13 +86,18 @@ def render_config(settings: Settings) -> dict[str, Any]:
         "evaluation_interval": _seconds(obs.evaluation_interval_s),
     }
     config["rule_files"] = [str(RULES_DIR / name) for name in RULE_FILES]
+    serving = settings.serving
     ports = {
-        "feedrank_serving": settings.serving.metrics_port,
-        "feedrank_stream_features": obs.stream_features_port,
-        "feedrank_batch": obs.batch_port,
+        # every serve process `make up` starts (one when serve is started by hand)
+        "feedrank_serving": [
+            serving.process_metrics_port(i) for i in range(serving.processes or 1)
+        ],
+        "feedrank_stream_features": [obs.stream_features_port],
+        "feedrank_batch": [obs.batch_port],
     }
     for job in config["scrape_configs"]:
-        job["static_configs"] = [{"targets": [f"{host}:{ports[job['job_name']]}"]}]
+        targets = [f"{host}:{port}" for port in ports[job["job_name"]]]
+        job["static_configs"] = [{"targets": targets}]
     return config
 
 

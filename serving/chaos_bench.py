@@ -269,7 +269,7 @@ def _reloads_refused(world: Settings, servers: int) -> list[float]:
 
     counts = []
     for index in range(servers):
-        url = f"http://127.0.0.1:{world.serving.metrics_port + index}/metrics"
+        url = f"http://127.0.0.1:{world.serving.process_metrics_port(index)}/metrics"
         with urlopen(url, timeout=5) as response:
             text = response.read().decode()
         counts.append(

@@ -204,7 +204,7 @@ def _start_server(
         "FEEDRANK_KAFKA__HOST": world.kafka.host,
         "FEEDRANK_KAFKA__PORT": str(world.kafka.port),
         "FEEDRANK_SERVING__GROUP_ID": group_id,
-        "FEEDRANK_SERVING__METRICS_PORT": str(world.serving.metrics_port + index),
+        "FEEDRANK_SERVING__METRICS_PORT": str(world.serving.process_metrics_port(index)),
         "FEEDRANK_SERVING__BUDGET_MS": str(world.serving.budget_ms),
         # The run folder's Redis password (pinned when the settings were resolved), not one
         # under the world's folder: the servers must authenticate to the same redis-server.
@@ -284,7 +284,7 @@ def _scrape(world: Settings, servers: int) -> dict[str, float]:
         0.0,
     )
     for index in range(servers):
-        url = f"http://127.0.0.1:{world.serving.metrics_port + index}/metrics"
+        url = f"http://127.0.0.1:{world.serving.process_metrics_port(index)}/metrics"
         with urlopen(url, timeout=5) as response:
             text = response.read().decode()
         for family in text_string_to_metric_families(text):

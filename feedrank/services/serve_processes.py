@@ -25,9 +25,6 @@ from feedrank.services.process import (
     terminate,
 )
 
-# Process i exposes /metrics on serving.metrics_port + STEP * (i - 1): far enough apart that
-# the default ports of the other /metrics endpoints (metrics_port + 1, + 2) stay free.
-METRICS_PORT_STEP = 10
 READY_TIMEOUT_S = 180.0
 
 
@@ -37,8 +34,7 @@ def serve_names(settings: Settings) -> list[str]:
 
 def serve_metrics_port(settings: Settings, name: str) -> int:
     """The ``/metrics`` port of the ``serve-<i>`` process ``make up`` starts."""
-    index = int(name.rsplit("-", 1)[1])
-    return settings.serving.metrics_port + METRICS_PORT_STEP * (index - 1)
+    return settings.serving.process_metrics_port(int(name.rsplit("-", 1)[1]) - 1)
 
 
 def _feedrank() -> str:

@@ -19,6 +19,7 @@ import yaml
 
 from feedrank import prometheus
 from feedrank.config import PROJECT_ROOT, ObservabilityConfig, PathsConfig, Settings
+from feedrank.services.serve_processes import serve_metrics_port, serve_names
 
 pytestmark = pytest.mark.unit
 
@@ -72,6 +73,15 @@ def test_shipped_and_rendered_configs_load(settings: Settings, tmp_path: Path) -
     assert targets["feedrank_serving"] == [f"127.0.0.1:{ours.serving.metrics_port}"]
     assert targets["feedrank_stream_features"] == ["127.0.0.1:23101"]
     assert rendered["global"]["scrape_interval"] == "1000ms"
+
+    # the cluster profile's serve processes: every one is scraped, on the ports make up gives them
+    two = ours.model_copy(update={"serving": ours.serving.model_copy(update={"processes": 2})})
+    rendered = yaml.safe_load(prometheus.write_config(two).read_text())
+    targets = {j["job_name"]: j["static_configs"][0]["targets"] for j in rendered["scrape_configs"]}
+    assert targets["feedrank_serving"] == [
+        f"127.0.0.1:{serve_metrics_port(two, name)}" for name in serve_names(two)
+    ]
+    assert len(set(targets["feedrank_serving"])) == 2
 
 
 def test_alert_unit_tests_pass_and_cover_every_alert() -> None:
