@@ -1,17 +1,21 @@
-"""The Helm chart renders, validates against Kubernetes and KEDA schemas, and agrees with the
-profile (topics, partitions, ACLs, feature store); the Dockerfile passes hadolint.
+"""The Helm chart renders, validates against Kubernetes, KEDA and spark-operator schemas, and
+agrees with the profile (topics, partitions, ACLs, feature store); the Dockerfile passes hadolint.
 
 Offline: helm is built from the Go module proxy by `make helm`, the Kubernetes schemas ship
-with kubernetes-validate, KEDA's CRDs come from its Go module (``go mod download``).
+with kubernetes-validate, KEDA's and the spark-operator's CRDs come from their Go modules
+(``go mod download`` of a pinned tag).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -25,6 +29,8 @@ HELM = ROOT / ".cache" / "go-bin" / "helm"
 # Versions checked against (docs/deploy.md names them).
 KUBERNETES_VERSION = "1.34.0"
 KEDA_MODULE = "github.com/kedacore/keda/v2@v2.18.3"
+# The Go proxy has no version list for this module (403), but serves exact tags.
+SPARK_OPERATOR_MODULE = "github.com/kubeflow/spark-operator/v2@v2.5.0"
 STRIMZI_POM = ROOT / "infra" / "k8s" / "pom.xml"  # io.strimzi:api at the pinned version
 STRIMZI_JARS = ROOT / ".cache" / "k8s-jars"
 VALUES = ("values-small.yaml", "values-prod.yaml")
@@ -89,17 +95,38 @@ def test_every_core_object_validates_strictly_against_the_kubernetes_schema(
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
 
-def _crd_schema(module_dir: Path, crd_file: str) -> dict:
-    crd = yaml.safe_load((module_dir / "config" / "crd" / "bases" / crd_file).read_text())
+@functools.cache
+def _go_module(module: str) -> Path:
+    """The source folder of ``module`` (``path@tag``), downloaded from the Go module proxy."""
+    go = shutil.which("go")
+    assert go, f"go is needed to fetch {module} from the Go module proxy"
+    done = subprocess.run(
+        [go, "mod", "download", "-json", module],
+        capture_output=True, text=True, timeout=300, check=False, cwd="/",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return Path(json.loads(done.stdout)["Dir"])
+
+
+@functools.cache
+def _crd_schema(module: str, crd_file: str) -> dict:
+    """The served, stored version's schema of one CRD of ``module`` (config/crd/bases/)."""
+    path = _go_module(module) / "config" / "crd" / "bases" / crd_file
+    crd = yaml.safe_load(path.read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["served"] and v["storage"]]
     return version["schema"]["openAPIV3Schema"]
 
 
 def _closed(schema: dict) -> dict:
-    """``schema`` with unknown fields refused wherever it lists its properties."""
+    """``schema`` with unknown fields refused wherever it lists its properties (as the API
+    server prunes them), except where the CRD keeps unknown fields on purpose."""
     if isinstance(schema, dict):
         out = {k: _closed(v) for k, v in schema.items()}
-        if "properties" in schema and "additionalProperties" not in schema:
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             out["additionalProperties"] = False
         return out
     if isinstance(schema, list):
@@ -112,15 +139,7 @@ def test_the_scaled_object_validates_against_keda_and_is_capped_at_the_partition
 ) -> None:
     import jsonschema
 
-    go = shutil.which("go")
-    assert go, "go is needed to fetch KEDA's CRDs from the Go module proxy"
-    done = subprocess.run(
-        [go, "mod", "download", "-json", KEDA_MODULE],
-        capture_output=True, text=True, timeout=300, check=False, cwd="/",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    keda = Path(json.loads(done.stdout)["Dir"])
-    schema = _closed(_crd_schema(keda, "keda.sh_scaledobjects.yaml"))
+    schema = _closed(_crd_schema(KEDA_MODULE, "keda.sh_scaledobjects.yaml"))
     (scaled,) = _kinds(rendered, "ScaledObject")
     jsonschema.validate(scaled, schema)
     partitions = settings.kafka.topics["feed_requests"].partitions
@@ -131,7 +150,9 @@ def test_the_scaled_object_validates_against_keda_and_is_capped_at_the_partition
     # SCRAM: the scaler logs in as the serve KafkaUser, user name and password by reference.
     assert trigger["metadata"]["sasl"] == "scram_sha512"
     (auth,) = _kinds(rendered, "TriggerAuthentication")
-    jsonschema.validate(auth, _closed(_crd_schema(keda, "keda.sh_triggerauthentications.yaml")))
+    jsonschema.validate(
+        auth, _closed(_crd_schema(KEDA_MODULE, "keda.sh_triggerauthentications.yaml"))
+    )
     assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
     (password,) = auth["spec"]["secretTargetRef"]
     (username,) = auth["spec"]["configMapTargetRef"]
@@ -141,6 +162,44 @@ def test_the_scaled_object_validates_against_keda_and_is_capped_at_the_partition
     )
     assert username["parameter"] == "username"
     assert users["data"][username["key"]] == password["name"] == "feedrank-feedrank-serve"
+
+
+@functools.cache
+def _spark_application_validator() -> Any:
+    """A validator for the CRD's schema, checked once (``jsonschema.validate`` re-checks the
+    12,000-line schema on every call)."""
+    import jsonschema
+
+    schema = _closed(
+        _crd_schema(SPARK_OPERATOR_MODULE, "sparkoperator.k8s.io_sparkapplications.yaml")
+    )
+    validator = jsonschema.validators.validator_for(schema)
+    validator.check_schema(schema)
+    return validator(schema)
+
+
+def test_every_spark_application_validates_against_the_spark_operator(
+    rendered: list[dict],
+) -> None:
+    """One SparkApplication per batch job of the values, each valid for the spark-operator's
+    CRD (v1beta2) at the pinned tag, unknown fields refused."""
+    validator = _spark_application_validator()
+    apps = _kinds(rendered, "SparkApplication")
+    jobs = yaml.safe_load((CHART / "values.yaml").read_text())["spark"]["jobs"]
+    assert {a["metadata"]["labels"]["app.kubernetes.io/component"] for a in apps} == set(jobs)
+    for app in apps:
+        validator.validate(app)
+        assert app["spec"]["mainApplicationFile"].endswith("jobs/spark_entry.py")
+
+
+def test_the_spark_operator_schema_refuses_a_misspelled_field(rendered: list[dict]) -> None:
+    import jsonschema
+
+    app = copy.deepcopy(_kinds(rendered, "SparkApplication")[0])
+    driver = app["spec"]["driver"]
+    driver["serviceAcount"] = driver.pop("serviceAccount")
+    with pytest.raises(jsonschema.ValidationError, match="serviceAcount"):
+        _spark_application_validator().validate(app)
 
 
 def test_kafka_topics_agree_with_the_profile(rendered: list[dict], settings: Settings) -> None:
