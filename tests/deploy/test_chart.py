@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -52,9 +53,29 @@ def _render(values: str) -> str:
 
 
 @pytest.fixture(scope="module", params=VALUES)
-def rendered(request: pytest.FixtureRequest) -> list[dict]:
+def values_file(request: pytest.FixtureRequest) -> str:
+    """One of the chart's values files (every test of the rendered chart runs for each)."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def rendered(values_file: str) -> list[dict]:
     """Every object `helm template` renders with one values file."""
-    return [doc for doc in yaml.safe_load_all(_render(request.param)) if doc]
+    return [doc for doc in yaml.safe_load_all(_render(values_file)) if doc]
+
+
+def _merged_values(values_file: str) -> dict:
+    """values.yaml overlaid with ``values_file`` as helm merges them (maps deep, rest replaced)."""
+
+    def merge(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for key, value in over.items():
+            both_maps = isinstance(value, dict) and isinstance(base.get(key), dict)
+            out[key] = merge(base[key], value) if both_maps else value
+        return out
+
+    base = yaml.safe_load((CHART / "values.yaml").read_text())
+    return merge(base, yaml.safe_load((CHART / values_file).read_text()))
 
 
 @pytest.mark.parametrize("values", VALUES)
@@ -200,6 +221,59 @@ def test_the_spark_operator_schema_refuses_a_misspelled_field(rendered: list[dic
     driver["serviceAcount"] = driver.pop("serviceAccount")
     with pytest.raises(jsonschema.ValidationError, match="serviceAcount"):
         _spark_application_validator().validate(app)
+
+
+def _capacity_plan_unit_costs() -> dict[str, float]:
+    """The measured unit costs docs/capacity.md's plan is computed from: the figures of its
+    `feedrank bench capacity` command line."""
+    text = (ROOT / "docs" / "capacity.md").read_text()
+    (command,) = [line for line in text.splitlines() if line.startswith("feedrank bench capacity")]
+    args = command.split()
+    return {
+        option: float(args[args.index(option) + 1])
+        for option in ("--serve-cpu-ms", "--spark-rows-per-core-s")
+    }
+
+
+def test_cpu_requests_and_limits_are_the_capacity_plans(
+    rendered: list[dict], values_file: str
+) -> None:
+    """serve's CPU and the Spark executors come from docs/capacity.md's measured unit costs
+    through feedrank's own plan arithmetic (serve_cores, spark_cores), not a second copy."""
+    from feedrank.capacity_bench import CORE_UTILISATION, serve_cores, spark_cores
+
+    values = _merged_values(values_file)
+    plan = values["sizing"]
+    measured = _capacity_plan_unit_costs()
+    assert plan["serveCpuMsPerRequest"] == measured["--serve-cpu-ms"]
+    assert plan["sparkRowsPerCoreSecond"] == measured["--spark-rows-per-core-s"]
+    assert plan["coreUtilisation"] == CORE_UTILISATION
+
+    (serve,) = [
+        d for d in _kinds(rendered, "Deployment") if d["metadata"]["name"].endswith("-serve")
+    ]
+    resources = serve["spec"]["template"]["spec"]["containers"][0]["resources"]
+    sizing = values["serve"]["sizing"]
+    cores = serve_cores(
+        sizing["peakRequestsPerSecond"], plan["serveCpuMsPerRequest"], plan["coreUtilisation"]
+    )
+    millicores = math.ceil(cores * 1000)
+    assert resources["requests"]["cpu"] == f"{millicores}m"
+    assert resources["limits"]["cpu"] == f"{millicores * sizing['cpuLimitFactor']}m"
+
+    spark = values["spark"]
+    executor_cores = spark_cores(
+        spark["sizing"]["rowsPerRun"],
+        plan["sparkRowsPerCoreSecond"],
+        spark["sizing"]["windowMinutes"] * 60,
+    )
+    apps = _kinds(rendered, "SparkApplication")
+    assert apps
+    for app in apps:
+        executor = app["spec"]["executor"]
+        assert executor["cores"] == spark["executor"]["cores"]
+        assert executor["instances"] == math.ceil(executor_cores / executor["cores"])
+        assert executor["coreLimit"] == str(executor["cores"])
 
 
 def test_kafka_topics_agree_with_the_profile(rendered: list[dict], settings: Settings) -> None:
