@@ -420,6 +420,41 @@ def _sample(name: str) -> str:
     }.get(name, "9100" if name.endswith("PORT") else "/tmp/feedrank-chart-check")
 
 
+def _airflow_config_options() -> dict[str, set[str]]:
+    """Every option of the installed Airflow's configuration and of its installed providers,
+    by section: the descriptions Airflow itself reads (config.yml, each provider's info)."""
+    import importlib.metadata
+    import importlib.util
+
+    (package,) = importlib.util.find_spec("airflow").submodule_search_locations
+    path = Path(package) / "config_templates" / "config.yml"
+    sections = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)
+    for provider in importlib.metadata.entry_points(group="apache_airflow_provider"):
+        sections.update(provider.load()().get("config", {}))
+    return {name: set(section["options"]) for name, section in sections.items()}
+
+
+def test_the_airflow_values_set_only_options_airflow_and_feedrank_know() -> None:
+    """What can be checked of infra/helm/airflow-values.yaml without the official chart (not
+    served by any registry here, docs/deploy.md): its `config` options exist in the installed
+    Airflow and its FEEDRANK_* environment loads as feedrank settings."""
+    values = yaml.safe_load((ROOT / "infra" / "helm" / "airflow-values.yaml").read_text())
+    known = _airflow_config_options()
+    assert "remote_loging" not in known["logging"]  # a misspelling is caught
+    for section, options in values["config"].items():
+        for option in options:
+            assert option in known.get(section, ()), f"[{section}] {option}: not an Airflow option"
+    env = {e["name"]: e["value"] for e in values["env"]}
+    assert set(env) >= {"FEEDRANK_PROFILE", "FEEDRANK_PATHS__HOME"}
+    done = subprocess.run(
+        [sys.executable, "-c", "from feedrank.config import get_settings; get_settings()"],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (ROOT / values["dags"]["gitSync"]["subPath"]).is_dir()
+
+
 def test_the_dockerfile_passes_hadolint() -> None:
     hadolint = Path(sys.executable).parent / "hadolint"
     dockerfile = ROOT / "infra" / "docker" / "Dockerfile"
