@@ -65,7 +65,7 @@ test: setup $(HELM) ## Run the whole test suite (tests start real services thems
 test-unit: setup ## Run only the tests marked unit (no services)
 	$(PY) -m pytest -m unit
 
-k8s-check: setup $(HELM) ## Render the Helm chart, validate it (Kubernetes, KEDA), lint the Dockerfile
+k8s-check: setup $(HELM) ## Render the Helm chart, validate it (Kubernetes, Strimzi, KEDA, spark-operator), lint the Dockerfile
 	$(PY) -m pytest tests/deploy -q
 
 lint: setup ## ruff check + ruff format --check + Airflow rules on dags/

@@ -45,6 +45,8 @@ PLAN_ENTITIES: dict[str, float] = {
     "user_topic": 3e8 * 10,
 }
 PLAN_IMPRESSIONS_PER_RANKING = 30  # viewed impressions per feed (the demo's world: 28)
+# The share of a core planned busy at peak: headroom for GC, spikes and rebalances.
+CORE_UTILISATION = 0.6
 
 
 def _self_cpu_s() -> float:
@@ -229,6 +231,22 @@ def redis_bench(settings: Settings) -> dict[str, Any]:
     }
 
 
+def serve_cores(
+    requests_per_s: float,
+    serve_cpu_ms_per_request: float,
+    core_utilisation: float = CORE_UTILISATION,
+) -> float:
+    """Cores the serve processes need to answer ``requests_per_s``, each core planned busy
+    ``core_utilisation`` of the time (the Helm chart sizes one serve pod with it)."""
+    return requests_per_s * serve_cpu_ms_per_request / 1000 / core_utilisation
+
+
+def spark_cores(rows: float, rows_per_core_s: float, window_s: float) -> int:
+    """Executor cores that build ``rows`` training-data rows within ``window_s`` seconds (the
+    Helm chart sizes the SparkApplications' executors with it)."""
+    return math.ceil(rows / rows_per_core_s / window_s)
+
+
 def capacity_plan(
     *,
     rankings_per_day: float,
@@ -240,7 +258,7 @@ def capacity_plan(
     entities: dict[str, float],
     spark_rows_per_core_s: float,
     training_rows_per_day: float,
-    core_utilisation: float = 0.6,
+    core_utilisation: float = CORE_UTILISATION,
 ) -> dict[str, Any]:
     """Resources for a load, from measured unit costs.
 
@@ -259,7 +277,6 @@ def capacity_plan(
     """
     avg_rps = rankings_per_day / 86_400
     peak_rps = avg_rps * peak_factor
-    serve_cores = peak_rps * serve_cpu_ms_per_request / 1000 / core_utilisation
     mb_s = peak_rps * bytes_per_request / MB
     replication = 3
     broker_cores = mb_s * broker_cpu_s_per_mb * replication / core_utilisation
@@ -268,14 +285,14 @@ def capacity_plan(
     return {
         "average_rps": avg_rps,
         "peak_rps": peak_rps,
-        "serve_cores_at_peak": serve_cores,
+        "serve_cores_at_peak": serve_cores(peak_rps, serve_cpu_ms_per_request, core_utilisation),
         "kafka_mb_s_at_peak": mb_s,
         "kafka_broker_cores_at_peak_rf3": broker_cores,
         "kafka_ingress_tb_per_day_rf3": avg_rps * bytes_per_request * 86_400 * replication / 1e12,
         "redis_gb": sum(redis_bytes.values()) / 1e9,
         "redis_gb_by_entity": {k: b / 1e9 for k, b in redis_bytes.items()},
         "nightly_training_data_core_hours": nightly_core_s / 3600,
-        "nightly_executors_for_2h": math.ceil(nightly_core_s / 7200),
+        "nightly_executors_for_2h": spark_cores(training_rows_per_day, spark_rows_per_core_s, 7200),
     }
 
 

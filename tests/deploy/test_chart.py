@@ -1,17 +1,22 @@
-"""The Helm chart renders, validates against Kubernetes and KEDA schemas, and agrees with the
-profile (topics, partitions, ACLs, feature store); the Dockerfile passes hadolint.
+"""The Helm chart renders, validates against Kubernetes, KEDA and spark-operator schemas, and
+agrees with the profile (topics, partitions, ACLs, feature store); the Dockerfile passes hadolint.
 
 Offline: helm is built from the Go module proxy by `make helm`, the Kubernetes schemas ship
-with kubernetes-validate, KEDA's CRDs come from its Go module (``go mod download``).
+with kubernetes-validate, KEDA's and the spark-operator's CRDs come from their Go modules
+(``go mod download`` of a pinned tag).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
+import math
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -25,6 +30,8 @@ HELM = ROOT / ".cache" / "go-bin" / "helm"
 # Versions checked against (docs/deploy.md names them).
 KUBERNETES_VERSION = "1.34.0"
 KEDA_MODULE = "github.com/kedacore/keda/v2@v2.18.3"
+# The Go proxy has no version list for this module (403), but serves exact tags.
+SPARK_OPERATOR_MODULE = "github.com/kubeflow/spark-operator/v2@v2.5.0"
 STRIMZI_POM = ROOT / "infra" / "k8s" / "pom.xml"  # io.strimzi:api at the pinned version
 STRIMZI_JARS = ROOT / ".cache" / "k8s-jars"
 VALUES = ("values-small.yaml", "values-prod.yaml")
@@ -46,9 +53,29 @@ def _render(values: str) -> str:
 
 
 @pytest.fixture(scope="module", params=VALUES)
-def rendered(request: pytest.FixtureRequest) -> list[dict]:
+def values_file(request: pytest.FixtureRequest) -> str:
+    """One of the chart's values files (every test of the rendered chart runs for each)."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def rendered(values_file: str) -> list[dict]:
     """Every object `helm template` renders with one values file."""
-    return [doc for doc in yaml.safe_load_all(_render(request.param)) if doc]
+    return [doc for doc in yaml.safe_load_all(_render(values_file)) if doc]
+
+
+def _merged_values(values_file: str) -> dict:
+    """values.yaml overlaid with ``values_file`` as helm merges them (maps deep, rest replaced)."""
+
+    def merge(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for key, value in over.items():
+            both_maps = isinstance(value, dict) and isinstance(base.get(key), dict)
+            out[key] = merge(base[key], value) if both_maps else value
+        return out
+
+    base = yaml.safe_load((CHART / "values.yaml").read_text())
+    return merge(base, yaml.safe_load((CHART / values_file).read_text()))
 
 
 @pytest.mark.parametrize("values", VALUES)
@@ -89,17 +116,38 @@ def test_every_core_object_validates_strictly_against_the_kubernetes_schema(
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
 
-def _crd_schema(module_dir: Path, crd_file: str) -> dict:
-    crd = yaml.safe_load((module_dir / "config" / "crd" / "bases" / crd_file).read_text())
+@functools.cache
+def _go_module(module: str) -> Path:
+    """The source folder of ``module`` (``path@tag``), downloaded from the Go module proxy."""
+    go = shutil.which("go")
+    assert go, f"go is needed to fetch {module} from the Go module proxy"
+    done = subprocess.run(
+        [go, "mod", "download", "-json", module],
+        capture_output=True, text=True, timeout=300, check=False, cwd="/",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return Path(json.loads(done.stdout)["Dir"])
+
+
+@functools.cache
+def _crd_schema(module: str, crd_file: str) -> dict:
+    """The served, stored version's schema of one CRD of ``module`` (config/crd/bases/)."""
+    path = _go_module(module) / "config" / "crd" / "bases" / crd_file
+    crd = yaml.safe_load(path.read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["served"] and v["storage"]]
     return version["schema"]["openAPIV3Schema"]
 
 
 def _closed(schema: dict) -> dict:
-    """``schema`` with unknown fields refused wherever it lists its properties."""
+    """``schema`` with unknown fields refused wherever it lists its properties (as the API
+    server prunes them), except where the CRD keeps unknown fields on purpose."""
     if isinstance(schema, dict):
         out = {k: _closed(v) for k, v in schema.items()}
-        if "properties" in schema and "additionalProperties" not in schema:
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             out["additionalProperties"] = False
         return out
     if isinstance(schema, list):
@@ -112,15 +160,7 @@ def test_the_scaled_object_validates_against_keda_and_is_capped_at_the_partition
 ) -> None:
     import jsonschema
 
-    go = shutil.which("go")
-    assert go, "go is needed to fetch KEDA's CRDs from the Go module proxy"
-    done = subprocess.run(
-        [go, "mod", "download", "-json", KEDA_MODULE],
-        capture_output=True, text=True, timeout=300, check=False, cwd="/",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    keda = Path(json.loads(done.stdout)["Dir"])
-    schema = _closed(_crd_schema(keda, "keda.sh_scaledobjects.yaml"))
+    schema = _closed(_crd_schema(KEDA_MODULE, "keda.sh_scaledobjects.yaml"))
     (scaled,) = _kinds(rendered, "ScaledObject")
     jsonschema.validate(scaled, schema)
     partitions = settings.kafka.topics["feed_requests"].partitions
@@ -131,7 +171,9 @@ def test_the_scaled_object_validates_against_keda_and_is_capped_at_the_partition
     # SCRAM: the scaler logs in as the serve KafkaUser, user name and password by reference.
     assert trigger["metadata"]["sasl"] == "scram_sha512"
     (auth,) = _kinds(rendered, "TriggerAuthentication")
-    jsonschema.validate(auth, _closed(_crd_schema(keda, "keda.sh_triggerauthentications.yaml")))
+    jsonschema.validate(
+        auth, _closed(_crd_schema(KEDA_MODULE, "keda.sh_triggerauthentications.yaml"))
+    )
     assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
     (password,) = auth["spec"]["secretTargetRef"]
     (username,) = auth["spec"]["configMapTargetRef"]
@@ -141,6 +183,97 @@ def test_the_scaled_object_validates_against_keda_and_is_capped_at_the_partition
     )
     assert username["parameter"] == "username"
     assert users["data"][username["key"]] == password["name"] == "feedrank-feedrank-serve"
+
+
+@functools.cache
+def _spark_application_validator() -> Any:
+    """A validator for the CRD's schema, checked once (``jsonschema.validate`` re-checks the
+    12,000-line schema on every call)."""
+    import jsonschema
+
+    schema = _closed(
+        _crd_schema(SPARK_OPERATOR_MODULE, "sparkoperator.k8s.io_sparkapplications.yaml")
+    )
+    validator = jsonschema.validators.validator_for(schema)
+    validator.check_schema(schema)
+    return validator(schema)
+
+
+def test_every_spark_application_validates_against_the_spark_operator(
+    rendered: list[dict],
+) -> None:
+    """One SparkApplication per batch job of the values, each valid for the spark-operator's
+    CRD (v1beta2) at the pinned tag, unknown fields refused."""
+    validator = _spark_application_validator()
+    apps = _kinds(rendered, "SparkApplication")
+    jobs = yaml.safe_load((CHART / "values.yaml").read_text())["spark"]["jobs"]
+    assert {a["metadata"]["labels"]["app.kubernetes.io/component"] for a in apps} == set(jobs)
+    for app in apps:
+        validator.validate(app)
+        assert app["spec"]["mainApplicationFile"].endswith("jobs/spark_entry.py")
+
+
+def test_the_spark_operator_schema_refuses_a_misspelled_field(rendered: list[dict]) -> None:
+    import jsonschema
+
+    app = copy.deepcopy(_kinds(rendered, "SparkApplication")[0])
+    driver = app["spec"]["driver"]
+    driver["serviceAcount"] = driver.pop("serviceAccount")
+    with pytest.raises(jsonschema.ValidationError, match="serviceAcount"):
+        _spark_application_validator().validate(app)
+
+
+def _capacity_plan_unit_costs() -> dict[str, float]:
+    """The measured unit costs docs/capacity.md's plan is computed from: the figures of its
+    `feedrank bench capacity` command line."""
+    text = (ROOT / "docs" / "capacity.md").read_text()
+    (command,) = [line for line in text.splitlines() if line.startswith("feedrank bench capacity")]
+    args = command.split()
+    return {
+        option: float(args[args.index(option) + 1])
+        for option in ("--serve-cpu-ms", "--spark-rows-per-core-s")
+    }
+
+
+def test_cpu_requests_and_limits_are_the_capacity_plans(
+    rendered: list[dict], values_file: str
+) -> None:
+    """serve's CPU and the Spark executors come from docs/capacity.md's measured unit costs
+    through feedrank's own plan arithmetic (serve_cores, spark_cores), not a second copy."""
+    from feedrank.capacity_bench import CORE_UTILISATION, serve_cores, spark_cores
+
+    values = _merged_values(values_file)
+    plan = values["sizing"]
+    measured = _capacity_plan_unit_costs()
+    assert plan["serveCpuMsPerRequest"] == measured["--serve-cpu-ms"]
+    assert plan["sparkRowsPerCoreSecond"] == measured["--spark-rows-per-core-s"]
+    assert plan["coreUtilisation"] == CORE_UTILISATION
+
+    (serve,) = [
+        d for d in _kinds(rendered, "Deployment") if d["metadata"]["name"].endswith("-serve")
+    ]
+    resources = serve["spec"]["template"]["spec"]["containers"][0]["resources"]
+    sizing = values["serve"]["sizing"]
+    cores = serve_cores(
+        sizing["peakRequestsPerSecond"], plan["serveCpuMsPerRequest"], plan["coreUtilisation"]
+    )
+    millicores = math.ceil(cores * 1000)
+    assert resources["requests"]["cpu"] == f"{millicores}m"
+    assert resources["limits"]["cpu"] == f"{millicores * sizing['cpuLimitFactor']}m"
+
+    spark = values["spark"]
+    executor_cores = spark_cores(
+        spark["sizing"]["rowsPerRun"],
+        plan["sparkRowsPerCoreSecond"],
+        spark["sizing"]["windowMinutes"] * 60,
+    )
+    apps = _kinds(rendered, "SparkApplication")
+    assert apps
+    for app in apps:
+        executor = app["spec"]["executor"]
+        assert executor["cores"] == spark["executor"]["cores"]
+        assert executor["instances"] == math.ceil(executor_cores / executor["cores"])
+        assert executor["coreLimit"] == str(executor["cores"])
 
 
 def test_kafka_topics_agree_with_the_profile(rendered: list[dict], settings: Settings) -> None:
@@ -285,6 +418,41 @@ def _sample(name: str) -> str:
         "FEEDRANK_FEAST__ONLINE_STORE": "redis",
         "FEEDRANK_KAFKA__SECURITY": "scram",
     }.get(name, "9100" if name.endswith("PORT") else "/tmp/feedrank-chart-check")
+
+
+def _airflow_config_options() -> dict[str, set[str]]:
+    """Every option of the installed Airflow's configuration and of its installed providers,
+    by section: the descriptions Airflow itself reads (config.yml, each provider's info)."""
+    import importlib.metadata
+    import importlib.util
+
+    (package,) = importlib.util.find_spec("airflow").submodule_search_locations
+    path = Path(package) / "config_templates" / "config.yml"
+    sections = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)
+    for provider in importlib.metadata.entry_points(group="apache_airflow_provider"):
+        sections.update(provider.load()().get("config", {}))
+    return {name: set(section["options"]) for name, section in sections.items()}
+
+
+def test_the_airflow_values_set_only_options_airflow_and_feedrank_know() -> None:
+    """What can be checked of infra/helm/airflow-values.yaml without the official chart (not
+    served by any registry here, docs/deploy.md): its `config` options exist in the installed
+    Airflow and its FEEDRANK_* environment loads as feedrank settings."""
+    values = yaml.safe_load((ROOT / "infra" / "helm" / "airflow-values.yaml").read_text())
+    known = _airflow_config_options()
+    assert "remote_loging" not in known["logging"]  # a misspelling is caught
+    for section, options in values["config"].items():
+        for option in options:
+            assert option in known.get(section, ()), f"[{section}] {option}: not an Airflow option"
+    env = {e["name"]: e["value"] for e in values["env"]}
+    assert set(env) >= {"FEEDRANK_PROFILE", "FEEDRANK_PATHS__HOME"}
+    done = subprocess.run(
+        [sys.executable, "-c", "from feedrank.config import get_settings; get_settings()"],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (ROOT / values["dags"]["gitSync"]["subPath"]).is_dir()
 
 
 def test_the_dockerfile_passes_hadolint() -> None:

@@ -107,3 +107,26 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
 {{- end -}}
+
+{{/* serve's CPU from the capacity plan's unit cost (feedrank.capacity_bench.serve_cores):
+requests/s × CPU-ms per request is CPU-ms per second, i.e. millicores, over the planned
+utilisation. values.yaml says why. */}}
+{{- define "feedrank.serveResources" -}}
+{{- $plan := .Values.sizing -}}
+{{- $sizing := .Values.serve.sizing -}}
+{{- $milli := divf (mulf $sizing.peakRequestsPerSecond $plan.serveCpuMsPerRequest) $plan.coreUtilisation | ceil | int -}}
+requests:
+  cpu: {{ printf "%dm" $milli }}
+  memory: {{ .Values.serve.memory.request }}
+limits:
+  cpu: {{ printf "%dm" (mul $milli $sizing.cpuLimitFactor) }}
+  memory: {{ .Values.serve.memory.limit }}
+{{- end -}}
+
+{{/* Executors for one run's rows within the window (feedrank.capacity_bench.spark_cores),
+in pods of spark.executor.cores. */}}
+{{- define "feedrank.sparkExecutorInstances" -}}
+{{- $sizing := .Values.spark.sizing -}}
+{{- $cores := divf (divf $sizing.rowsPerRun .Values.sizing.sparkRowsPerCoreSecond) (mulf $sizing.windowMinutes 60) | ceil -}}
+{{- divf $cores .Values.spark.executor.cores | ceil | int -}}
+{{- end -}}
