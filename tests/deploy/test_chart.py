@@ -390,17 +390,44 @@ def test_the_feature_store_config_map_is_the_one_feedrank_builds(
     assert chart["offline_store"]["type"] == own["offline_store"]["type"]
 
 
-def test_every_feedrank_setting_the_chart_passes_exists(rendered: list[dict]) -> None:
-    """An unknown FEEDRANK_ key makes feedrank refuse to start: render → settings must load."""
-    env_names = set()
+def _pod_envs(rendered: list[dict]) -> list[list[dict]]:
+    """The env list of every container the chart renders (Deployments and SparkApplications)."""
+    envs = []
     for obj in rendered:
         spec = obj.get("spec", {})
         pods = [spec.get("template", {}).get("spec", {})] + [
             spec.get(k, {}) for k in ("driver", "executor")
         ]
         for pod in pods:
-            for container in pod.get("containers", [pod]):
-                env_names |= {e["name"] for e in container.get("env", [])}
+            envs += [c["env"] for c in pod.get("containers", [pod]) if c.get("env")]
+    return envs
+
+
+def test_every_pod_reaches_the_same_mlflow_with_its_login_from_a_secret(
+    values_file: str, rendered: list[dict]
+) -> None:
+    mlflow = _merged_values(values_file)["mlflow"]
+    envs = _pod_envs(rendered)
+    assert envs
+    for env in envs:
+        by_name = {e["name"]: e for e in env}
+        uri = by_name.get("FEEDRANK_MLFLOW__TRACKING_URI", {}).get("value")
+        # Empty in values: the embedded store (no variable); set: every pod has that server.
+        assert uri == (mlflow["trackingUri"] or None)
+        secret = mlflow["credentialsSecret"]
+        for name, key in (("MLFLOW_TRACKING_USERNAME", "usernameKey"),
+                          ("MLFLOW_TRACKING_PASSWORD", "passwordKey")):  # fmt: skip
+            if not secret["name"]:
+                assert name not in by_name
+                continue
+            assert "value" not in by_name[name], f"{name} must come from a Secret"
+            ref = by_name[name]["valueFrom"]["secretKeyRef"]
+            assert (ref["name"], ref["key"]) == (secret["name"], secret[key])
+
+
+def test_every_feedrank_setting_the_chart_passes_exists(rendered: list[dict]) -> None:
+    """An unknown FEEDRANK_ key makes feedrank refuse to start: render → settings must load."""
+    env_names = {e["name"] for env in _pod_envs(rendered) for e in env}
     feedrank_env = sorted(n for n in env_names if n.startswith("FEEDRANK_"))
     assert feedrank_env
     done = subprocess.run(

@@ -58,6 +58,25 @@ password comes from its Secret, each Kafka password from a mounted Secret file
       key: {{ .Values.redis.passwordSecret.key | quote }}
 - name: FEEDRANK_FEAST__ONLINE_STORE
   value: redis
+{{- with .Values.mlflow }}
+{{- if .trackingUri }}
+- name: FEEDRANK_MLFLOW__TRACKING_URI
+  value: {{ .trackingUri | quote }}
+{{- end }}
+{{- if .credentialsSecret.name }}
+# MLflow's client reads its login from these two variables itself.
+- name: MLFLOW_TRACKING_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ .credentialsSecret.name | quote }}
+      key: {{ .credentialsSecret.usernameKey | quote }}
+- name: MLFLOW_TRACKING_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .credentialsSecret.name | quote }}
+      key: {{ .credentialsSecret.passwordKey | quote }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "feedrank.volumes" -}}
