@@ -1,4 +1,4 @@
-"""``feedrank serve`` and ``feedrank bench serving``."""
+"""``feedrank serve``, ``feedrank bench serving`` and ``feedrank bench funnel``."""
 
 from __future__ import annotations
 
@@ -99,7 +99,40 @@ def bench_serving(
         json_path.write_text(json.dumps(figures, indent=2) + "\n")
 
 
+def bench_funnel(
+    requests: Annotated[
+        int, typer.Option(min=1, max=5000, help="Requests drawn from the run folder's world.")
+    ] = 200,
+    caps: Annotated[
+        str, typer.Option(help="Comma-separated heavy-ranker caps to compare.")
+    ] = "100,200,300,400,600,1000",
+    model: Annotated[str, typer.Option(help="Model version (default: the champion).")] = (
+        "champion"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of the requests drawn.")] = 24,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the figures here.")
+    ] = None,
+) -> None:
+    """Ranking quality of the funnel's cut (heavy_ranker_cap) against the simulator's truth."""
+    from serving.funnel_bench import print_table, run_bench, write_json
+
+    try:
+        cap_list = [int(c) for c in caps.split(",") if c.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--caps takes counts like 200,400,1000, not {caps!r}") from None
+    if not cap_list or min(cap_list) < 1:
+        raise typer.BadParameter(f"--caps needs positive counts, got {caps!r}")
+    figures = run_bench(
+        get_settings(), n_requests=requests, caps=cap_list, model_version=model, seed=seed
+    )
+    print_table(figures)
+    if json_path is not None:
+        write_json(figures, json_path)
+
+
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    """Add ``serve`` and ``bench serving`` to the ``feedrank`` command."""
+    """Add ``serve``, ``bench serving`` and ``bench funnel`` to the ``feedrank`` command."""
     app.command("serve")(serve)
     bench_app.command("serving")(bench_serving)
+    bench_app.command("funnel")(bench_funnel)

@@ -320,9 +320,7 @@ class Scorer:
         light = model.light_scores(X)
         keep = self._rows_within_aim(ctx, min(n, cap))
         if keep < n:
-            # Stable: ties keep candidate order, so a replay with the same time left prunes
-            # identically.
-            index = np.sort(np.argsort(-light, kind="stable")[:keep])
+            index = light_keep(light, keep)
         timings["light"] = _observe("light", t)
         observe_cpu("light", cpu)
 
@@ -465,7 +463,7 @@ class Scorer:
         ctx = PolicyContext(
             request=request,
             tweet_ids=np.asarray(tweet_ids, dtype=np.int64),
-            author_ids=_clean_author_ids(authors),
+            author_ids=clean_author_ids(authors),
             features=X,
             model=model,
             budget=budget,
@@ -604,9 +602,21 @@ def _finite(value: Any) -> float:
     return value if math.isfinite(value) else 0.0
 
 
-def _clean_author_ids(authors: np.ndarray) -> np.ndarray:
-    # Unknown tweets come back without an author (NaN/negative); they share author 0 so the
-    # diversity discount still treats them as one group instead of crashing the request.
+def light_keep(light: np.ndarray, keep: int) -> np.ndarray:
+    """The funnel's cut: indices of the ``keep`` best light scores, in candidate order.
+
+    Stable: ties keep candidate order, so a replay with the same time left prunes
+    identically.
+    """
+    return np.sort(np.argsort(-np.asarray(light), kind="stable")[:keep])
+
+
+def clean_author_ids(authors: np.ndarray) -> np.ndarray:
+    """The hydrator's authors as int64, unknown ones (NaN or negative) as author 0.
+
+    Unknown tweets share author 0 so the diversity discount still treats them as one group
+    instead of crashing the request.
+    """
     a = np.asarray(authors)
     if a.dtype.kind in "iu":
         return np.where(a >= 0, a, 0).astype(np.int64)
