@@ -114,9 +114,20 @@ def bench_funnel(
         Path | None, typer.Option("--json", help="Write the figures here.")
     ] = None,
 ) -> None:
-    """Ranking quality of the funnel's cut (heavy_ranker_cap) against the simulator's truth."""
-    from serving.funnel_bench import print_table, run_bench, write_json
+    """Ranking quality of the funnel's cut (heavy_ranker_cap) against the simulator's truth.
 
+    Needs the run folder's simulated world and model (after `make demo`); without a world it
+    says so and measures nothing (exit 0, so `make bench` carries on).
+    """
+    from serving.funnel_bench import missing_world, print_table, run_bench, write_json
+
+    settings = get_settings()
+    reason = missing_world(settings)
+    if reason is not None:
+        typer.echo(f"bench funnel skipped: {reason}", err=True)
+        if json_path is not None:
+            write_json({"bench": "funnel", "skipped": reason}, json_path)
+        return
     try:
         cap_list = [int(c) for c in caps.split(",") if c.strip()]
     except ValueError:
@@ -124,7 +135,7 @@ def bench_funnel(
     if not cap_list or min(cap_list) < 1:
         raise typer.BadParameter(f"--caps needs positive counts, got {caps!r}")
     figures = run_bench(
-        get_settings(), n_requests=requests, caps=cap_list, model_version=model, seed=seed
+        settings, n_requests=requests, caps=cap_list, model_version=model, seed=seed
     )
     print_table(figures)
     if json_path is not None:

@@ -158,19 +158,26 @@ def _log(message: str) -> None:
     print(f"[bench funnel] {message}", file=sys.stderr, flush=True)
 
 
+def missing_world(settings: Settings) -> str | None:
+    """Why the run folder has no world to measure (``None``: it has a simulated lake)."""
+    if (settings.paths.lake / "_manifest.json").is_file():
+        return None
+    return (
+        f"no simulated world in {settings.paths.lake}: run `make demo` or build one "
+        "(docs/performance.md, 'The funnel's cut')"
+    )
+
+
 def _lake_world(settings: Settings) -> tuple[Any, dt.date]:
     """The simulated world of the run folder's lake (tweets and follows loaded) and its
     last day."""
     from feedrank.lake import read_lake_table
     from feedrank.simulator.world import World
 
-    manifest_path = settings.paths.lake / "_manifest.json"
-    if not manifest_path.is_file():
-        raise FeedrankError(
-            f"no simulated world in {settings.paths.lake}: build one first (see "
-            "docs/performance.md, 'The funnel's cut')"
-        )
-    manifest = json.loads(manifest_path.read_text())
+    reason = missing_world(settings)
+    if reason is not None:
+        raise FeedrankError(reason)
+    manifest = json.loads((settings.paths.lake / "_manifest.json").read_text())
     cfg = settings.simulator.model_validate(
         {**settings.simulator.model_dump(), **manifest.get("world", {})}
     )
