@@ -595,7 +595,10 @@ class RankingConfig(Section):
     )
     top_k: int = Field(default=50, ge=1, description="Items returned per feed.")
     heavy_ranker_cap: int = Field(
-        default=1_000, ge=1, description="Light ranker prunes to this many before the heavy one."
+        default=300,
+        ge=1,
+        description="Light ranker prunes to this many before the heavy one; 300 of 1,000 kept "
+        "99.9 % of the full ranking's true NDCG@10 at 39 % of its heavy CPU (docs/performance.md).",
     )
     heavy_ranker_floor: int = Field(
         default=200,
