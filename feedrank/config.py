@@ -598,7 +598,8 @@ class RankingConfig(Section):
         default=300,
         ge=1,
         description="Light ranker prunes to this many before the heavy one; 300 of 1,000 kept "
-        "99.9 % of the full ranking's true NDCG@10 at 39 % of its heavy CPU (docs/performance.md).",
+        "99.5-99.9 % of the full ranking's true NDCG@10 at ~40 % of its heavy CPU "
+        "(docs/performance.md).",
     )
     heavy_ranker_floor: int = Field(
         default=200,
