@@ -538,6 +538,16 @@ class ClockConfig(Section):
     )
 
 
+class StreamFeaturesConfig(Section):
+    idle_advance_after_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="stream-features: after this long without an engagement, the stream time "
+        "advances with the wall clock (by the time elapsed since the last one), so the "
+        "counters of a silent stream decay and leave the view online as they do offline.",
+    )
+
+
 class TrainingDataConfig(Section):
     attribution_window_s: int = Field(default=3600, ge=1, description="Engagement window.")
     negative_keep_rate: float = Field(
@@ -759,6 +769,7 @@ class Settings(BaseSettings):
     airflow: AirflowConfig = AirflowConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     clock: ClockConfig = ClockConfig()
+    stream_features: StreamFeaturesConfig = StreamFeaturesConfig()
     training_data: TrainingDataConfig = TrainingDataConfig()
     training: TrainingConfig = TrainingConfig()
     ranking: RankingConfig = RankingConfig()

@@ -24,6 +24,13 @@ like, reply, retweet and click). :func:`run_stream_features` is the thin Kafka s
   every count of an entity is zero, with null counts (a tombstone: the entity leaves the
   view, as in the offline table of :func:`jobs.features.stream_counters`, so a quiet entity
   is missing online as it is in the training data, however long ago it went quiet).
+* **A silent stream.** Event time only moves with events, so when none arrive the counters
+  would keep their last values online (and Feast serves a pushed value however old), while
+  offline they decay on the clock. After ``stream_features.idle_advance_after_s`` without a
+  message, the stream time advances by the wall-clock time elapsed since the last one
+  (:meth:`WindowCounters.advance`): counters decay and leave the view as the offline table's
+  do. A restarted job replays in event time, so until it is idle again it serves the counts
+  at its last event.
 * **Bad records** (any bytes: :func:`~feedrank.schemas.decode` is total) go to
   ``engagements.dlq`` as a :class:`~feedrank.schemas.DeadLetter` with the reason and their
   partition/offset, and are committed past (never lost, never fatal; not re-sent when
@@ -132,6 +139,15 @@ class WindowCounters:
             self._dirty[kind].add(key)
         self.stream_ts = ts if self.stream_ts is None else max(self.stream_ts, ts)
         return True
+
+    def advance(self, stream_ts: float) -> None:
+        """Move the stream time forward to ``stream_ts`` without an event (never back).
+
+        The next :meth:`changed_rows` then re-pushes every counter whose events left a window
+        by then, lower or as a tombstone: what the offline table holds at that moment.
+        """
+        if self.stream_ts is not None and stream_ts > self.stream_ts:
+            self.stream_ts = stream_ts
 
     def _counts(self, bucket: Iterable[_Event], windows: dict[str, float]) -> tuple[int, ...]:
         now = self.stream_ts or 0.0
@@ -318,14 +334,18 @@ def run_stream_features(
             {tp: OffsetAndMetadata(new, str(old), -1) for tp, (old, new) in starts.items()}
         )
 
-    def push_and_commit() -> None:
-        """Push the changed counters, then commit what they include (at-least-once)."""
-        started = time.perf_counter()
+    def push_changed() -> None:
+        """Push the counters that changed since the last push."""
         for view, frame in counters.changed_rows().items():
             store.push(push_source_name(view), frame, to=PushMode.ONLINE)
             stats.pushes += 1
             stats.pushed_rows += len(frame)
             PUSHED_ROWS.inc(len(frame))
+
+    def push_and_commit() -> None:
+        """Push the changed counters, then commit what they include (at-least-once)."""
+        started = time.perf_counter()
+        push_changed()
         stats.push_latency_ms.append(1e3 * (time.perf_counter() - started))
         PUSH_SECONDS.observe(time.perf_counter() - started)
         producer.flush()
@@ -360,6 +380,8 @@ def run_stream_features(
 
             bar = progress_bar(desc="engagements", unit="msg", total=max_messages)
         last_message = time.monotonic()
+        last_event_ts: float | None = None  # stream time when the last message arrived
+        idle_after_s = settings.stream_features.idle_advance_after_s
         while (max_messages is None or stats.consumed < max_messages) and not (
             stop is not None and stop.is_set()
         ):
@@ -371,8 +393,12 @@ def run_stream_features(
                     add_partitions(added, at_end_if_new=False)
             batch = consumer.poll(timeout_ms=poll_timeout_ms)
             if not batch:
-                if idle_timeout_s is not None and time.monotonic() - last_message > idle_timeout_s:
+                idle_s = time.monotonic() - last_message
+                if idle_timeout_s is not None and idle_s > idle_timeout_s:
                     break
+                if idle_s >= idle_after_s and last_event_ts is not None and not replaying:
+                    counters.advance(last_event_ts + idle_s)
+                    push_changed()  # nothing new was read: nothing to commit
                 continue
             last_message = time.monotonic()
             for tp, records in batch.items():
@@ -403,6 +429,7 @@ def run_stream_features(
                 if consumer.position(tp) >= resume_at:
                     del replaying[tp]
                     log.info("%s: windows rebuilt up to offset %d", tp, resume_at)
+            last_event_ts = counters.stream_ts
             if not replaying:  # while windows are incomplete, pushing would lower counts
                 push_and_commit()
             stats.lag = _lag(consumer)

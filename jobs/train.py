@@ -162,6 +162,7 @@ def train(
                 "params": r.params,
                 "best_iteration": r.best_iteration,
                 "trees": r.best_iteration + 1,
+                "selected_on": r.selected_on,
                 "seconds": round(r.seconds, 3),
                 "search": r.tried,
             }
@@ -170,7 +171,7 @@ def train(
         "mlflow_run_id": run_id,
     }
     metrics = {
-        h: {"validation_logloss_downsampled": r.validation_logloss, **aucs[h]}
+        h: {"selection_logloss_downsampled": r.selection_logloss, **aucs[h]}
         for h, r in heads.items()
     }
     try:

@@ -1,10 +1,11 @@
 """The per-head boosters of ``feedrank train``: one XGBoost model per engagement head.
 
 * Single node (:func:`train_heads_single_node`): ``hist`` trees, ``binary:logistic``, early
-  stopping on the validation day, and a small hyperparameter search (depth / learning rate /
-  min_child_weight, :func:`search_space`) chosen on validation log loss within
-  ``training.search_budget_s``. The saved booster is sliced to its best iteration, so every
-  consumer predicts with exactly the trees that were selected.
+  stopping and a small hyperparameter search (depth / learning rate / min_child_weight,
+  :func:`search_space`, within ``training.search_budget_s``) chosen by log loss on the
+  *selection day*, the last training day (:func:`jobs.train_inputs.selection_rows`), by heads
+  fitted on the days before it; never on the held-out day, which the gate then scores. The
+  chosen parameters and tree count are then refitted on every training day.
 * ``cluster`` profile (or ``distributed=True``, :func:`train_heads_distributed`): the same
   heads are trained with ``xgboost.spark.SparkXGBClassifier`` on the configured Spark master,
   ``num_workers`` tasks, and the booster is taken out of the Spark model into the same UBJ
@@ -26,7 +27,7 @@ import numpy as np
 
 from feedrank import feature_spec
 from feedrank.config import HEADS, Settings
-from jobs.train_inputs import TrainingData, learning_matrix
+from jobs.train_inputs import TrainingData, learning_matrix, selection_rows
 
 log = logging.getLogger("feedrank.train")
 
@@ -40,9 +41,10 @@ class HeadResult:
     booster: Any
     params: dict[str, Any]
     best_iteration: int
-    validation_logloss: float
+    selection_logloss: float  # on the selection day (distributed: the held-out day)
     seconds: float
     tried: list[dict[str, Any]] = field(default_factory=list)
+    selected_on: str | None = None  # the rows the trees and parameters were chosen on
 
 
 def base_params(settings: Settings) -> dict[str, Any]:
@@ -103,35 +105,40 @@ def train_heads_single_node(
 ) -> dict[str, HeadResult]:
     """Train every head on this machine, searching hyperparameters within the budget.
 
-    The budget ``training.search_budget_s`` is shared equally by the heads; each head always
+    Candidates are fitted on the training days before the selection day and compared there
+    (early stopping too); the best is refitted on all training days with its tree count. The
+    budget ``training.search_budget_s`` is shared equally by the heads; each head always
     trains the configured parameters, then further candidates while its share lasts.
     """
     import xgboost as xgb
 
     features = feature_spec.model_features()
-    X_tr, X_va = learning_matrix(data.train), learning_matrix(data.validation)
-    # One quantised training matrix for all heads: bin edges do not depend on the label.
-    dtrain = xgb.QuantileDMatrix(
-        X_tr,
-        label=data.train["label_like"].to_numpy(np.float32),
-        feature_names=features,
-        nthread=settings.training.nthread,
+    selection_day, selecting = selection_rows(data.train)
+    fitting = ~selecting
+    log.info(
+        "selecting trees and parameters on %s (%d rows), fitting on %d rows",
+        selection_day,
+        int(selecting.sum()),
+        int(fitting.sum()),
     )
-    dvalid = xgb.DMatrix(
-        X_va,
-        label=data.validation["label_like"].to_numpy(np.float32),
-        feature_names=features,
-        nthread=settings.training.nthread,
-    )
+    X_all = learning_matrix(data.train)
+    nthread = settings.training.nthread
+    # Quantised matrices shared by all heads: bin edges do not depend on the label.
+    dfit = xgb.QuantileDMatrix(X_all[fitting], feature_names=features, nthread=nthread)
+    dselect = xgb.DMatrix(X_all[selecting], feature_names=features, nthread=nthread)
+    dall = xgb.QuantileDMatrix(X_all, feature_names=features, nthread=nthread)
     per_head_budget = settings.training.search_budget_s / len(HEADS)
     space = search_space(settings)
     task = progress.add_task("training heads", total=len(HEADS)) if progress else None
     results: dict[str, HeadResult] = {}
     for head in HEADS:
-        dtrain.set_label(data.train[f"label_{head}"].to_numpy(np.float32))
-        dtrain.set_weight(data.head_weights("train", head).astype(np.float32))
-        dvalid.set_label(data.validation[f"label_{head}"].to_numpy(np.float32))
-        dvalid.set_weight(data.head_weights("validation", head).astype(np.float32))
+        labels = data.train[f"label_{head}"].to_numpy(np.float32)
+        weights = data.head_weights("train", head).astype(np.float32)
+        for matrix, rows in ((dfit, fitting), (dselect, selecting)):
+            matrix.set_label(labels[rows])
+            matrix.set_weight(weights[rows])
+        dall.set_label(labels)
+        dall.set_weight(weights)
         start = time.perf_counter()
         best: HeadResult | None = None
         tried: list[dict[str, Any]] = []
@@ -140,22 +147,23 @@ def train_heads_single_node(
                 break
             params = {**base_params(settings), **candidate}
             t0 = time.perf_counter()
-            booster, best_it, loss = _train_one(params, dtrain, dvalid, settings)
+            booster, best_it, loss = _train_one(params, dfit, dselect, settings)
             tried.append(
                 {
                     **candidate,
                     "best_iteration": best_it,
-                    "validation_logloss": loss,
+                    "selection_logloss": loss,
                     "seconds": round(time.perf_counter() - t0, 3),
                 }
             )
             log.info(
                 "head %s candidate %s: logloss %.5f at %d trees", head, candidate, loss, best_it + 1
             )
-            if best is None or loss < best.validation_logloss:
+            if best is None or loss < best.selection_logloss:
                 best = HeadResult(booster, params, best_it, loss, 0.0)
         assert best is not None
-        best.booster = best.booster[: best.best_iteration + 1]
+        best.booster = xgb.train(best.params, dall, num_boost_round=best.best_iteration + 1)
+        best.selected_on = selection_day
         best.seconds = time.perf_counter() - start
         best.tried = tried
         results[head] = best
@@ -255,7 +263,7 @@ def train_heads_distributed(
                 booster=booster,
                 params={**base, "num_workers": settings.training.num_workers},
                 best_iteration=best_it,
-                validation_logloss=best_score,
+                selection_logloss=best_score,
                 seconds=time.perf_counter() - start,
             )
             log.info(

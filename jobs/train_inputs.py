@@ -132,6 +132,26 @@ def _read_split(run_dir: Path, split: str) -> pd.DataFrame:
     return df
 
 
+def selection_rows(train: pd.DataFrame) -> tuple[str, np.ndarray]:
+    """The training rows that choose the heads' tree counts and hyperparameters.
+
+    The last training day (never the held-out day, which the gate scores): selecting on the
+    day the model is then judged on would make the gate's figures optimistic. With a single
+    training day, its last fifth by ``served_at``.
+
+    Returns:
+        A label for the rows (their day, or ``"<day> last 20%"``) and a boolean row mask.
+    """
+    served = pd.to_datetime(train["served_at"], utc=True)
+    days = served.dt.strftime("%Y-%m-%d").to_numpy()
+    last = str(days.max())
+    mask = days == last
+    if mask.all():
+        cut = served.quantile(0.8)
+        return f"{last} last 20%", (served > cut).to_numpy()
+    return last, mask
+
+
 def negative_weights(labels: np.ndarray, keep_prob: np.ndarray, rate: float) -> np.ndarray:
     """``rate / keep_prob`` for negatives, 1 for positives (see the module docstring)."""
     keep_prob = np.asarray(keep_prob, dtype=np.float64)

@@ -47,8 +47,8 @@ def train_command(
                 "seconds": round(result.seconds, 1),
                 "mlflow_run_id": result.mlflow_run_id,
                 "trees": {h: r.best_iteration + 1 for h, r in result.heads.items()},
-                "validation_logloss_downsampled": {
-                    h: round(r.validation_logloss, 5) for h, r in result.heads.items()
+                "selection_logloss_downsampled": {
+                    h: round(r.selection_logloss, 5) for h, r in result.heads.items()
                 },
             },
             indent=2,

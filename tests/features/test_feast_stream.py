@@ -60,6 +60,27 @@ def test_window_counters_count_positive_heads_and_slide() -> None:
 
 
 @pytest.mark.unit
+def test_silent_stream_counters_decay_and_leave_when_the_stream_time_advances() -> None:
+    """No event after T0 + 50 min: advancing the stream time alone lowers, then tombstones."""
+    counters = WindowCounters()
+    counters.add(_engagement(7, 1, T0), partition=0, offset=1)
+    counters.add(_engagement(7, 1, T0 + dt.timedelta(minutes=50)), partition=0, offset=2)
+    counters.changed_rows()
+    counters.advance((T0 + dt.timedelta(minutes=40)).timestamp())  # never moves back
+    assert counters.changed_rows() == {}
+    counters.advance((T0 + dt.timedelta(minutes=90)).timestamp())
+    tweet = counters.changed_rows()["tweet_realtime"].set_index("tweet_id").loc[7]
+    assert (tweet["tweet_engagements_30m"], tweet["tweet_engagements_1h"]) == (0, 1)
+    counters.advance((T0 + dt.timedelta(minutes=111)).timestamp())
+    rows = counters.changed_rows()
+    tweet = rows["tweet_realtime"].set_index("tweet_id").loc[7]
+    assert tweet[["tweet_engagements_30m", "tweet_engagements_1h"]].isna().all()
+    assert rows["user_realtime"].set_index("user_id").loc[1, "user_engagements_1h"] is pd.NA
+    assert tweet["event_timestamp"] == T0 + dt.timedelta(minutes=111)  # the stream time
+    assert counters.replay_offsets() == {}  # nothing left to replay after a restart
+
+
+@pytest.mark.unit
 def test_start_points_never_skip_a_partition_of_an_existing_group() -> None:
     """Committed partitions replay from their metadata; an uncommitted one starts at its
     beginning unless the whole group is new and asked to start at the end."""
@@ -216,6 +237,65 @@ def test_pushed_engagement_is_visible_online_within_a_second(
     finally:
         producer.close()
     assert stats.dead_lettered >= 1 and stats.counted >= 2 and stats.commits >= 2
+
+
+@pytest.mark.integration
+def test_silent_tweet_counters_decay_and_expire_online(kafka: Settings, tmp_path: Path) -> None:
+    """No engagement after F: the job's stream time follows the wall clock once idle, so the
+    tweet whose likes were 29m50s and 59m50s old at F decays, then leaves the view, online
+    (Feast and the serving fast path), as the offline table's counters do."""
+    from kafka import KafkaProducer
+
+    from feedrank.config import StreamFeaturesConfig
+    from serving.hydration import FeatureHydrator
+
+    local, store = _local_store(kafka, tmp_path)
+    local = local.model_copy(
+        update={"stream_features": StreamFeaturesConfig(idle_advance_after_s=1.0)}
+    )
+    producer = KafkaProducer(bootstrap_servers=kafka.kafka.bootstrap_servers, acks="all")
+    fading, silent = _unique_id(3 * 10**12), _unique_id(4 * 10**12)
+    last = dt.datetime(2099, 1, 1, tzinfo=dt.UTC)  # after any other test's events
+    names = ["tweet_engagements_30m", "tweet_engagements_1h"]
+
+    def online(tweet_id: int) -> tuple[int | None, ...]:
+        got = store.get_online_features(
+            features=[f"tweet_realtime:{n}" for n in names], entity_rows=[{"tweet_id": tweet_id}]
+        ).to_dict()
+        return tuple(got[n][0] for n in names)
+
+    def send(tweet_id: int, at: dt.datetime) -> None:
+        producer.send("engagements", encode(_engagement(tweet_id, 6, at)))
+        producer.flush()
+
+    def warmed_up() -> bool:
+        if online(silent)[1] is not None:
+            return True
+        send(silent, last - dt.timedelta(seconds=3590))
+        time.sleep(0.5)
+        return False
+
+    try:
+        with _stream_job(local, f"test-{uuid.uuid4().hex}") as job:
+            job.wait_for(warmed_up, "the warm-up push")
+            send(fading, last - dt.timedelta(seconds=1790))
+            send(fading, last)
+            job.wait_for(lambda: online(fading)[1] == 2, "both likes", state=lambda: online(fading))
+            # Silent from here on: within seconds the first like leaves the 30 minutes and
+            # the silent tweet's last like its hour (a tombstone: missing, not its last value).
+            job.wait_for(
+                lambda: online(fading)[0] == 1 and online(silent) == (None, None),
+                "the idle stream time to expire the old likes",
+                state=lambda: (online(fading), online(silent)),
+            )
+            assert online(fading) == (1, 2)
+            columns = [spec.model_features().index(n) for n in names]
+            fast = FeatureHydrator(local, store=store).hydrate(6, [fading, silent], 0.0, "web")
+            assert fast[0, columns].tolist() == [1.0, 2.0]
+            assert np.isnan(fast[1, columns]).all()
+            job.finish()
+    finally:
+        producer.close()
 
 
 @pytest.mark.integration

@@ -122,7 +122,7 @@ def test_latest_run_is_the_one_with_the_latest_validation_day(
         shutil.rmtree(later)
 
 
-def test_search_keeps_the_candidate_with_the_lowest_validation_logloss(
+def test_search_keeps_the_candidate_with_the_lowest_selection_logloss(
     train_settings: Settings, tmp_path: Path
 ) -> None:
     run = write_training_run(tmp_path / "training", tmp_path / "lake", requests_per_day=300)
@@ -136,10 +136,43 @@ def test_search_keeps_the_candidate_with_the_lowest_validation_logloss(
     heads = train_heads_single_node(load_training_data(run), settings)
     for result in heads.values():
         assert len(result.tried) == len(search_space(settings))
-        best = min(result.tried, key=lambda t: t["validation_logloss"])
+        best = min(result.tried, key=lambda t: t["selection_logloss"])
         assert result.params["max_depth"] == best["max_depth"]
         assert result.params["min_child_weight"] == best["min_child_weight"]
-        assert result.validation_logloss == best["validation_logloss"]
+        assert result.selection_logloss == best["selection_logloss"]
+
+
+def test_trees_and_parameters_are_chosen_on_the_last_training_day_not_the_held_out_day(
+    train_settings: Settings, tmp_path: Path
+) -> None:
+    """The held-out day is the gate's: its labels must not change the trained heads (early
+    stopping here; the search compares its candidates on the same rows)."""
+    run = write_training_run(tmp_path / "training", tmp_path / "lake", requests_per_day=300)
+    settings = train_settings.model_copy(
+        update={
+            "training": train_settings.training.model_copy(
+                update={"search_budget_s": 0.0, "n_estimators": 40}
+            )
+        }
+    )
+    data = load_training_data(run)
+    heads = train_heads_single_node(data, settings)
+    last_train_day = max(data.manifest["train_dates"])
+    assert {r.selected_on for r in heads.values()} == {last_train_day}
+    shuffled = load_training_data(run)
+    rng = np.random.default_rng(1)
+    for column in [c for c in shuffled.validation if c.startswith("label_")]:
+        shuffled.validation[column] = rng.permutation(shuffled.validation[column].to_numpy())
+    again = train_heads_single_node(shuffled, settings)
+    X = feature_matrix(data.validation)
+    for head, result in heads.items():
+        assert again[head].tried == [
+            {**t, "seconds": a["seconds"]}
+            for t, a in zip(result.tried, again[head].tried, strict=True)
+        ]
+        assert np.array_equal(
+            result.booster.inplace_predict(X), again[head].booster.inplace_predict(X)
+        )
 
 
 def test_light_ranker_pruning_keeps_what_the_heavy_ranker_ranks_high(model, validation) -> None:
