@@ -33,6 +33,7 @@ from serving.scorer import (
     PolicyResult,
     RankingPolicy,
     Scorer,
+    light_keep,
     load_serving_model,
 )
 
@@ -157,9 +158,10 @@ class CounterfactualScoring:
     """Every counterfactual policy's expected outcome on one request (the recorder's work).
 
     Policies: ``chronological`` (newest first), ``popularity`` (the offline baseline's
-    engagement counts), ``light`` (the light ranker alone), ``champion`` (the heavy heads on
-    every candidate, no latency pruning), ``oracle`` (true probabilities). Each order gets
-    the served feed's author-diversity discount and top-K.
+    engagement counts), ``light`` (the light ranker alone), ``champion`` (the served funnel:
+    the light ranker's cut to ``ranking.heavy_ranker_cap``, then the heavy heads; no latency
+    pruning), ``oracle`` (true probabilities). Each order gets the served feed's
+    author-diversity discount and top-K.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -176,11 +178,17 @@ class CounterfactualScoring:
         X = ctx.features
         created = X[:, _COLUMNS["tweet_created_ts"]].astype(np.float64)
         frame = pd.DataFrame(X.astype(np.float64), columns=list(_COLUMNS))
+        # The served champion's funnel without latency pruning: the light ranker's cut to
+        # ranking.heavy_ranker_cap, the heavy heads on those; the rest rank last.
+        light = ctx.model.light_scores(X)
+        keep = light_keep(light, min(len(light), self.settings.ranking.heavy_ranker_cap))
+        champion = np.full(len(light), -np.inf)
+        champion[keep] = ctx.model.weighted_scores(X[keep])
         return {
             "chronological": np.where(np.isnan(created), -np.inf, created),
             "popularity": popularity_scores(frame),
-            "light": ctx.model.light_scores(X),
-            "champion": ctx.model.weighted_scores(X),
+            "light": light,
+            "champion": champion,
             "oracle": self.oracle(None, ctx).scores,
         }
 

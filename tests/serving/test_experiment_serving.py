@@ -154,6 +154,7 @@ def test_counterfactual_recorder_scores_every_policy_on_the_same_request(
     from serving.counterfactual import (
         COUNTERFACTUAL_POLICIES,
         CounterfactualRecorder,
+        CounterfactualScoring,
         counterfactual_summary,
         read_counterfactual_records,
     )
@@ -202,3 +203,11 @@ def test_counterfactual_recorder_scores_every_policy_on_the_same_request(
     assert summary["oracle"]["share_of_oracle"] == pytest.approx(1.0)
     # Ranking by the truth earns more than newest-first on the same candidates.
     assert summary["oracle"]["mean"] > 1.2 * summary["chronological"]["mean"]
+
+    # The champion policy is the served funnel: the light ranker's cut, the heavy heads on it.
+    ranking = settings.ranking.model_copy(update={"heavy_ranker_cap": 50})
+    scoring = CounterfactualScoring(settings.model_copy(update={"ranking": ranking}))
+    scores = scoring.policy_scores(ctx)
+    kept = np.flatnonzero(np.isfinite(scores["champion"]))
+    assert set(kept) == set(np.argsort(-scores["light"], kind="stable")[:50])
+    np.testing.assert_allclose(scores["champion"][kept], model.weighted_scores(X[kept]))
