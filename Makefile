@@ -65,7 +65,7 @@ test: setup $(HELM) ## Run the test suite, all but the `cluster` DAG run (tests 
 test-unit: setup ## Run only the tests marked unit (no services)
 	$(PY) -m pytest -m unit
 
-test-cluster: setup ## The retrain DAG on the cluster profile: 3 brokers, Redis, Spark master + 2 workers (~8 min, not in `make test`)
+test-cluster: setup ## The retrain DAG on the cluster profile: 3 brokers, Redis, Spark master + 2 workers (8-11 min here, not in `make test`)
 	$(PY) -m pytest -m cluster
 
 k8s-check: setup $(HELM) ## Render the Helm chart, validate it (Kubernetes, KEDA), lint the Dockerfile

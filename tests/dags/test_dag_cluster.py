@@ -36,8 +36,8 @@ CONF = {"training_days": 2}
 PORT_OFFSET = 300  # test_kafka_cluster.py's brokers use 200
 
 # Not in `make test` (`-m "not cluster"` in pyproject.toml): `make test-cluster` runs it. Measured
-# here at 8 min (3 min of CPU) under a load average of 9-10 on 2 cores, twice the ~4 min the
-# suite could take on.
+# here at 8-11 min (3-4.5 min of CPU) under load averages of 8-13 on 2 cores, twice the ~4 min
+# the suite could take on.
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.timeout(1800)]
 
 
