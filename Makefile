@@ -15,7 +15,7 @@ UV_DEP := $(if $(UV_ON_PATH),,.cache/uv-venv/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := python3.11
 
-.PHONY: help setup up down status test test-unit lint demo bench chaos airflow quality-curve prometheus mlflow-ui helm k8s-check
+.PHONY: help setup up down status test test-unit test-cluster lint demo bench chaos airflow quality-curve prometheus mlflow-ui helm k8s-check
 
 help: ## List the targets
 	@echo "feedrank — make targets (FEEDRANK_PROFILE=local|redis|cluster|secure picks the services):"
@@ -59,11 +59,14 @@ down: ## Stop every service started from the run folder (var/ unless FEEDRANK_PA
 status: ## Show which services run and answer
 	@$(PY) -m feedrank.services status
 
-test: setup $(HELM) ## Run the whole test suite (tests start real services themselves)
+test: setup $(HELM) ## Run the test suite, all but the `cluster` DAG run (tests start real services themselves)
 	$(PY) -m pytest
 
 test-unit: setup ## Run only the tests marked unit (no services)
 	$(PY) -m pytest -m unit
+
+test-cluster: setup ## The retrain DAG on the cluster profile: 3 brokers, Redis, Spark master + 2 workers (8-11 min here, not in `make test`)
+	$(PY) -m pytest -m cluster
 
 k8s-check: setup $(HELM) ## Render the Helm chart, validate it (Kubernetes, Strimzi, KEDA, spark-operator), lint the Dockerfile
 	$(PY) -m pytest tests/deploy -q

@@ -48,6 +48,9 @@ SYNTHETIC_START = dt.date(2026, 11, 1)
 READY_TIMEOUT_S = 300.0
 BENCH_MODEL_TREES = 100
 DRAIN_TIMEOUT_S = 60.0
+# The unmeasured load's last seconds that must be answered on time before a settled
+# measurement starts (``run_bench(settle_max_s=...)``).
+SETTLE_WINDOW_S = 5.0
 FLOOR_CALLS = 50
 
 
@@ -332,6 +335,7 @@ def run_bench(
     naive_requests: int = 10,
     servers: int = 1,
     warmup_s: float = 5.0,
+    settle_max_s: float | None = None,
     curve_rates: tuple[float, ...] = (),
     fault: Callable[[float, ServeProcesses], None] | None = None,
     per_request: bool = False,
@@ -344,6 +348,13 @@ def run_bench(
     ``duration_s`` too, on the same processes, and its figures go to ``load_curve``.
 
     Args:
+        settle_max_s: Keep the unmeasured load going after ``warmup_s`` until the last
+            :data:`SETTLE_WINDOW_S` of it was answered with a median latency (from when each
+            request was due) within the budget, at most this long; then start the measured
+            load on a schedule of its own. A standing backlog (cold processes, a load
+            generator that fell behind) shifts every latency, so the median is over the
+            budget until it has drained; a busy machine's noise alone leaves it under. None:
+            the fixed ``warmup_s``, on one schedule with the measured load.
         fault: Run on a thread of its own when the measured load at ``rate_rps`` starts, with
             that wall time (``time.time()``) and the serve processes: a fault scenario
             (``serving.chaos_bench``) under load. Its exception fails the run once the load
@@ -426,28 +437,71 @@ def run_bench(
         # producer sends late, and a user would have waited from here.
         scheduled: list[float] = []
         measured_from: list[float] = []
+        warm_due: list[tuple[str, float]] = []  # settling: each warm request and when due
+        settled = threading.Event()
+        warm_took: list[float] = []
 
         def produce() -> None:
             start, start_wall = time.monotonic(), time.time()
-            for i, spec in enumerate([*warm_load, *planned]):
-                delay = start + i / rate - time.monotonic()
+            if settle_max_s is None:
+                specs = [*warm_load, *planned]
+                n_warm = len(warm_load)
+            else:
+                specs, n_warm = [], 0
+                warm_specs = _requests(
+                    users, tweets, candidates, round(rate * (warmup_s + settle_max_s)), seed + 1
+                )
+                for i, spec in enumerate(warm_specs):
+                    elapsed = time.monotonic() - start
+                    if elapsed >= warmup_s and settled.is_set():
+                        break
+                    delay = start + i / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    warm_due.append((send(*spec, prefix="warm").request_id, start_wall + i / rate))
+                    producer.flush()
+                warm_took.append(time.monotonic() - start)
+                start, start_wall = time.monotonic(), time.time()
+            for i, spec in enumerate(specs or planned, start=-n_warm):
+                delay = start + (i + n_warm) / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                if i < len(warm_load):
+                if i < 0:
                     send(*spec, prefix="warm")
                 else:
                     if not measured_from:
                         measured_from.append(time.time())
-                    scheduled.append(start_wall + i / rate)
+                    scheduled.append(start_wall + (i + n_warm) / rate)
                     sent.append(send(*spec, prefix="bench"))
                 producer.flush()
 
+        def settle_check() -> None:
+            """Set ``settled`` once the warm requests due in the last window were answered
+            with a median latency within the budget."""
+            now = time.time()
+            window = [
+                (rid, due)
+                for rid, due in warm_due
+                if now - SETTLE_WINDOW_S - budget_s <= due <= now - budget_s
+            ]
+            if len(window) < rate * SETTLE_WINDOW_S / 2:
+                return
+            latencies = sorted(
+                results[rid]["received"] - due if rid in results else now - due
+                for rid, due in window
+            )
+            if latencies[len(latencies) // 2] <= budget_s:
+                settled.set()
+
+        budget_s = world.serving.budget_ms / 1e3
         sender = threading.Thread(target=produce, name="bench-producer", daemon=True)
         sender.start()
         before: dict[str, float] | None = None
         fault_thread: threading.Thread | None = None
         while sender.is_alive():
             collect({r.request_id for r in sent}, time.monotonic() + 0.2)
+            if settle_max_s is not None and not settled.is_set() and not measured_from:
+                settle_check()
             if before is None and measured_from:
                 before = _scrape(world, servers)
                 cpu_before = (time.process_time(), process_cpu_seconds(broker), _machine_ticks())
@@ -481,6 +535,8 @@ def run_bench(
         figures.update(
             {
                 "rate_rps": rate,
+                "warmup_s": warm_took[0] if warm_took else warmup_s,
+                "warmup_settled": settled.is_set() if settle_max_s is not None else None,
                 "answered_twice": sum(answers[r.request_id] > 1 for r in sent),
                 "bench_cpu_ms_per_request": 1e3 * bench_cpu / max(len(sent), 1),
                 "broker_cpu_ms_per_request": 1e3 * broker_cpu / max(len(sent), 1),
