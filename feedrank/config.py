@@ -474,6 +474,14 @@ class SparkConfig(Section):
     master: str = Field(default="local[*]", description="Spark master URL.")
     shuffle_partitions: int = Field(default=4, ge=1, description="Small for small machines.")
     driver_memory: str = Field(default="4g", description="spark.driver.memory.")
+    driver_java_options: str = Field(
+        default="",
+        description="spark.driver.extraJavaOptions of the sessions feedrank starts (in local "
+        "mode the executors run in the driver JVM too). `make demo` sets "
+        "-XX:TieredStopAtLevel=1 for its small world: a job of a few seconds spends more CPU "
+        "in the C2 compiler than it gets back (docs/performance.md); leave it empty for "
+        "real data.",
+    )
     cluster_workers: int = Field(default=2, ge=1, description="Workers of the local cluster.")
     worker_cores: int = Field(default=1, ge=1, description="Cores per local worker.")
     worker_memory: str = Field(default="2g", description="Memory per local worker.")
