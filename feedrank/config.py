@@ -477,10 +477,9 @@ class SparkConfig(Section):
     driver_java_options: str = Field(
         default="",
         description="spark.driver.extraJavaOptions of the sessions feedrank starts (in local "
-        "mode the executors run in the driver JVM too). `make demo` sets "
-        "-XX:TieredStopAtLevel=1 for its small world: a job of a few seconds spends more CPU "
-        "in the C2 compiler than it gets back (docs/performance.md); leave it empty for "
-        "real data.",
+        "mode the executors run in the driver JVM too). -XX:TieredStopAtLevel=1 (C1 JIT only) "
+        "cut the demo's features job 69 -> 59 CPU-s but made training-data far slower "
+        "(docs/performance.md): not set by default.",
     )
     cluster_workers: int = Field(default=2, ge=1, description="Workers of the local cluster.")
     worker_cores: int = Field(default=1, ge=1, description="Cores per local worker.")

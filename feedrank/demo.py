@@ -50,10 +50,6 @@ DEMO_ARMS = {"control": 0.45, "treatment": 0.45, "oracle": 0.10}
 # than with the old 3-day window keep the demo's time about the same (docs/quality.md).
 DEMO_DAYS = 9
 DEMO_USERS = 500
-# The demo's Spark jobs run seconds on a few MB: the JIT's C2 tier costs more CPU than it
-# returns there (features job: 69 → 59 CPU-s, docs/performance.md). Its own setting, so a
-# caller's FEEDRANK_SPARK__DRIVER_JAVA_OPTIONS wins, and nothing else changes.
-DEMO_DRIVER_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
 
 
 def _step(title: str) -> float:
@@ -553,15 +549,8 @@ def run_demo(
     started = time.monotonic()
     # Every process of the demo (scorer, DAG tasks) must rebuild the same simulated world.
     os.environ["FEEDRANK_SIMULATOR__USERS"] = str(users)
-    java_options = os.environ.setdefault(
-        "FEEDRANK_SPARK__DRIVER_JAVA_OPTIONS",
-        settings.spark.driver_java_options or DEMO_DRIVER_JAVA_OPTIONS,
-    )
     settings = settings.model_copy(
-        update={
-            "simulator": settings.simulator.model_copy(update={"users": users}),
-            "spark": settings.spark.model_copy(update={"driver_java_options": java_options}),
-        }
+        update={"simulator": settings.simulator.model_copy(update={"users": users})}
     )
     today = today or dt.datetime.now(dt.UTC).date()
     last_day = today - dt.timedelta(days=1)

@@ -91,7 +91,7 @@ def test_a_job_off_a_terminal_writes_no_progress_bar(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_driver_java_options_reach_the_session_jvm(tmp_path: Path) -> None:
-    """``spark.driver_java_options`` (what ``make demo`` sets) is on the JVM's command line,
+    """``spark.driver_java_options`` is on the session JVM's command line,
     and an empty setting adds nothing."""
     import os
     import subprocess
