@@ -478,7 +478,7 @@ class SparkConfig(Section):
         default="",
         description="spark.driver.extraJavaOptions of the sessions feedrank starts (in local "
         "mode the executors run in the driver JVM too). -XX:TieredStopAtLevel=1 (C1 JIT only) "
-        "cut the demo's features job 69 -> 59 CPU-s but made training-data far slower "
+        "cut the demo's features job 69 -> 59 CPU-s but made training-data slower "
         "(docs/performance.md): not set by default.",
     )
     cluster_workers: int = Field(default=2, ge=1, description="Workers of the local cluster.")
