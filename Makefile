@@ -14,6 +14,11 @@ UV_DEP := $(if $(UV_ON_PATH),,.cache/uv-venv/bin/uv)
 # Only the registries are reachable: never let uv download a Python build.
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := python3.11
+# Bytecode is written when a module is first imported, not compiled for every package at
+# install: the demo imports about 4k of the venv's 15k modules, and `uv sync
+# --compile-bytecode` spent 33 CPU-s on all of them (docs/performance.md). These machines
+# set PYTHONDONTWRITEBYTECODE, which would make every process recompile what it imports.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: help setup up down status test test-unit test-cluster lint demo bench chaos airflow quality-curve prometheus mlflow-ui helm k8s-check
 
@@ -30,9 +35,7 @@ help: ## List the targets
 # The stamp is newer than the lock file once `uv sync` has installed exactly that lock.
 .venv/.feedrank-synced: uv.lock pyproject.toml | $(UV_DEP)
 	@echo "[setup] installing the locked dependencies into .venv (uv sync --frozen)"
-	@# Bytecode at install time: with PYTHONDONTWRITEBYTECODE set (as on these machines) every
-	@# process would otherwise recompile pyspark, feast, airflow, ... on each start (twice the CPU).
-	$(UV) sync --frozen --compile-bytecode
+	$(UV) sync --frozen
 	@touch $@
 
 # helm, built from the Go module proxy (the only place it is served here), once per checkout.

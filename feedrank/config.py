@@ -474,6 +474,13 @@ class SparkConfig(Section):
     master: str = Field(default="local[*]", description="Spark master URL.")
     shuffle_partitions: int = Field(default=4, ge=1, description="Small for small machines.")
     driver_memory: str = Field(default="4g", description="spark.driver.memory.")
+    driver_java_options: str = Field(
+        default="",
+        description="spark.driver.extraJavaOptions of the sessions feedrank starts (in local "
+        "mode the executors run in the driver JVM too). -XX:TieredStopAtLevel=1 (C1 JIT only) "
+        "cut the demo's features job 69 -> 59 CPU-s but made training-data slower "
+        "(docs/performance.md): not set by default.",
+    )
     cluster_workers: int = Field(default=2, ge=1, description="Workers of the local cluster.")
     worker_cores: int = Field(default=1, ge=1, description="Cores per local worker.")
     worker_memory: str = Field(default="2g", description="Memory per local worker.")

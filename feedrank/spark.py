@@ -36,7 +36,8 @@ def event_log_dir(settings: Settings) -> Path:
 
 
 def profile_conf(app_name: str, settings: Settings) -> dict[str, str]:
-    """The Spark properties the profile asks for: master, memory, loopback addresses, UTC."""
+    """The Spark properties the profile asks for: master, memory, JVM options, loopback
+    addresses, UTC."""
     conf = {
         "spark.master": settings.spark.master,
         "spark.app.name": app_name,
@@ -57,6 +58,8 @@ def profile_conf(app_name: str, settings: Settings) -> dict[str, str]:
     jars = ",".join(str(p) for p in connector_jars(settings))
     if jars:
         conf["spark.jars"] = jars
+    if settings.spark.driver_java_options:
+        conf["spark.driver.extraJavaOptions"] = settings.spark.driver_java_options
     if settings.spark.event_log:
         conf["spark.eventLog.enabled"] = "true"
         conf["spark.eventLog.dir"] = event_log_dir(settings).as_uri()

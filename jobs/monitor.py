@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +115,27 @@ def report_path(settings: Settings, day: dt.date) -> Path:
     return settings.paths.reports / "monitoring" / f"{day.isoformat()}.json"
 
 
+def served_versions(impression_partitions: list[Path]) -> list[str | None]:
+    """Model versions of the impressions that carry their feature vector, most served first.
+
+    Read with pyarrow from two columns, so a day with none of them (a fresh backfill of
+    simulated days: the demo's and every first DAG run's) needs no SparkSession at all.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    counts: dict[str | None, int] = {}
+    for folder in impression_partitions:
+        for file in sorted(Path(folder).glob("*.parquet")):
+            table = pq.read_table(file, columns=["model_version", "features"])
+            served = table.filter(pc.is_valid(table["features"]))["model_version"]
+            for row in pc.value_counts(served).to_pylist():
+                counts[row["values"]] = counts.get(row["values"], 0) + row["counts"]
+    return sorted(counts, key=lambda version: (-counts[version], str(version)))
+
+
 def run_monitor(
-    spark: SparkSession,
+    spark: SparkSession | Callable[[], SparkSession],
     settings: Settings,
     day: dt.date,
     training_run: Path | None = None,
@@ -125,7 +144,8 @@ def run_monitor(
     """Run every check on the impressions served on ``day`` and write the report.
 
     Args:
-        spark: the session.
+        spark: the session, or a function that starts it (called only when the day has
+            served impressions with their feature vectors).
         settings: thresholds (``monitoring``), paths, attribution window.
         day: the served date.
         training_run: training run folder for drift; default: the one recorded in the
@@ -138,22 +158,20 @@ def run_monitor(
     parts = _input_partitions(settings, day)
     if not parts["impressions"]:
         raise FileNotFoundError(f"no impressions partition for {day} under {settings.paths.lake}")
-    read = spark_io.read_partitions
-    impressions = read(spark, parts["impressions"], lake.table_schema("impressions"))
-    impressions = impressions.where(F.col("features").isNotNull()).cache()
-    engagements = read(spark, parts["engagements"], lake.table_schema("engagements"))
-    feed_requests = read(spark, parts["feed_requests"], lake.table_schema("feed_requests"))
     mon = settings.monitoring
-    versions = [
-        r["model_version"]
-        for r in impressions.groupBy("model_version").count().orderBy(F.desc("count")).collect()
-    ]
+    versions = served_versions(parts["impressions"])
     if not versions:
         empty = "skipped: no served impressions with logged features"
         skew = {"status": empty, "breaches": []}
         drift = {"status": empty, "breaches": []}
         auc = {"status": empty, "breaches": []}
     else:
+        spark = spark if isinstance(spark, SparkSession) else spark()
+        read = spark_io.read_partitions
+        impressions = read(spark, parts["impressions"], lake.table_schema("impressions"))
+        impressions = impressions.where(F.col("features").isNotNull()).cache()
+        engagements = read(spark, parts["engagements"], lake.table_schema("engagements"))
+        feed_requests = read(spark, parts["feed_requests"], lake.table_schema("feed_requests"))
         missing = [v for v in MODEL_VIEWS if not parts[v]]
         if missing:
             skew = {"status": f"skipped: no feature partitions for {missing[0]}", "breaches": []}
@@ -181,7 +199,7 @@ def run_monitor(
         auc["pending_labels"] = pending
         if pending and not len(labelled):
             auc["status"] = f"skipped: labels of {pending} impressions not final yet"
-    impressions.unpersist()
+        impressions.unpersist()
     report = monitoring_report(day, skew, drift, auc, mon)
     path = report_path(settings, day)
     write_report(path, report)

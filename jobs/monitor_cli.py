@@ -84,7 +84,7 @@ def monitor_command(
     settings = get_settings()
     setup_logging("monitor", settings)
     report, path = monitor.run_monitor(
-        get_spark("feedrank-monitor", settings), settings, day, training_run, json_path
+        lambda: get_spark("feedrank-monitor", settings), settings, day, training_run, json_path
     )
     print_summary(report, path)
     if not report["ok"]:

@@ -87,3 +87,46 @@ def test_a_job_off_a_terminal_writes_no_progress_bar(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:].decode(errors="replace")
     assert b"\r" not in done.stderr
     assert b"[Stage" not in done.stderr
+
+
+@pytest.mark.integration
+def test_driver_java_options_reach_the_session_jvm(tmp_path: Path) -> None:
+    """``spark.driver_java_options`` is on the session JVM's command line,
+    and an empty setting adds nothing."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from feedrank.spark import get_spark\n"
+        "spark = get_spark('jvm-options-test')\n"
+        "bean = spark.sparkContext._jvm.java.lang.management.ManagementFactory\n"
+        "print('|'.join(bean.getRuntimeMXBean().getInputArguments()))\n"
+        "print(spark.conf.get('spark.driver.extraJavaOptions', 'unset'))\n"
+        "spark.stop()\n"
+    )
+    env = {
+        **os.environ,
+        "FEEDRANK_PATHS__HOME": str(tmp_path),
+        "FEEDRANK_SPARK__DRIVER_JAVA_OPTIONS": "-XX:TieredStopAtLevel=1 -Dfeedrank.test=on",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    jvm_args, conf_value = done.stdout.strip().splitlines()[-2:]
+    assert {"-XX:TieredStopAtLevel=1", "-Dfeedrank.test=on"} <= set(jvm_args.split("|"))
+    assert conf_value == "-XX:TieredStopAtLevel=1 -Dfeedrank.test=on"
+
+
+@pytest.mark.unit
+def test_an_empty_driver_java_options_sets_no_property() -> None:
+    from feedrank.spark import profile_conf
+
+    def with_options(options: str) -> Settings:
+        settings = Settings()
+        spark = settings.spark.model_copy(update={"driver_java_options": options})
+        return settings.model_copy(update={"spark": spark})
+
+    assert "spark.driver.extraJavaOptions" not in profile_conf("t", with_options(""))
+    assert profile_conf("t", with_options("-Xss4m"))["spark.driver.extraJavaOptions"] == "-Xss4m"

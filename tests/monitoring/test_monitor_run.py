@@ -60,3 +60,37 @@ def test_monitor_command_exits_with_one_line_on_a_bad_date():
 
     with pytest.raises(FeedrankError, match="--date"):
         monitor_command(date="2026-13-01")
+
+
+@pytest.mark.unit
+def test_a_day_without_served_feature_vectors_is_reported_without_starting_spark(tmp_path):
+    """A backfilled day (impressions, none with a logged feature vector): every check says so
+    and no SparkSession is started; served vectors are counted per version, most first."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from feedrank import lake
+    from feedrank.config import PathsConfig, get_settings
+    from jobs.monitor import served_versions
+
+    cfg = get_settings().model_copy(update={"paths": PathsConfig(home=tmp_path)})
+    schema = lake.table_schema("impressions")
+    folder = lake.partition_dir(cfg.paths.lake, "impressions", DAY)
+    folder.mkdir(parents=True)
+    pq.write_table(schema.empty_table(), folder / "part-00000.parquet")
+
+    def no_spark():
+        raise AssertionError("a day with nothing to check must not start Spark")
+
+    report, path = run_monitor(no_spark, cfg, DAY)
+
+    empty = "skipped: no served impressions with logged features"
+    assert [report[check]["status"] for check in CHECKS] == [empty] * len(CHECKS)
+    assert report["ok"] and path.is_file()
+
+    versions = pa.array(["v1", "v2", "v2", "v3"])
+    vectors = pa.array([[0.5], [0.1], [0.2], None], type=schema.field("features").type)
+    pq.write_table(
+        pa.table({"model_version": versions, "features": vectors}), folder / "part-00001.parquet"
+    )
+    assert served_versions([folder]) == ["v2", "v1"]
