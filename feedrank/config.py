@@ -591,7 +591,10 @@ class TrainingConfig(Section):
         default=0.55, ge=0, le=1, description="Promotion gate: every head's AUC must exceed this."
     )
     promote_calibration_tolerance: float = Field(
-        default=0.25, gt=0, description="Promotion gate: |mean pred / mean label − 1| bound."
+        default=0.25,
+        gt=0,
+        description="Promotion gate: |mean pred / mean label − 1| bound, widened by two "
+        "sampling errors of the ratio (ratio / sqrt(held-out positives)).",
     )
 
 

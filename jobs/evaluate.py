@@ -202,6 +202,8 @@ def score_model(
             "rce": m["rce"],
             "calibration": m["calibration"],
             "positive_rate": m["positive_rate"],
+            # held-out positives (the negatives' repeats do not add any): the gate's noise scale
+            "positives": m["rows"] * m["positive_rate"],
             "oracle_auc": None,
             "oracle_pr_auc": None,
             "oracle_logloss": None,

@@ -4,7 +4,9 @@ A challenger becomes champion only if
 
 1. it passes the sanity checks on the held-out rows — every head's AUC above
    ``training.promote_min_auc``, calibration within ``training.promote_calibration_tolerance``
-   of 1, no NaN metric — which is what rejects a model trained on shuffled labels; and
+   of 1 plus two sampling errors of the ratio (``cal/√positives``: on a held-out day with
+   100 positives the labels alone move it by ~10 %), no NaN metric — which is what rejects a
+   model trained on shuffled labels; and
 2. it beats or ties the current champion on the *same* rows: the champion is re-scored on
    the challenger's held-out data now (metrics from another day are not comparable), and the
    challenger's mean RCE over heads must be ≥ the champion's. Mean RCE is the comparison
@@ -50,8 +52,20 @@ def sanity_failures(metrics: dict[str, Any], settings: Settings) -> list[str]:
         auc, cal = m.get("auc"), m.get("calibration")
         if auc is not None and auc <= settings.training.promote_min_auc:
             failures.append(f"{head} AUC {auc:.3f} <= {settings.training.promote_min_auc}")
-        if cal is not None and abs(cal - 1.0) > tol:
-            failures.append(f"{head} calibration {cal:.3f} outside 1±{tol}")
+        if cal is not None and math.isfinite(cal):
+            # mean prediction / mean label: the label's count is Poisson-like, so on N
+            # positives the ratio itself moves by ~cal/sqrt(N); refuse beyond two of those.
+            positives = m.get("positives") or 0.0
+            slack = 2.0 * cal / math.sqrt(positives) if positives > 0 else 0.0
+            if abs(cal - 1.0) > tol + slack:
+                failures.append(
+                    f"{head} calibration {cal:.3f} outside 1±{tol}"
+                    + (
+                        f" (+{slack:.3f} sampling slack, {positives:.0f} positives)"
+                        if slack
+                        else ""
+                    )
+                )
     return failures
 
 

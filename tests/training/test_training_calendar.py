@@ -20,6 +20,9 @@ At 300 users one day's draw alone moves the truth's own calibration to 0.86-1.26
 users the truth stays within 0.90-1.14 and, measured by hand, 2 of 11 days were refused for a
 model error after a window holding Christmas (docs/quality.md, "Every day the same model").
 In the fresh-clone CI of 2026-12-06 (300 users, calendar-keyed draws) every day passed.
+When training's selection day moved off the held-out day, one CI refused Dec 24 for a
+negative calibration of 1.263 on a day with few negative actions: the gate now widens its
+calibration bound by two sampling errors of the ratio (jobs.evaluate_gate.sanity_failures).
 """
 
 from __future__ import annotations

@@ -120,3 +120,27 @@ def test_cli_refusal_is_one_line_and_non_zero(train_settings: Settings) -> None:
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("feedrank: error: no model no-such-version")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("calibration", "positives", "refused"),
+    [
+        (1.26, 100, False),  # 2·1.26/√100 = 0.25 of slack: the labels alone move it this much
+        (1.30, 10_000, True),  # slack 0.026: 1.30 is the model, not the draw
+        (1.60, 100, True),  # beyond tolerance and slack
+        (0.70, 1_000, True),
+        (1.10, 0, False),
+    ],
+)
+def test_gate_calibration_allows_the_held_out_days_sampling_error(
+    settings: Settings, calibration: float, positives: int, refused: bool
+) -> None:
+    from jobs.evaluate_gate import sanity_failures
+
+    sane = {"auc": 0.7, "pr_auc": 0.1, "logloss": 0.2, "rce": 5.0, "calibration": 1.0}
+    metrics = {"heads": {head: {**sane, "positives": 10_000.0} for head in HEADS}}
+    metrics["heads"]["negative"].update(calibration=calibration, positives=float(positives))
+    failures = sanity_failures(metrics, settings)
+    assert bool(failures) == refused, failures
+    assert all(f.startswith("negative calibration") for f in failures)
