@@ -144,14 +144,34 @@ def downsample_negatives(labelled: DataFrame, keep_rate: float) -> DataFrame:
     )
 
 
-def broadcastable(features: DataFrame, broadcast_max_rows: int) -> bool:
-    """Whether a feature table is small enough for the broadcast plan of :func:`asof_lookup`.
+# The broadcast plan scans a key's whole history for every point (a higher-order ``filter``
+# that Spark interprets row by row, without codegen), so it pays only for short histories:
+# daily snapshots (3-9 rows per key) do; the stream views' per-minute rows (100-200 per key
+# in the demo world) made the demo's training data 80 s against 49 s sorted
+# (docs/performance.md, #23).
+BROADCAST_MAX_HISTORY = 16
+
+
+def broadcastable(
+    features: DataFrame,
+    view: View,
+    broadcast_max_rows: int,
+    max_history: int = BROADCAST_MAX_HISTORY,
+) -> bool:
+    """Whether a feature table suits the broadcast plan of :func:`asof_lookup`: at most
+    ``broadcast_max_rows`` rows and on average at most ``max_history`` rows per entity key.
 
     Decided on rows (for Parquet a metadata-only count): the broadcast copy holds one object
     per row, so rows, not compressed bytes, say what it costs (a narrow 5M-row view, 43 MB of
     Parquet, filled a 4 GB driver and had not finished after 4 minutes; docs/performance.md).
     """
-    return broadcast_max_rows > 0 and features.count() <= broadcast_max_rows
+    if broadcast_max_rows <= 0:
+        return False
+    rows = features.count()
+    if rows > broadcast_max_rows:
+        return False
+    keys = features.select(*ENTITIES[view.entity].join_keys).distinct().count()
+    return rows <= max_history * max(keys, 1)
 
 
 def asof_lookup(
@@ -271,17 +291,19 @@ def asof_join(
     id_columns: tuple[str, ...] = ID_KEYS,
     broadcast_max_rows: int = 0,
     carry: bool = False,
+    broadcast_max_history: int = BROADCAST_MAX_HISTORY,
 ) -> DataFrame:
     """``left`` plus ``view``'s features as of ``ts_column`` (see :func:`asof_lookup`).
 
-    A view of at most ``broadcast_max_rows`` rows is looked up by broadcast with
-    every column of ``left`` carried along (no shuffle at all). A larger view is sorted with
+    A view of at most ``broadcast_max_rows`` rows and ``broadcast_max_history`` rows per key
+    (:func:`broadcastable`) is looked up by broadcast with every column of ``left`` carried
+    along (no shuffle at all). A larger view is sorted with
     the points: by default on a narrow frame (ids, keys, time) joined back on ``id_columns``,
     so wide rows are not sorted with the feature rows; with ``carry`` every column of ``left``
     goes through the sort instead (one shuffle instead of two: the better plan for a narrow
     ``left``).
     """
-    broadcast = broadcastable(features, broadcast_max_rows)
+    broadcast = broadcastable(features, view, broadcast_max_rows, broadcast_max_history)
     if carry or broadcast:
         return asof_lookup(
             left, features, view, key_columns, ts_column, tuple(left.columns), broadcast
@@ -302,12 +324,15 @@ def request_time(df: DataFrame) -> Column:
 
 
 def join_features(
-    examples: DataFrame, views: Mapping[str, DataFrame], broadcast_max_rows: int = 0
+    examples: DataFrame,
+    views: Mapping[str, DataFrame],
+    broadcast_max_rows: int = 0,
+    broadcast_max_history: int = BROADCAST_MAX_HISTORY,
 ) -> DataFrame:
     """Every model view joined as of :func:`request_time` (``examples`` keyed by
     :data:`ID_KEYS`).
 
-    A view of at most ``broadcast_max_rows`` rows is looked up by broadcast with every column
+    A view that :func:`broadcastable` admits is looked up by broadcast with every column
     carried along (no shuffle). A larger one is looked up on a narrow frame taken from
     ``examples`` and joined back by id, so the wide rows are shuffled once instead of once per
     view. ``examples`` is read once per view: cache it.
@@ -320,7 +345,7 @@ def join_features(
     out = examples.withColumn(at, request_time(examples))
     points = out.select(*ids, "user_id", "author_id", at)
     first = JOIN_ORDER[0]  # tweet_attributes: its tweet_topic keys the user_topic view
-    if broadcastable(views[first], broadcast_max_rows):
+    if broadcastable(views[first], VIEWS[first], broadcast_max_rows, broadcast_max_history):
         out = asof_lookup(out, views[first], VIEWS[first], None, at, tuple(out.columns), True)
         with_topic = asof_lookup(
             points, views[first], VIEWS[first], None, at, tuple(points.columns), True
@@ -331,7 +356,7 @@ def join_features(
         with_topic = points.join(tweet.select(*ids, "tweet_topic"), ids, "left")
     for name in JOIN_ORDER[1:]:
         view, keys = VIEWS[name], VIEW_KEY_COLUMNS.get(name)
-        if broadcastable(views[name], broadcast_max_rows):
+        if broadcastable(views[name], view, broadcast_max_rows, broadcast_max_history):
             out = asof_lookup(out, views[name], view, keys, at, tuple(out.columns), True)
         else:
             found = asof_lookup(with_topic if keys else points, views[name], view, keys, at)

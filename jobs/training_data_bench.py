@@ -171,7 +171,7 @@ def run_spark(spark, home: Path, broadcast_max_rows: int) -> None:
 
     views = {n: spark_io.read_view(spark, home / "features", n, None, None) for n in BENCH_VIEWS}
     out = spark.read.parquet(str(home / "impressions"))
-    for name in sorted(views, key=lambda n: broadcastable(views[n], broadcast_max_rows)):
+    for name in sorted(views, key=lambda n: broadcastable(views[n], VIEWS[n], broadcast_max_rows)):
         out = asof_join(
             out,
             views[name],

@@ -199,6 +199,32 @@ def test_asof_join_ttl_ties_and_missing_keys(spark, broadcast_max_rows):
 
 
 @pytest.mark.integration
+def test_long_histories_take_the_sort_plan(spark):
+    """A view under the row limit whose keys have more rows each than the history limit is
+    sorted, not broadcast (the broadcast plan scans a key's history for every point)."""
+    view = VIEWS["user_realtime"]
+    t = dt.datetime(2026, 11, 5, 12, tzinfo=dt.UTC)
+    feats = spark.createDataFrame(
+        [(1, t - dt.timedelta(minutes=m), t - dt.timedelta(minutes=m), m) for m in range(5)],
+        "user_id long, event_timestamp timestamp, created_timestamp timestamp, "
+        "user_engagements_1h long",
+    )
+    left = spark.createDataFrame([(1, t)], "user_id long, served_at timestamp")
+    for max_history, sorted_plan in ((4, True), (5, False)):
+        joined = asof_join(
+            left,
+            feats,
+            view,
+            id_columns=("user_id", "served_at"),
+            broadcast_max_rows=1000,
+            broadcast_max_history=max_history,
+        )
+        plan = joined._jdf.queryExecution().executedPlan().toString()
+        assert ("Window" in plan) == sorted_plan
+        assert [r["user_engagements_1h"] for r in joined.collect()] == [0]
+
+
+@pytest.mark.integration
 def test_sort_and_broadcast_plans_join_the_same_features(spark, pipeline_run):
     """Every model view (topic key included) joined to the world's impressions by the sort
     plan and by the broadcast plan: the same value in every cell."""
@@ -209,7 +235,10 @@ def test_sort_and_broadcast_plans_join_the_same_features(spark, pipeline_run):
     views = {v: spark_io.read_view(spark, cfg.paths.features, v, None, None) for v in JOIN_ORDER}
     by_plan = {}
     for max_rows in (0, 10**9):
-        rows = join_features(examples, views, broadcast_max_rows=max_rows).collect()
+        # every view by broadcast, the stream views' long histories included
+        rows = join_features(
+            examples, views, broadcast_max_rows=max_rows, broadcast_max_history=max_rows
+        ).collect()
         by_plan[max_rows] = {(r["request_id"], r["tweet_id"]): r.asDict() for r in rows}
     assert len(by_plan[0]) == impressions.count() > 1000
     assert by_plan[0].keys() == by_plan[10**9].keys()
