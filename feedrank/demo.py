@@ -648,8 +648,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         days: int = typer.Option(
             DEMO_DAYS, min=3, help="Backfill days ending at --today's midnight."
         ),
-        serve_s: float = typer.Option(60.0, min=1, help="Seconds of closed-loop serving."),
-        rate: float = typer.Option(10.0, min=0.1, help="Feed requests per second."),
+        serve_s: float = typer.Option(30.0, min=1, help="Seconds of closed-loop serving."),
+        rate: float = typer.Option(20.0, min=0.1, help="Feed requests per second."),
         today: str | None = typer.Option(
             None,
             help="The demo's day, YYYY-MM-DD (default: today, UTC): the backfill ends at its "

@@ -39,6 +39,7 @@ import functools
 import logging
 import operator
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -611,6 +612,9 @@ def build_features(
     }
 
 
+# Concurrent view writes in `run_features` (docs/performance.md, #23).
+VIEW_WRITERS = 3
+
 FEATURE_INPUTS = ("users", "tweets", "follows", "feed_requests", "impressions", "engagements")
 
 
@@ -639,14 +643,21 @@ def run_features(
     if not lake.existing_partitions(settings.paths.lake, "impressions", None, end):
         raise FileNotFoundError(f"no impressions partitions up to {end} in {settings.paths.lake}")
     frames = build_features(spark, tables, start, end)
-    written = {}
-    for name in views or list(frames):
-        if name not in frames:
-            raise ValueError(f"unknown feature view {name!r}")
+    names = views or list(frames)
+    unknown = [n for n in names if n not in frames]
+    if unknown:
+        raise ValueError(f"unknown feature view {unknown[0]!r}")
+
+    def write(name: str) -> list[Path]:
         log.info("writing %s for %s..%s", name, start, end)
-        written[name] = spark_io.write_date_partitions(
+        return spark_io.write_date_partitions(
             frames[name], settings.paths.features, name, lake.days_between(start, end)
         )
+
+    # Views are written as concurrent Spark jobs: on small days each job is mostly driver
+    # work (planning, commit) that leaves the executor threads idle; another job fills them.
+    with ThreadPoolExecutor(max_workers=VIEW_WRITERS) as pool:
+        written = dict(zip(names, pool.map(write, names), strict=True))
     for frame in tables.values():
         frame.unpersist()
     return written
