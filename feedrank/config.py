@@ -219,6 +219,10 @@ def _default_topics() -> dict[str, TopicConfig]:
     return topics
 
 
+# Above kafka-python's consumer fetch_max_bytes (50 MiB): see KafkaConfig.client_options.
+RECEIVE_MESSAGE_MAX_BYTES = 64 * 1024 * 1024
+
+
 class KafkaConfig(Section):
     host: str = Field(default="127.0.0.1", description="Broker listener host (loopback only).")
     port: int = Field(
@@ -388,6 +392,12 @@ class KafkaConfig(Section):
             "bootstrap_servers": self.bootstrap_servers,
             # How fast it reconnects to a broker that was down (kafka-python: up to 30 s).
             "reconnect_backoff_max_ms": self.reconnect_backoff_max_ms,
+            # kafka-python refuses any response frame over 1,000,000 bytes by default
+            # (InvalidReceiveError, then it drops the connection and refetches) while its
+            # consumers ask for up to fetch_max_bytes (50 MiB): a consumer catching up on a
+            # backlog of 1,000-candidate requests got 1 MB+ fetch responses and reconnected
+            # on every one (seen in `make chaos` after a fault). Frames up to 64 MiB now.
+            "receive_message_max_bytes": RECEIVE_MESSAGE_MAX_BYTES,
         }
         if self.security == "none":
             return options

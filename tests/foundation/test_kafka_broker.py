@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import defaultdict
 
@@ -91,3 +92,36 @@ def test_configured_topics_are_provisioned_idempotently(kafka: Settings) -> None
 def test_kafka_up_on_a_running_broker_reports_already_running(kafka: Settings) -> None:
     assert services.kafka_up(kafka) is False
     assert services.kafka_ready(kafka)
+
+
+@pytest.mark.integration
+def test_a_consumer_reads_a_backlog_whose_fetch_responses_exceed_one_megabyte(
+    kafka: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A backlog comes back in fetch responses over 1 MB; kafka-python's own frame limit
+    (1,000,000 bytes) refused them: it dropped the connection, refreshed metadata and
+    fetched again (`make chaos` after a fault). Every client takes the larger limit from
+    client_options, so the backlog is read without a dropped connection."""
+    topic = f"foundation-backlog-{uuid.uuid4().hex[:8]}"
+    admin = _admin(kafka)
+    services.create_topics(admin, [NewTopic(topic, num_partitions=1, replication_factor=1)])
+    admin.close()
+    # 3 MB in 16 KB batches: the broker fills each response to ~1 MiB of whole batches
+    payload = b"x" * 1_000
+    producer = KafkaProducer(**kafka.kafka.client_options("admin"))
+    for i in range(RECORDS := 3_000):
+        producer.send(topic, value=i.to_bytes(4, "big") + payload)
+    producer.flush()
+    producer.close()
+    consumer = KafkaConsumer(
+        topic,
+        **kafka.kafka.client_options("admin"),
+        group_id=None,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=20_000,
+    )
+    with caplog.at_level(logging.WARNING, logger="kafka"):
+        got = [int.from_bytes(record.value[:4], "big") for record in consumer]
+    consumer.close()
+    assert got == list(range(RECORDS))
+    assert not [r.getMessage() for r in caplog.records if "InvalidReceiveError" in r.getMessage()]
