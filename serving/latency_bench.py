@@ -395,7 +395,10 @@ def run_bench(
             fault_errors.append(exc)
 
     def collect(wanted: set[str], until_s: float) -> None:
-        while time.monotonic() < until_s and not wanted <= results.keys():
+        """Read feeds until every ``wanted`` request is answered or ``until_s``; with nothing
+        wanted yet (the warm-up), read until ``until_s``: the warm answers are what the
+        settling check looks at (returning at once left them unread and the loop spinning)."""
+        while time.monotonic() < until_s and not (wanted and wanted <= results.keys()):
             for tp, records in feeds.poll(timeout_ms=100).items():
                 received = time.time()
                 for record in records:
