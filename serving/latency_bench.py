@@ -395,10 +395,11 @@ def run_bench(
             fault_errors.append(exc)
 
     def collect(wanted: set[str], until_s: float) -> None:
-        """Read feeds until every ``wanted`` request is answered or ``until_s``; with nothing
-        wanted yet (the warm-up), read until ``until_s``: the warm answers are what the
-        settling check looks at (returning at once left them unread and the loop spinning)."""
-        while time.monotonic() < until_s and not (wanted and wanted <= results.keys()):
+        """Read feeds (at least one poll, which waits up to 100 ms for one) until every
+        ``wanted`` request is answered or ``until_s``. Returning without a poll when nothing
+        was outstanding made the caller's loop spin a core between sends (and, in the
+        warm-up, left the warm answers unread, so the settling check never saw them)."""
+        while True:
             for tp, records in feeds.poll(timeout_ms=100).items():
                 received = time.time()
                 for record in records:
@@ -412,6 +413,8 @@ def run_bench(
                     results.setdefault(feed.request_id, {"feed": feed, "received": received})
                     answers[feed.request_id] += 1
             procs.check()
+            if time.monotonic() >= until_s or (wanted and wanted <= results.keys()):
+                return
 
     def send(user: int, tweet_ids: list[int], device: str, prefix: str) -> FeedRequest:
         request = FeedRequest(
