@@ -487,9 +487,9 @@ class SparkConfig(Section):
     driver_java_options: str = Field(
         default="",
         description="spark.driver.extraJavaOptions of the sessions feedrank starts (in local "
-        "mode the executors run in the driver JVM too). -XX:TieredStopAtLevel=1 (C1 JIT only) "
-        "cut the demo's features job 69 -> 59 CPU-s but made training-data slower "
-        "(docs/performance.md): not set by default.",
+        "mode the executors run in the driver JVM too). `feedrank demo` sets "
+        "-XX:TieredStopAtLevel=1 (C1 JIT only) for its few-MB jobs: training data 108 -> 74 "
+        "CPU-s, features 65 -> 59 (docs/performance.md); large runs want C2: empty by default.",
     )
     cluster_workers: int = Field(default=2, ge=1, description="Workers of the local cluster.")
     worker_cores: int = Field(default=1, ge=1, description="Cores per local worker.")
