@@ -388,6 +388,7 @@ def _plot_calibration(path: Path, metrics: dict[str, Any]) -> None:
     hollow markers are deciles under ``DECILE_MIN_IMPRESSIONS`` impressions.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(1, len(HEADS), figsize=(4 * len(HEADS), 4), squeeze=False)
     minimum = metrics["calibration_decile_min_impressions"]
@@ -411,6 +412,8 @@ def _plot_calibration(path: Path, metrics: dict[str, Any]) -> None:
             ax.plot(diagonal, diagonal, "k:", linewidth=0.8)
             ax.set_xscale("log")
             ax.set_yscale("log")
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_minor_formatter(NullFormatter())
         error = metrics["heads"][head]["calibration_decile_max_error"]
         ax.set_title(f"{head}: worst decile {_fmt_pct(error)}")
         ax.set_xlabel("mean predicted rate (decile)")
