@@ -87,7 +87,8 @@ def calibration_deciles(
         One entry per non-empty bin, lowest predictions first: ``impressions``,
         ``positives``, ``predicted`` (mean prediction), ``observed`` (label rate) and
         ``relative_error`` ``|observed − predicted| / predicted`` (finite where a bin has no
-        positive).
+        positive) and ``z``, the positives' distance from the predicted count in binomial
+        standard deviations (|z| > 2: off by more than the bin's own sampling noise).
     """
     y, p = _as_arrays(y_true, p_pred)
     counts = np.ones(y.size, np.int64) if repeats is None else np.asarray(repeats, np.int64)
@@ -112,15 +113,19 @@ def calibration_deciles(
             "predicted": float(q),
             "observed": float(o),
             "relative_error": float(abs(o - q) / q),
+            "z": float((k - n * q) / np.sqrt(n * q * (1.0 - q))),
         }
         for n, k, q, o in zip(impressions, positives, predicted, observed, strict=True)
     ]
 
 
-def max_decile_error(deciles: list[dict[str, float]], min_impressions: int) -> float | None:
-    """The worst ``relative_error`` over bins with at least ``min_impressions`` impressions.
+def max_decile_error(
+    deciles: list[dict[str, float]], min_impressions: int, key: str = "relative_error"
+) -> float | None:
+    """The worst ``|key|`` (``relative_error`` or ``z``) over bins with at least
+    ``min_impressions`` impressions.
 
     ``None`` when no bin is that large (too few impressions to judge).
     """
-    errors = [d["relative_error"] for d in deciles if d["impressions"] >= min_impressions]
+    errors = [abs(d[key]) for d in deciles if d["impressions"] >= min_impressions]
     return max(errors) if errors else None

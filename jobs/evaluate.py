@@ -34,7 +34,8 @@ prediction (deciles of the re-weighted impressions,
 :func:`feedrank.offline_metrics.calibration_deciles`), for the model and the oracle; the worst
 relative error over deciles with at least ``DECILE_MIN_IMPRESSIONS`` impressions is
 ``calibration_decile_max_error`` (the oracle's, ``oracle_calibration_decile_max_error``, is
-the held-out day's own sampling noise at that size).
+the held-out day's own sampling noise at that size), and the worst decile in binomial
+standard deviations ``calibration_decile_max_abs_z`` (above 2: beyond the sampling noise).
 
 Outputs under ``<paths.reports>/<version>/``: ``metrics.json``, ``report.md`` and PNG plots.
 """
@@ -230,6 +231,10 @@ def score_model(
             )
             if oracle is not None
             else None,
+            # The same deciles in sampling standard deviations: what noise cannot explain.
+            "calibration_decile_max_abs_z": max_decile_error(
+                deciles[head]["model"], DECILE_MIN_IMPRESSIONS, key="z"
+            ),
             "oracle_auc": None,
             "oracle_pr_auc": None,
             "oracle_logloss": None,
@@ -489,12 +494,13 @@ def _decile_lines(metrics: dict[str, Any]) -> list[str]:
         "## Calibration by decile of the prediction",
         "",
         f"Worst |observed − predicted| / predicted over deciles with ≥ {minimum:,} "
-        "impressions (re-weighted); the oracle's is the held-out day's own noise. Per decile "
+        "impressions (re-weighted); the oracle's is the held-out day's own noise; in sd: the "
+        "worst decile in binomial standard deviations (> 2: beyond noise). Per decile "
         "(lowest predictions first): predicted / observed rate, impressions, positives.",
         "",
-        "| head | worst decile, model | worst decile, oracle | deciles "
+        "| head | worst decile, model | worst decile, oracle | worst decile in sd, model | deciles "
         "(predicted / observed, impressions, positives) |",
-        "|---|---|---|---|",
+        "|---|---|---|---|---|",
     ]
     for head in HEADS:
         m = metrics["heads"][head]
@@ -505,7 +511,8 @@ def _decile_lines(metrics: dict[str, Any]) -> list[str]:
         )
         lines.append(
             f"| {head} | {_fmt_pct(m['calibration_decile_max_error'])} | "
-            f"{_fmt_pct(m['oracle_calibration_decile_max_error'])} | {cells} |"
+            f"{_fmt_pct(m['oracle_calibration_decile_max_error'])} | "
+            f"{_fmt(m['calibration_decile_max_abs_z'], 1)} | {cells} |"
         )
     return lines
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -75,5 +77,9 @@ def test_calibration_deciles_catch_one_decile_20_percent_too_high() -> None:
     assert deciles[6]["predicted"] == pytest.approx(1.2 * deciles[6]["observed"])
     assert max(errors[:6] + errors[7:]) == pytest.approx(0.0, abs=1e-12)
     assert max_decile_error(deciles, min_impressions=1_000) > 0.05
+    # 156 positives where 187.2 are predicted: 2.3 binomial standard deviations.
+    assert max_decile_error(deciles, 1_000, key="z") == pytest.approx(
+        31.2 / math.sqrt(4_000 * 0.0468 * (1 - 0.0468))
+    )
     with pytest.raises(ValueError, match="differ in length"):
         calibration_deciles(y, p, repeats[:-1])
