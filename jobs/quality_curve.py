@@ -1,5 +1,7 @@
 """``feedrank quality-curve``: model RCE against the knowable ceiling as the data grows.
 
+Long because: the grid's runs, table, fit and plot of one learning curve.
+
 Each point of the grid is a fresh run folder under ``--out`` (its own lake, features,
 training data, model and report): simulate ``days + 1`` days ending with the same held-out
 day, build features and point-in-time training data over them, train, evaluate. Everything
