@@ -123,6 +123,7 @@ def run_point(out: Path, days: int, users: int, held_out: dt.date) -> dict[str, 
                 "oracle_rce",
                 "calibration_decile_max_error",
                 "oracle_calibration_decile_max_error",
+                "calibration_decile_max_abs_z",
             )
         } | {"share_of_ceiling": m.get("rce_share_of_ceiling")}
     return row
