@@ -90,7 +90,7 @@ bench: setup ## Run every `feedrank bench` benchmark and print its table
 chaos: setup ## Fault scenarios (broker/serve kill -9, Redis stop, corrupt model, full disk) under load (cluster profile; CHAOS_ARGS='--scenario X'; docs/reliability.md)
 	FEEDRANK_PROFILE=cluster FEEDRANK_FEAST__OFFLINE_STORE=file $(PY) -m serving.chaos_bench $(CHAOS_ARGS)
 
-quality-curve: setup ## Learning curve: model vs ceiling RCE, 2/4/8 days × 1k/2k/4k users (long)
+quality-curve: setup ## Learning curve: model vs ceiling RCE, 2/4/8 days × 1k/2k/4k users, and its fit (long)
 	.venv/bin/feedrank quality-curve $(CURVE_ARGS)
 
 prometheus: setup ## Start Prometheus (127.0.0.1:observability.prometheus_port) + batch-metrics

@@ -131,9 +131,9 @@ def write_report_html(
         sections.append(
             (
                 "Calibration per head",
-                "Mean predicted probability against the observed rate, by prediction decile, "
-                "on the held-out day; the oracle's curve shows how close the labels come to "
-                "the simulator's truth.",
+                "Mean predicted probability against the observed rate, by prediction decile "
+                "(deciles of the held-out day's impressions; log axes, the grey band ±5 %); "
+                "the oracle's curve shows how close the labels come to the simulator's truth.",
                 image,
             )
         )

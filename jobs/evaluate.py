@@ -29,6 +29,14 @@ Rankers compared by per-request NDCG@10 of the weighted-engagement order (gain
   with the affinity's posterior given the pair's logs before each impression. Their head
   metrics sit beside the oracle's (``ceiling_rce``, ``no_pair_rce``, …).
 
+Calibration by decile. Per head, predicted vs observed rate in each decile of the
+prediction (deciles of the re-weighted impressions,
+:func:`feedrank.offline_metrics.calibration_deciles`), for the model and the oracle; the worst
+relative error over deciles with at least ``DECILE_MIN_IMPRESSIONS`` impressions is
+``calibration_decile_max_error`` (the oracle's, ``oracle_calibration_decile_max_error``, is
+the held-out day's own sampling noise at that size), and the worst decile in binomial
+standard deviations ``calibration_decile_max_abs_z`` (above 2: beyond the sampling noise).
+
 Outputs under ``<paths.reports>/<version>/``: ``metrics.json``, ``report.md`` and PNG plots.
 """
 
@@ -49,7 +57,7 @@ from feedrank import feature_spec, model_files, tracking
 from feedrank.config import HEADS, POSITIVE_HEADS, Settings
 from feedrank.errors import FeedrankError
 from feedrank.model import LoadedModel
-from feedrank.offline_metrics import head_metrics
+from feedrank.offline_metrics import calibration_deciles, head_metrics, max_decile_error
 from feedrank.ranking import author_diversity, engagement_relevance, grouped_ndcg, weighted_score
 from feedrank.simulator.references import REFERENCES, lake_references
 from jobs.train_inputs import TrainingData, feature_matrix, load_training_data, resolve_run
@@ -70,6 +78,10 @@ RANKERS: tuple[str, ...] = (
 # Goals of issue #6, reported (not enforced) in metrics.json.
 GOAL_RCE_SHARE = 0.90
 GOAL_NDCG_SHARE = 0.95
+# Issue #25's calibration goal: in every decile of the prediction with at least this many
+# impressions, the observed rate within GOAL_DECILE_ERROR of the predicted one.
+DECILE_MIN_IMPRESSIONS = 1_000
+GOAL_DECILE_ERROR = 0.05
 
 
 @dataclass
@@ -193,8 +205,15 @@ def score_model(
     preds = model.predict_heads(rows.X)
     oracle = rows.oracle_probs() if rows.has_oracle else None
     heads: dict[str, dict[str, Any]] = {}
+    deciles: dict[str, dict[str, Any]] = {}
     for head in HEADS:
         m = _weighted_head_metrics(labels[head], preds[head], rows.repeats)
+        deciles[head] = {
+            "model": calibration_deciles(labels[head], preds[head], rows.repeats),
+            "oracle": calibration_deciles(labels[head], oracle[head], rows.repeats)
+            if oracle is not None
+            else None,
+        }
         entry: dict[str, Any] = {
             "auc": m["roc_auc"],
             "pr_auc": m["pr_auc"],
@@ -204,6 +223,18 @@ def score_model(
             "positive_rate": m["positive_rate"],
             # held-out positives (the negatives' repeats do not add any): the gate's noise scale
             "positives": m["rows"] * m["positive_rate"],
+            "calibration_decile_max_error": max_decile_error(
+                deciles[head]["model"], DECILE_MIN_IMPRESSIONS
+            ),
+            "oracle_calibration_decile_max_error": max_decile_error(
+                deciles[head]["oracle"], DECILE_MIN_IMPRESSIONS
+            )
+            if oracle is not None
+            else None,
+            # The same deciles in sampling standard deviations: what noise cannot explain.
+            "calibration_decile_max_abs_z": max_decile_error(
+                deciles[head]["model"], DECILE_MIN_IMPRESSIONS, key="z"
+            ),
             "oracle_auc": None,
             "oracle_pr_auc": None,
             "oracle_logloss": None,
@@ -282,6 +313,11 @@ def score_model(
             "model_above_chronological_and_popularity": bool(
                 ndcg["model"] > max(ndcg["chronological"], ndcg["popularity"])
             ),
+            "calibration_deciles_within_5pct": {
+                h: heads[h]["calibration_decile_max_error"] is not None
+                and heads[h]["calibration_decile_max_error"] <= GOAL_DECILE_ERROR
+                for h in HEADS
+            },
         }
     metrics = {
         "version": model.version,
@@ -303,6 +339,8 @@ def score_model(
         "ndcg10": ndcg,
         "summary": summary,
         "goals": goals,
+        "calibration_decile_min_impressions": DECILE_MIN_IMPRESSIONS,
+        "calibration_deciles": deciles,
     }
     predictions = {"preds": preds, "oracle": oracle, "labels": labels, "scores": scores}
     return _finite(metrics), predictions
@@ -348,42 +386,52 @@ def _plot_roc(path: Path, predictions: dict[str, Any], repeats: np.ndarray) -> N
     plt.close(fig)
 
 
-def _reliability(
-    y: np.ndarray, p: np.ndarray, w: np.ndarray, bins: int = 10
-) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted mean prediction and label per prediction-quantile bin."""
-    edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
-    idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 2)
-    wsum = np.bincount(idx, weights=w, minlength=len(edges) - 1)
-    ok = wsum > 0
-    mean_p = np.bincount(idx, weights=w * p, minlength=len(edges) - 1)[ok] / wsum[ok]
-    mean_y = np.bincount(idx, weights=w * y, minlength=len(edges) - 1)[ok] / wsum[ok]
-    return mean_p, mean_y
+def _plot_calibration(path: Path, metrics: dict[str, Any]) -> None:
+    """Reliability plot per head: observed vs predicted rate in each decile, model and oracle.
 
-
-def _plot_calibration(path: Path, predictions: dict[str, Any], repeats: np.ndarray) -> None:
+    Log axes (the deciles span two orders of magnitude); the grey band is the goal's ±5 %;
+    hollow markers are deciles under ``DECILE_MIN_IMPRESSIONS`` impressions.
+    """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(1, len(HEADS), figsize=(4 * len(HEADS), 4), squeeze=False)
-    w = repeats.astype(np.float64)
+    minimum = metrics["calibration_decile_min_impressions"]
     for ax, head in zip(axes[0], HEADS, strict=True):
-        y = predictions["labels"][head]
-        series = [("model", predictions["preds"][head])]
-        if predictions["oracle"] is not None:
-            series.append(("oracle", predictions["oracle"][head]))
-        top = 0.0
-        for name, p in series:
-            mean_p, mean_y = _reliability(y, p, w)
-            ax.plot(mean_p, mean_y, "o-", label=name, markersize=3)
-            top = max(top, float(mean_p.max(initial=0)), float(mean_y.max(initial=0)))
-        ax.plot([0, top], [0, top], "k:", linewidth=0.8)
-        ax.set_title(f"calibration — {head}")
-        ax.set_xlabel("mean predicted probability")
+        low, high = math.inf, 0.0
+        for name, marker in (("model", "o"), ("oracle", "s")):
+            deciles = metrics["calibration_deciles"][head][name]
+            if not deciles:
+                continue
+            q = np.array([d["predicted"] for d in deciles])
+            # A decile without a positive is drawn at a tenth of the lowest prediction.
+            o = np.maximum([d["observed"] for d in deciles], q.min() / 10)
+            big = np.array([d["impressions"] >= minimum for d in deciles])
+            line = ax.plot(q, o, "-", linewidth=1, label=name)[0]
+            ax.plot(q[big], o[big], marker, color=line.get_color())
+            ax.plot(q[~big], o[~big], marker, color=line.get_color(), fillstyle="none")
+            low, high = min(low, q.min()), max(high, q.max(), o.max())
+        if high > 0:
+            diagonal = np.geomspace(low, high, 50)
+            ax.fill_between(diagonal, 0.95 * diagonal, 1.05 * diagonal, color="0.85")
+            ax.plot(diagonal, diagonal, "k:", linewidth=0.8)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_minor_formatter(NullFormatter())
+        error = metrics["heads"][head]["calibration_decile_max_error"]
+        ax.set_title(f"{head}: worst decile {_fmt_pct(error)}")
+        ax.set_xlabel("mean predicted rate (decile)")
         ax.set_ylabel("observed rate")
         ax.legend(loc="upper left")
+    fig.suptitle("calibration by decile of the prediction (grey: ±5 %)")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def _fmt_pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
 
 
 def _plot_rce(path: Path, metrics: dict[str, Any]) -> None:
@@ -436,6 +484,37 @@ def _plot_importance(path: Path, importance: list[tuple[str, float]]) -> None:
 
 def _fmt(value: Any, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _decile_lines(metrics: dict[str, Any]) -> list[str]:
+    """The calibration-by-decile section of the report."""
+    minimum = metrics["calibration_decile_min_impressions"]
+    lines = [
+        "",
+        "## Calibration by decile of the prediction",
+        "",
+        f"Worst |observed − predicted| / predicted over deciles with ≥ {minimum:,} "
+        "impressions (re-weighted); the oracle's is the held-out day's own noise; in sd: the "
+        "worst decile in binomial standard deviations (> 2: beyond noise). Per decile "
+        "(lowest predictions first): predicted / observed rate, impressions, positives.",
+        "",
+        "| head | worst decile, model | worst decile, oracle | worst decile in sd, model | deciles "
+        "(predicted / observed, impressions, positives) |",
+        "|---|---|---|---|---|",
+    ]
+    for head in HEADS:
+        m = metrics["heads"][head]
+        cells = "; ".join(
+            f"{d['predicted']:.4f} / {d['observed']:.4f}, {d['impressions']:,}, "
+            f"{d['positives']:.0f}"
+            for d in metrics["calibration_deciles"][head]["model"]
+        )
+        lines.append(
+            f"| {head} | {_fmt_pct(m['calibration_decile_max_error'])} | "
+            f"{_fmt_pct(m['oracle_calibration_decile_max_error'])} | "
+            f"{_fmt(m['calibration_decile_max_abs_z'], 1)} | {cells} |"
+        )
+    return lines
 
 
 def render_markdown(metrics: dict[str, Any], importance: list[tuple[str, float]]) -> str:
@@ -493,13 +572,14 @@ def render_markdown(metrics: dict[str, Any], importance: list[tuple[str, float]]
     ]
     for name in RANKERS:
         lines.append(f"| {name} | {_fmt(metrics['ndcg10'][name])} |")
+    lines += _decile_lines(metrics)
     lines += ["", "## Goals", "", "```json", json.dumps(metrics["goals"], indent=2), "```", ""]
     lines += [
         "## Plots",
         "",
         "![ROC per head](roc.png)",
         "",
-        "![Calibration per head](calibration.png)",
+        "![Calibration by decile per head](calibration.png)",
         "",
         "![RCE vs oracle](rce_vs_oracle.png)",
         "",
@@ -528,7 +608,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     _plot_roc(out_dir / "roc.png", predictions, rows.repeats)
-    _plot_calibration(out_dir / "calibration.png", predictions, rows.repeats)
+    _plot_calibration(out_dir / "calibration.png", metrics)
     _plot_rce(out_dir / "rce_vs_oracle.png", metrics)
     importance = feature_importance(model)
     _plot_importance(out_dir / "feature_importance.png", importance)
@@ -579,8 +659,9 @@ def evaluate(
 def log_evaluation(settings: Settings, run_id: str, metrics: dict[str, Any], out: Path) -> None:
     """Add the evaluation to the model's training run.
 
-    Metrics ``heads.<head>.<metric>`` (the model's, and beside them ``oracle_*``,
-    ``ceiling_*``, ``no_pair_*`` and the shares of each), ``ndcg10.<ranker>``,
+    Metrics ``heads.<head>.<metric>`` (the model's, among them
+    ``calibration_decile_max_error``, and beside them ``oracle_*``, ``ceiling_*``,
+    ``no_pair_*`` and the shares of each), ``ndcg10.<ranker>``,
     ``summary.*``; the report folder (plots, ``report.md``, ``metrics.json``) as artifact
     ``evaluation/<data run>``.
     """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from feedrank.config import HEADS
-from jobs.quality_curve import grid_points, merge_rows, plot_curve, quality_curve, render_table
+from jobs.quality_curve import (
+    fit_days_axis,
+    grid_points,
+    merge_rows,
+    plot_curve,
+    quality_curve,
+    render_fit,
+    render_table,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -33,6 +42,7 @@ def test_table_and_plot_show_model_over_ceiling_per_head(tmp_path: Path) -> None
     table = render_table(rows).splitlines()
     assert len(table) == 2 + len(rows)
     assert "| 4 | 2000 | 4,000 | 14.0 / 20.0 (0.70)" in table[-1]
+    assert table[-1].endswith("| – / – / – / – / – |")  # no calibration-decile metric
     plot_curve(rows, tmp_path / "curve.png", base_days=4, base_users=1_000)
     assert (tmp_path / "curve.png").stat().st_size > 1_000
 
@@ -49,8 +59,38 @@ def test_merged_points_are_not_rerun_and_join_the_table(tmp_path: Path) -> None:
     rows = quality_curve(tmp_path, [2, 4], [1_000, 2_000], 4, 1_000, dt.date(2026, 11, 9), merged)
     assert rows == merged
     assert json.loads((tmp_path / "curve.json").read_text()) == merged
-    assert len((tmp_path / "curve.md").read_text().splitlines()) == 2 + len(merged)
+    curve_md = (tmp_path / "curve.md").read_text()
+    assert curve_md.startswith(render_table(merged)) and "Fit along the days axis" in curve_md
     assert not list(tmp_path.glob("d*_u*"))  # no point's run folder
+
+
+def test_fit_finds_the_days_at_which_a_head_reaches_the_goal() -> None:
+    rows = []
+    for days, users in ((2, 1_000), (4, 1_000), (8, 1_000), (4, 2_000)):
+        n = 100_000 * (days + 1)  # impressions: 100,000 per simulated day
+        shares = {
+            "like": 0.2 + 0.05 * math.log(n),  # 0.90 at ln N = 14
+            "reply": 0.9 - 0.01 * days,  # moves away from the goal
+            "retweet": 1 - 0.5 * (n / 300_000) ** -0.5,  # gap 0.10 at N = 7.5 M
+            "click": 0.5,
+            "negative": 0.5,
+        }
+        if users != 1_000:
+            shares = dict.fromkeys(HEADS, 0.99)  # the users axis is not fitted
+        heads = {h: {"rce": 1.0, "ceiling_rce": 1.0, "share_of_ceiling": shares[h]} for h in HEADS}
+        rows.append({"days": days, "users": users, "impressions": n, "heads": heads})
+    fit = fit_days_axis(rows, base_users=1_000)
+    like = fit["like"]["log_linear"]
+    assert fit["like"]["days"] == [2, 4, 8]
+    assert like["slope"] == pytest.approx(0.05) and like["max_abs_residual"] < 1e-9
+    assert like["impressions_at_goal"] == pytest.approx(math.exp(14))
+    assert like["days_at_goal"] == pytest.approx(math.exp(14) / 100_000 - 1)
+    assert fit["reply"]["log_linear"]["impressions_at_goal"] is None
+    assert fit["reply"]["power_gap"]["days_at_goal"] is None
+    assert fit["retweet"]["power_gap"]["slope"] == pytest.approx(-0.5)
+    assert fit["retweet"]["power_gap"]["impressions_at_goal"] == pytest.approx(7_500_000)
+    table = render_fit(fit)
+    assert "| reply | 2, 4, 8 |" in table and "not toward it" in table
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,20 @@ def test_model_beats_the_old_orders_and_trails_the_oracle(evaluation) -> None:
         assert m["auc"] <= m["oracle_auc"] + 0.01
 
 
+def test_calibration_by_decile_covers_every_impression(evaluation) -> None:
+    metrics, report = evaluation
+    for head in HEADS:
+        for policy in ("model", "oracle"):
+            deciles = metrics["calibration_deciles"][head][policy]
+            assert 2 <= len(deciles) <= 10, (head, policy)
+            assert sum(d["impressions"] for d in deciles) == metrics["rows_reweighted"]
+            predicted = [d["predicted"] for d in deciles]
+            assert predicted == sorted(predicted), (head, policy)
+        worst = max(d["relative_error"] for d in metrics["calibration_deciles"][head]["model"])
+        assert 0 <= metrics["heads"][head]["calibration_decile_max_error"] <= worst
+    assert "## Calibration by decile" in report.read_text()
+
+
 def test_oracle_is_calibrated_on_the_reweighted_rows(evaluation) -> None:
     # The oracle's probabilities are the truth: if re-weighting by 1/keep_prob were wrong,
     # its calibration would be off by the downsampling factor (~2x here).
