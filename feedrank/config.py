@@ -580,6 +580,12 @@ class TrainingDataConfig(Section):
         "whole to every task instead of sorted with the impressions (jobs/training_data.py); "
         "0 turns the broadcast plan off.",
     )
+    bench_duckdb_memory_limit: str = Field(
+        default="6GB",
+        description="`feedrank bench training-data`: DuckDB's memory_limit; above it DuckDB "
+        "spills to <home>/bench instead of holding the joined table in memory (10M rows "
+        "peaked at 6.7 GB without a limit, docs/performance.md #27).",
+    )
 
 
 class TrainingConfig(Section):

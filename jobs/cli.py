@@ -143,11 +143,22 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             int,
             typer.Option(help="Feast above this many rows is extrapolated (it is slower)."),
         ] = 1_000_000,
+        master: Annotated[
+            str | None,
+            typer.Option(
+                "--master",
+                help="Spark master of the Spark engine (default: spark.master), e.g. local[2] "
+                "or the spark://127.0.0.1:PORT of `FEEDRANK_PROFILE=cluster make up`.",
+            ),
+        ] = None,
     ) -> None:
         """Point-in-time joins: Spark vs Feast's file offline store vs DuckDB ASOF JOIN."""
         from jobs.training_data_bench import bench_training_data
 
         settings = get_settings()
+        if master:
+            spark = settings.spark.model_copy(update={"master": master})
+            settings = settings.model_copy(update={"spark": spark})
         setup_logging("bench", settings)
         json_path = json_path or settings.paths.reports / "bench-training-data.json"
         png_path = png_path or json_path.with_suffix(".png")

@@ -87,8 +87,16 @@ def _windowed(
     """For every snapshot day D and key: aggregates over days in (D - w, D] (None: all).
 
     ``daily`` rows carry a ``day``; only days <= D are seen, i.e. events before D+1 00:00.
+    They are summed per key and day first, so the join below repeats one row per key and day
+    for every later snapshot, not one row per event.
     """
-    joined = daily.join(F.broadcast(snaps), F.col("day") <= F.col("snap"))
+    maxes = maxes or {}
+    sum_columns = sorted({c for c, _ in sums.values()})
+    max_columns = sorted({c for c, _ in maxes.values()})
+    per_day = daily.groupBy(*keys, "day").agg(
+        *[F.sum(c).alias(c) for c in sum_columns], *[F.max(c).alias(c) for c in max_columns]
+    )
+    joined = per_day.join(F.broadcast(snaps), F.col("day") <= F.col("snap"))
 
     def in_window(window: int | None) -> Column:
         return F.lit(True) if window is None else F.col("day") > F.date_sub("snap", window)
@@ -97,9 +105,7 @@ def _windowed(
         F.sum(F.when(in_window(w), F.col(c)).otherwise(0)).cast("bigint").alias(name)
         for name, (c, w) in sums.items()
     ]
-    aggs += [
-        F.max(F.when(in_window(w), F.col(c))).alias(name) for name, (c, w) in (maxes or {}).items()
-    ]
+    aggs += [F.max(F.when(in_window(w), F.col(c))).alias(name) for name, (c, w) in maxes.items()]
     return joined.groupBy(*keys, "snap").agg(*aggs)
 
 
@@ -615,7 +621,16 @@ def build_features(
 # Concurrent view writes in `run_features` (docs/performance.md, #23).
 VIEW_WRITERS = 3
 
-FEATURE_INPUTS = ("users", "tweets", "follows", "feed_requests", "impressions", "engagements")
+# The lake columns the views read, per table: only these are scanned and cached (a feed
+# request's 200 candidate ids would otherwise be cached for every request of the lake's history).
+FEATURE_INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "users": ("user_id", "created_at"),
+    "tweets": ("tweet_id", "author_id", "created_at", "topic", "has_media", "has_link", "length"),
+    "follows": ("follower_id", "followee_id", "created_at"),
+    "feed_requests": ("user_id", "requested_at"),
+    "impressions": ("user_id", "tweet_id", "author_id", "served_at"),
+    "engagements": ("user_id", "tweet_id", "author_id", "head", "engaged_at"),
+}
 
 
 def run_features(
@@ -635,10 +650,12 @@ def run_features(
         View name -> partition folders written.
     """
     lake.check_interval(start, end)
-    # Read once, reused by every view (the lake slice is small next to executor memory).
+    # Read once, reused by every view; only the columns the views use are cached.
     tables = {
-        name: spark_io.read_lake(spark, settings.paths.lake, name, None, end).cache()
-        for name in FEATURE_INPUTS
+        name: spark_io.read_lake(spark, settings.paths.lake, name, None, end)
+        .select(*columns)
+        .cache()
+        for name, columns in FEATURE_INPUT_COLUMNS.items()
     }
     if not lake.existing_partitions(settings.paths.lake, "impressions", None, end):
         raise FileNotFoundError(f"no impressions partitions up to {end} in {settings.paths.lake}")

@@ -128,6 +128,23 @@ def _jvm_pid(spark) -> int:
     return int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
 
 
+def spark_pids(spark) -> list[int]:
+    """The driver JVM and, on a standalone cluster of this machine, the application's executor
+    JVMs (started with the application and kept for its life: static allocation)."""
+    pids = [_jvm_pid(spark)]
+    app = spark.sparkContext.applicationId.encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # the process has exited
+            continue
+        if any(a.endswith(b"CoarseGrainedExecutorBackend") for a in argv) and app in argv:
+            pids.append(int(proc.name))
+    return pids
+
+
 def _reset_peak_rss(pid: int) -> None:
     """Start a new peak-RSS window for ``pid`` (Linux: ``clear_refs`` value 5 resets VmHWM)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
@@ -148,15 +165,21 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(run: Callable[[], object], pid: int) -> dict[str, float]:
-    """Wall seconds, CPU seconds and peak RSS (MB) of process ``pid`` while ``run()`` runs."""
-    _reset_peak_rss(pid)
-    cpu, start = _cpu_s(pid), time.perf_counter()
+def measure(run: Callable[[], object], pid: int | Sequence[int]) -> dict[str, float]:
+    """Wall seconds, CPU seconds and peak RSS (MB) of process ``pid`` while ``run()`` runs.
+
+    With several processes: their CPU seconds summed and the sum of their peaks (an upper
+    bound of the peak they held together).
+    """
+    pids = [pid] if isinstance(pid, int) else list(pid)
+    for p in pids:
+        _reset_peak_rss(p)
+    cpu, start = sum(_cpu_s(p) for p in pids), time.perf_counter()
     run()
     return {
         "s": round(time.perf_counter() - start, 3),
-        "cpu_s": round(_cpu_s(pid) - cpu, 3),
-        "peak_rss_mb": _peak_rss_mb(pid),
+        "cpu_s": round(sum(_cpu_s(p) for p in pids) - cpu, 3),
+        "peak_rss_mb": round(sum(_peak_rss_mb(p) for p in pids), 1),
     }
 
 
@@ -191,12 +214,15 @@ def duckdb_threads() -> int:
         return int(con.execute("SELECT current_setting('threads')").fetchone()[0])
 
 
-def run_duckdb(home: Path) -> None:
-    """DuckDB's ASOF LEFT JOINs (TTL applied) into a temp table."""
+def run_duckdb(home: Path, memory_limit: str) -> None:
+    """DuckDB's ASOF LEFT JOINs (TTL applied) into a temp table, spilling to ``home`` above
+    ``memory_limit``."""
     import duckdb
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute(f"SET temp_directory = '{home / 'duckdb-spill'}'")
     selects, joins = [], []
     for alias, name in zip(("u", "t"), BENCH_VIEWS, strict=True):
         view = VIEWS[name]
@@ -255,17 +281,21 @@ def bench_point(
         counts = write_bench_data(home, rows)
         log.info("bench data %s written in %.1fs", counts, time.perf_counter() - t)
         broadcast_rows = settings.training_data.asof_broadcast_max_rows
+        duckdb_limit = settings.training_data.bench_duckdb_memory_limit
         if warm_up:  # JIT, file listing caches: the first query of a session is slower
             run_spark(spark, home, broadcast_rows)
         cores = os.cpu_count() or 1
+        pids = spark_pids(spark)
         engines = {
             "spark": {
-                **measure(lambda: run_spark(spark, home, broadcast_rows), _jvm_pid(spark)),
+                **measure(lambda: run_spark(spark, home, broadcast_rows), pids),
                 "cores": spark.sparkContext.defaultParallelism,
-                "process": "driver JVM (local mode: executors inside it)",
+                "process": "driver JVM (local mode: executors inside it)"
+                if len(pids) == 1
+                else f"driver JVM + {len(pids) - 1} executor JVMs",
             },
             "duckdb": {
-                **measure(lambda: run_duckdb(home), os.getpid()),
+                **measure(lambda: run_duckdb(home, duckdb_limit), os.getpid()),
                 "cores": min(duckdb_threads(), cores),
                 "process": "this Python process",
             },
@@ -394,6 +424,7 @@ def bench_training_data(
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "feast_max_rows": feast_max_rows,
         "asof_broadcast_max_rows": settings.training_data.asof_broadcast_max_rows,
+        "duckdb_memory_limit": settings.training_data.bench_duckdb_memory_limit,
     }
     if json_path:
         publish.write_json(Path(json_path), result)

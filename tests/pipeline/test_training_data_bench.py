@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -54,6 +56,24 @@ def test_measure_sees_the_memory_and_cpu_a_run_uses() -> None:
     during = bench.measure(allocate, os.getpid())
     assert during["peak_rss_mb"] >= before["peak_rss_mb"] + 150
     assert during["cpu_s"] > 0 and during["s"] > 0
+
+
+def test_measure_adds_up_the_processes_of_a_cluster_run() -> None:
+    # A stand-in for an executor JVM: works during the run, then waits to be released.
+    burn = (
+        "import sys; sum(i * i for i in range(3_000_000)); print('done', flush=True); "
+        "sys.stdin.read()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        alone = bench.measure(lambda: None, os.getpid())
+        both = bench.measure(child.stdout.readline, [os.getpid(), child.pid])
+    finally:
+        child.communicate("")
+    assert both["cpu_s"] > 0.05  # the child's work is counted, this process only waited
+    assert both["peak_rss_mb"] > alone["peak_rss_mb"]  # both resident sets are added
 
 
 def test_bench_data_is_written_in_bounded_files(
