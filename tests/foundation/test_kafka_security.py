@@ -22,7 +22,14 @@ from kafka.errors import (
 )
 
 from feedrank import services
-from feedrank.config import KAFKA_PRINCIPALS, Settings, Topics, get_settings, kafka_access
+from feedrank.config import (
+    KAFKA_PRINCIPALS,
+    RECEIVE_MESSAGE_MAX_BYTES,
+    Settings,
+    Topics,
+    get_settings,
+    kafka_access,
+)
 from feedrank.errors import ConfigError, FeedrankError
 from feedrank.readiness import check_kafka_login, kafka_ready
 from feedrank.services.kafka_security import check_users, listener_values
@@ -241,6 +248,7 @@ def test_without_security_clients_and_broker_are_as_before(tmp_path: Path) -> No
     assert settings.kafka.client_options("serve") == {
         "bootstrap_servers": settings.kafka.bootstrap_servers,
         "reconnect_backoff_max_ms": settings.kafka.reconnect_backoff_max_ms,
+        "receive_message_max_bytes": RECEIVE_MESSAGE_MAX_BYTES,
     }
     assert settings.kafka.spark_options("land") == {
         "kafka.bootstrap.servers": settings.kafka.bootstrap_servers
