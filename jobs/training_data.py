@@ -60,6 +60,7 @@ from feedrank.feature_spec import (
     training_columns,
 )
 from feedrank.schemas import DEVICES
+from feedrank.spark import size_shuffle_partitions
 from jobs import spark_io
 
 log = logging.getLogger("feedrank.training_data")
@@ -573,6 +574,7 @@ def run_training_data(
             f"no feature partitions for {', '.join(missing)} near "
             f"{start}..{end}; run feedrank features first"
         )
+    size_shuffle_partitions(spark, settings, [p for paths in parts.values() for p in paths])
     impressions = spark_io.read_partitions(
         spark, parts["impressions"], lake.table_schema("impressions")
     )
