@@ -32,7 +32,7 @@ import datetime as dt
 import hashlib
 import logging
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -382,27 +382,34 @@ def add_context(df: DataFrame) -> DataFrame:
     Needs ``served_at``, ``device_code``, ``tweet_created_ts`` and ``user_active_hour_peak``.
     Context is computed at the request's ``requested_at`` when the row has it (serving
     computes it when the request arrives, before it is served), else at ``served_at``.
-    One ``mapInPandas`` pass, so the Python function runs exactly once per row.
+    A pandas UDF over those four columns: only they go to Python and back (a ``mapInPandas``
+    pass sent every column of the ~100-column rows through Arrow, docs/performance.md #27).
+    Marked non-deterministic so the optimizer never copies the call into each of the struct's
+    fields: the Python function runs exactly once per row.
     """
     names = [f.name for f in CONTEXT_FEATURES]
-    staged = df.withColumn("_request_ts", request_ts(request_time(df)))
-    schema = T.StructType(
-        [*staged.schema.fields, *[T.StructField(n, T.DoubleType()) for n in names]]
+    schema = T.StructType([T.StructField(n, T.DoubleType()) for n in names])
+
+    def with_context(
+        request_ts: pd.Series,
+        device_code: pd.Series,
+        tweet_created_ts: pd.Series,
+        user_active_hour_peak: pd.Series,
+    ) -> pd.DataFrame:
+        values = context_features(request_ts, device_code, tweet_created_ts, user_active_hour_peak)
+        return pd.DataFrame({n: values[n] for n in names}, index=request_ts.index)
+
+    context = F.pandas_udf(with_context, schema).asNondeterministic()
+    staged = df.withColumn(
+        "_context",
+        context(
+            request_ts(request_time(df)),
+            F.col("device_code"),
+            F.col("tweet_created_ts"),
+            F.col("user_active_hour_peak"),
+        ),
     )
-
-    def with_context(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            values = context_features(
-                batch["_request_ts"],
-                batch["device_code"],
-                batch["tweet_created_ts"],
-                batch["user_active_hour_peak"],
-            )
-            for n in names:
-                batch[n] = values[n]
-            yield batch
-
-    return staged.mapInPandas(with_context, schema).drop("_request_ts")
+    return staged.select(*df.columns, *[F.col(f"_context.{n}").alias(n) for n in names])
 
 
 def request_ts(served_at: Column) -> Column:
