@@ -234,14 +234,18 @@ def asof_lookup(
                 )
             ).alias("_history")
         )
+        # The point's row is the last one at or before it: its position is the number of
+        # event times <= the point's time. Counting over the array of times alone spares
+        # copying every feature struct that a filter over the rows would make (123 CPU-s
+        # for three views on 5.65M points, docs/performance.md #27).
+        at = F.size(F.filter(F.col("_history.ts"), lambda ts: ts <= F.col("_ts")))
         joined = (
             points.select(*id_columns, *point_keys, F.col(ts_column).alias("_ts"))
             .join(F.broadcast(history), key_alias, "left")
+            .withColumn("_at", at)
             .withColumn(
                 "_feat",
-                F.try_element_at(
-                    F.filter("_history", lambda row: row["ts"] <= F.col("_ts")), F.lit(-1)
-                )["feat"],
+                F.when(F.col("_at") > 0, F.element_at("_history", F.col("_at"))["feat"]),
             )
         )
     else:
@@ -468,9 +472,14 @@ def examples_from_labels(
 ) -> DataFrame:
     """The part of :func:`build_training_examples` after :func:`attribute_labels`; views of
     at most ``broadcast_max_rows`` rows are looked up by broadcast (:func:`join_features`)."""
-    # Impressions are unique per (request, tweet); the ids below rely on it.
-    kept = downsample_negatives(labelled.dropDuplicates(list(ID_KEYS)), negative_keep_rate).join(
-        device_codes(feed_requests), "request_id", "left"
+    # Impressions are unique per (request, tweet); the ids below rely on it. Duplicates are
+    # dropped after the downsampling (a filter on each row's own labels and ids), so only the
+    # kept rows go through the dedup's shuffle (5.65M instead of 18.6M rows on the
+    # 20,000-user world, docs/performance.md #27).
+    kept = (
+        downsample_negatives(labelled, negative_keep_rate)
+        .dropDuplicates(list(ID_KEYS))
+        .join(device_codes(feed_requests), "request_id", "left")
     )
     # Every view reads the kept rows: compute them once.
     kept = kept.cache()
@@ -582,9 +591,11 @@ def run_training_data(
             f"{start}..{end}; run feedrank features first"
         )
     size_shuffle_partitions(spark, settings, [p for paths in parts.values() for p in paths])
+    # Only the impression columns an example keeps: the logged feature vectors, model
+    # version and arm would otherwise ride through the label join and the dedup.
     impressions = spark_io.read_partitions(
         spark, parts["impressions"], lake.table_schema("impressions")
-    )
+    ).select(*ID_COLUMNS)
     engagements = spark_io.read_partitions(
         spark, parts["engagements"], lake.table_schema("engagements")
     )
