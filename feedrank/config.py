@@ -482,7 +482,24 @@ class RedisConfig(Section):
 
 class SparkConfig(Section):
     master: str = Field(default="local[*]", description="Spark master URL.")
-    shuffle_partitions: int = Field(default=4, ge=1, description="Small for small machines.")
+    shuffle_partitions: int = Field(
+        default=4,
+        ge=1,
+        description="spark.sql.shuffle.partitions of a session; `features` and `training-data` "
+        "raise it for their input (shuffle_input_rows_per_partition) up to "
+        "shuffle_partitions_max. Small for small machines and the test worlds.",
+    )
+    shuffle_input_rows_per_partition: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="`features` and `training-data`: one shuffle partition per this many rows "
+        "of Parquet they read (never fewer than shuffle_partitions). Rows, not bytes: the "
+        "shuffles carry rows, and a table's bytes are mostly columns the jobs do not read. "
+        "4 partitions spilled GBs on the 20,000-user world (docs/performance.md, #27).",
+    )
+    shuffle_partitions_max: int = Field(
+        default=64, ge=1, description="Upper bound of the input-sized shuffle partitions."
+    )
     driver_memory: str = Field(default="4g", description="spark.driver.memory.")
     driver_java_options: str = Field(
         default="",

@@ -10,9 +10,11 @@ in-process on the embedded defaults and under ``spark-submit`` against a team's 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from feedrank.config import Settings, get_settings
@@ -21,6 +23,7 @@ log = logging.getLogger("feedrank.spark")
 
 # `key value`, `key=value` or `key: value`, as java.util.Properties reads a line.
 _PROPERTY = re.compile(r"^\s*([^\s=:#!]+)\s*[\s=:]\s*(.*?)\s*$")
+SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
 
 
 def connector_jars(settings: Settings | None = None) -> list[Path]:
@@ -43,7 +46,7 @@ def profile_conf(app_name: str, settings: Settings) -> dict[str, str]:
         "spark.app.name": app_name,
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
-        "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
+        SHUFFLE_PARTITIONS: str(settings.spark.shuffle_partitions),
         "spark.driver.memory": settings.spark.driver_memory,
         "spark.driver.host": "127.0.0.1",
         "spark.driver.bindAddress": "127.0.0.1",
@@ -102,6 +105,36 @@ def external_conf() -> dict[str, str]:
         SparkContext._ensure_initialized()
         return dict(SparkConf().getAll())
     return read_spark_defaults(_defaults_file())
+
+
+def shuffle_partitions_for(input_rows: int, settings: Settings) -> int:
+    """Shuffle partitions for a job reading ``input_rows`` rows: one per
+    ``spark.shuffle_input_rows_per_partition``, within [``shuffle_partitions``,
+    ``shuffle_partitions_max``]."""
+    cfg = settings.spark
+    wanted = math.ceil(input_rows / cfg.shuffle_input_rows_per_partition)
+    return max(cfg.shuffle_partitions, min(cfg.shuffle_partitions_max, wanted))
+
+
+def size_shuffle_partitions(spark, settings: Settings, inputs: Iterable[Path]) -> int:
+    """Set the session's shuffle partitions from the rows of the Parquet partition folders a
+    job reads (their footers: no data is read; :func:`shuffle_partitions_for`), unless
+    spark-submit or spark-defaults.conf set them (the submitter's value wins, as in
+    :func:`get_spark`).
+
+    Returns:
+        The shuffle partitions the job runs with.
+    """
+    import pyarrow.parquet as pq
+
+    external = external_conf().get(SHUFFLE_PARTITIONS)
+    if external is not None:
+        return int(external)
+    rows = sum(pq.read_metadata(f).num_rows for p in inputs for f in Path(p).glob("*.parquet"))
+    partitions = shuffle_partitions_for(rows, settings)
+    spark.conf.set(SHUFFLE_PARTITIONS, str(partitions))
+    log.info("%d shuffle partitions for %d input rows", partitions, rows)
+    return partitions
 
 
 def get_spark(app_name: str = "feedrank", settings: Settings | None = None):

@@ -32,7 +32,7 @@ import datetime as dt
 import hashlib
 import logging
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -60,6 +60,7 @@ from feedrank.feature_spec import (
     training_columns,
 )
 from feedrank.schemas import DEVICES
+from feedrank.spark import size_shuffle_partitions
 from jobs import spark_io
 
 log = logging.getLogger("feedrank.training_data")
@@ -233,14 +234,18 @@ def asof_lookup(
                 )
             ).alias("_history")
         )
+        # The point's row is the last one at or before it: its position is the number of
+        # event times <= the point's time. Counting over the array of times alone spares
+        # copying every feature struct that a filter over the rows would make (123 CPU-s
+        # for three views on 5.65M points, docs/performance.md #27).
+        at = F.size(F.filter(F.col("_history.ts"), lambda ts: ts <= F.col("_ts")))
         joined = (
             points.select(*id_columns, *point_keys, F.col(ts_column).alias("_ts"))
             .join(F.broadcast(history), key_alias, "left")
+            .withColumn("_at", at)
             .withColumn(
                 "_feat",
-                F.try_element_at(
-                    F.filter("_history", lambda row: row["ts"] <= F.col("_ts")), F.lit(-1)
-                )["feat"],
+                F.when(F.col("_at") > 0, F.element_at("_history", F.col("_at"))["feat"]),
             )
         )
     else:
@@ -381,27 +386,34 @@ def add_context(df: DataFrame) -> DataFrame:
     Needs ``served_at``, ``device_code``, ``tweet_created_ts`` and ``user_active_hour_peak``.
     Context is computed at the request's ``requested_at`` when the row has it (serving
     computes it when the request arrives, before it is served), else at ``served_at``.
-    One ``mapInPandas`` pass, so the Python function runs exactly once per row.
+    A pandas UDF over those four columns: only they go to Python and back (a ``mapInPandas``
+    pass sent every column of the ~100-column rows through Arrow, docs/performance.md #27).
+    Marked non-deterministic so the optimizer never copies the call into each of the struct's
+    fields: the Python function runs exactly once per row.
     """
     names = [f.name for f in CONTEXT_FEATURES]
-    staged = df.withColumn("_request_ts", request_ts(request_time(df)))
-    schema = T.StructType(
-        [*staged.schema.fields, *[T.StructField(n, T.DoubleType()) for n in names]]
+    schema = T.StructType([T.StructField(n, T.DoubleType()) for n in names])
+
+    def with_context(
+        request_ts: pd.Series,
+        device_code: pd.Series,
+        tweet_created_ts: pd.Series,
+        user_active_hour_peak: pd.Series,
+    ) -> pd.DataFrame:
+        values = context_features(request_ts, device_code, tweet_created_ts, user_active_hour_peak)
+        return pd.DataFrame({n: values[n] for n in names}, index=request_ts.index)
+
+    context = F.pandas_udf(with_context, schema).asNondeterministic()
+    staged = df.withColumn(
+        "_context",
+        context(
+            request_ts(request_time(df)),
+            F.col("device_code"),
+            F.col("tweet_created_ts"),
+            F.col("user_active_hour_peak"),
+        ),
     )
-
-    def with_context(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            values = context_features(
-                batch["_request_ts"],
-                batch["device_code"],
-                batch["tweet_created_ts"],
-                batch["user_active_hour_peak"],
-            )
-            for n in names:
-                batch[n] = values[n]
-            yield batch
-
-    return staged.mapInPandas(with_context, schema).drop("_request_ts")
+    return staged.select(*df.columns, *[F.col(f"_context.{n}").alias(n) for n in names])
 
 
 def request_ts(served_at: Column) -> Column:
@@ -460,9 +472,14 @@ def examples_from_labels(
 ) -> DataFrame:
     """The part of :func:`build_training_examples` after :func:`attribute_labels`; views of
     at most ``broadcast_max_rows`` rows are looked up by broadcast (:func:`join_features`)."""
-    # Impressions are unique per (request, tweet); the ids below rely on it.
-    kept = downsample_negatives(labelled.dropDuplicates(list(ID_KEYS)), negative_keep_rate).join(
-        device_codes(feed_requests), "request_id", "left"
+    # Impressions are unique per (request, tweet); the ids below rely on it. Duplicates are
+    # dropped after the downsampling (a filter on each row's own labels and ids), so only the
+    # kept rows go through the dedup's shuffle (5.65M instead of 18.6M rows on the
+    # 20,000-user world, docs/performance.md #27).
+    kept = (
+        downsample_negatives(labelled, negative_keep_rate)
+        .dropDuplicates(list(ID_KEYS))
+        .join(device_codes(feed_requests), "request_id", "left")
     )
     # Every view reads the kept rows: compute them once.
     kept = kept.cache()
@@ -533,9 +550,12 @@ def _input_partitions(
     }
     for name in MODEL_VIEWS:
         view = VIEWS[name]
-        # Daily snapshot of D has event_timestamp D+1: reach back ttl + 1 partitions.
+        # Daily snapshot of D has event_timestamp D+1: reach back ttl + 1 partitions, and
+        # stop at end - 1: the snapshot of ``end`` is stamped after every impression of the
+        # interval (4.3M rows no point can join on the 20,000-user world).
+        last = end - dt.timedelta(days=1) if view.kind == "daily" else end
         found[name] = lake.existing_partitions(
-            feat_root, name, start - dt.timedelta(days=view.ttl_days + 1), end
+            feat_root, name, start - dt.timedelta(days=view.ttl_days + 1), last
         )
     return found
 
@@ -573,9 +593,12 @@ def run_training_data(
             f"no feature partitions for {', '.join(missing)} near "
             f"{start}..{end}; run feedrank features first"
         )
+    size_shuffle_partitions(spark, settings, [p for paths in parts.values() for p in paths])
+    # Only the impression columns an example keeps: the logged feature vectors, model
+    # version and arm would otherwise ride through the label join and the dedup.
     impressions = spark_io.read_partitions(
         spark, parts["impressions"], lake.table_schema("impressions")
-    )
+    ).select(*ID_COLUMNS)
     engagements = spark_io.read_partitions(
         spark, parts["engagements"], lake.table_schema("engagements")
     )

@@ -6,6 +6,7 @@ import datetime as dt
 import uuid
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
@@ -130,3 +131,29 @@ def test_an_empty_driver_java_options_sets_no_property() -> None:
 
     assert "spark.driver.extraJavaOptions" not in profile_conf("t", with_options(""))
     assert profile_conf("t", with_options("-Xss4m"))["spark.driver.extraJavaOptions"] == "-Xss4m"
+
+
+@pytest.mark.integration
+def test_shuffle_partitions_follow_the_input_rows_within_their_bounds(
+    spark, tmp_path: Path
+) -> None:
+    from feedrank.spark import SHUFFLE_PARTITIONS, size_shuffle_partitions
+
+    settings = Settings(
+        spark={
+            "shuffle_partitions": 4,
+            "shuffle_input_rows_per_partition": 100,
+            "shuffle_partitions_max": 8,
+        }
+    )
+    folder = tmp_path / "date=2026-11-01"
+    folder.mkdir()
+    before = spark.conf.get(SHUFFLE_PARTITIONS)
+    try:
+        for rows, expected in ((50, 4), (650, 7), (5_000, 8)):
+            table = pa.table({"id": list(range(rows))})
+            pq.write_table(table, folder / "part-0.parquet")
+            assert size_shuffle_partitions(spark, settings, [folder]) == expected
+            assert spark.conf.get(SHUFFLE_PARTITIONS) == str(expected)
+    finally:
+        spark.conf.set(SHUFFLE_PARTITIONS, before)
