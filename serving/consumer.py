@@ -61,6 +61,7 @@ from serving.feed_cache import open_feed_cache
 from serving.reload import ModelWatcher
 from serving.scorer import (
     NO_CHAMPION_RANKER,
+    Arrival,
     ModelSlot,
     Scorer,
     load_serving_model,
@@ -245,13 +246,20 @@ class _ServingLoop:
         self.stats.dead_lettered += 1
         return self.producer.send(DLQ_TOPIC, value=letter.to_bytes())
 
-    def handle(self, record: Any, tp: TopicPartition, waiting: int = 0) -> tuple[list[Any], Any]:
+    def handle(
+        self,
+        record: Any,
+        tp: TopicPartition,
+        waiting: int = 0,
+        arrival: Arrival | None = None,
+    ) -> tuple[list[Any], Any]:
         """Answer one message; returns its producer futures and the feed to cache (or None).
 
         Args:
             record: The consumed record (``value``, ``key``, ``offset``); any bytes at all.
             tp: Its topic partition, copied into a dead letter.
             waiting: Messages of the same poll still to be answered after this one.
+            arrival: When the poll that returned it was called and returned.
         """
         # The dead letter keeps a prefix; the full message stays at its offset for the
         # topic's retention.
@@ -267,7 +275,7 @@ class _ServingLoop:
             return [self._send_dead_letter(event)], None
         assert isinstance(event, FeedRequest)
         try:
-            answer = self.scorer.score(event, waiting=waiting)
+            answer = self.scorer.score(event, waiting=waiting, arrival=arrival)
         except Exception as exc:  # a request we cannot score must not stop the others
             log.exception("scoring failed for %s", event.request_id)
             reason = f"scoring failed: {type(exc).__name__}: {exc}".splitlines()[0][:500]
@@ -284,6 +292,7 @@ class _ServingLoop:
         cpu = time.thread_time()
         key = str(event.user_id).encode()
         futures = [self.producer.send(FEEDS_TOPIC, key=key, value=answer.payload)]
+        futures[0].add_callback(_observe_ack, time.time())
         if answer.impressions:
             limit = self._impressions_max_bytes - RECORD_OVERHEAD_BYTES
             futures += [
@@ -315,7 +324,9 @@ class _ServingLoop:
             self._settle(wait=True)
             if not self._commit_failed:
                 self._commit(force=True)
+        poll_called_s = time.time()
         batch = self.consumer.poll(timeout_ms=GROUP_POLL_TIMEOUT_MS, max_records=max_records)
+        arrival = Arrival(poll_called_s, time.time())
         # After a poll the member has joined and knows where to fetch its partitions from.
         metrics.ASSIGNED_PARTITIONS.set(len(self.consumer.assignment()))
         n = 0
@@ -325,7 +336,7 @@ class _ServingLoop:
             for tp, records in batch.items():
                 for record in records:
                     self.watcher.maybe_swap()
-                    record_futures, cached = self.handle(record, tp, polled - n - 1)
+                    record_futures, cached = self.handle(record, tp, polled - n - 1, arrival)
                     answered.futures += record_futures
                     if cached is not None:
                         answered.to_cache.append(cached)
@@ -389,7 +400,9 @@ class _ServingLoop:
                 return
             self.in_flight.popleft()
             if oldest.to_cache and self.scorer.feed_cache is not None:
+                started = time.perf_counter()
                 self.scorer.feed_cache.put_many(oldest.to_cache)
+                metrics.LOOP_STEP.labels(step="settle").observe(time.perf_counter() - started)
             self.positions.update(oldest.next)
 
     def _commit(self, force: bool = False) -> None:
@@ -414,8 +427,10 @@ class _ServingLoop:
         if not offsets:
             return
         self._next_commit_s = now + COMMIT_INTERVAL_S
+        started = time.perf_counter()
         try:
             self.consumer.commit(offsets)
+            metrics.LOOP_STEP.labels(step="commit").observe(time.perf_counter() - started)
         except KafkaError as exc:
             # Typically a rebalance took the partitions: the new owner redoes those messages,
             # and their cached feeds make that a replay. No forced retry until a commit after
@@ -445,6 +460,10 @@ class _ServingLoop:
         if now < self._next_lag_s:
             return
         self._next_lag_s = now + LAG_REFRESH_S
+        with metrics.LOOP_STEP.labels(step="lag").time():
+            self._refresh_lag_gauges()
+
+    def _refresh_lag_gauges(self) -> None:
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
             position = self.positions.get(tp)
@@ -469,6 +488,27 @@ class _ServingLoop:
             # Everything answered is committed already; leaving the group lets the others
             # take the partitions at once instead of after a session timeout.
             self.consumer.close(autocommit=False)
+
+
+def _observe_ack(sent_s: float, _metadata: Any) -> None:
+    """On the producer's I/O thread: a feed's send → the broker's acknowledgement."""
+    metrics.WAIT.labels(phase="ack").observe(time.time() - sent_s)
+
+
+_gc_started_s: list[float] = []
+# The histogram's children made up front: the callback may run inside any allocation,
+# including one of a thread holding the parent metric's lock (a /metrics scrape), so it
+# must not call ``labels()``, which takes that lock.
+_GC_PAUSE_BY_GENERATION = [metrics.GC_PAUSE.labels(generation=str(g)) for g in range(3)]
+
+
+def _time_gc(phase: str, info: dict[str, int]) -> None:
+    """gc.callbacks hook: each collection's pause into ``feedrank_serving_gc_pause_seconds``."""
+    if phase == "start":
+        _gc_started_s[:] = [time.perf_counter()]
+    elif _gc_started_s:
+        elapsed_s = time.perf_counter() - _gc_started_s.pop()
+        _GC_PAUSE_BY_GENERATION[info["generation"]].observe(elapsed_s)
 
 
 def run_serving(
@@ -501,6 +541,8 @@ def run_serving(
     # joining the group, so the long collection cannot delay the join.
     gc.collect()
     gc.freeze()
+    if _time_gc not in gc.callbacks:
+        gc.callbacks.append(_time_gc)
     loop = _ServingLoop(settings, scorer, client_id)
     log.info(
         "serving %s as %s in group %s with model %s",
