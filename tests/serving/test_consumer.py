@@ -535,8 +535,8 @@ def test_unacknowledged_output_redoes_every_unsettled_batch(
     handle = _ServingLoop.handle
     failed_once: list[tuple] = []
 
-    def handle_failing_once(self, record, tp, waiting=0):
-        futures, cached = handle(self, record, tp, waiting)
+    def handle_failing_once(self, record, tp, waiting=0, arrival=None):
+        futures, cached = handle(self, record, tp, waiting, arrival)
         if record.value is not None and unlucky.encode() in record.value and not failed_once:
             failed_once.append((tp, record.offset))
             futures = [*futures, _FailedSend()]
