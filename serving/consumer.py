@@ -80,6 +80,10 @@ MAX_POLL_RECORDS = 32  # small batches: a request never waits long behind its ba
 MAX_UNSETTLED_RECORDS = 2 * MAX_POLL_RECORDS
 COMMIT_INTERVAL_S = 0.2
 ACK_TIMEOUT_S = 30.0
+# A forced (synchronous) commit gives up after this and counts as failed: kafka-python's own
+# wait is the consumer's request timeout (305 s), past max_poll_interval_ms (300 s), so a
+# commit answered late would get the member evicted.
+COMMIT_TIMEOUT_MS = 10_000
 LAG_REFRESH_S = 1.0
 RECORD_OVERHEAD_BYTES = 1024  # key, headers and batch framing around a record's value
 
@@ -383,9 +387,10 @@ class _ServingLoop:
         while self.in_flight:
             oldest = self.in_flight[0]
             if wait:
+                deadline_s = time.monotonic() + ACK_TIMEOUT_S
                 for future in oldest.futures:
                     with contextlib.suppress(KafkaError):
-                        future.get(timeout=ACK_TIMEOUT_S)
+                        future.get(timeout=max(deadline_s - time.monotonic(), 0.0))
             elif not all(f.is_done for f in oldest.futures):
                 return
             failed = [f for f in oldest.futures if not (f.is_done and f.succeeded())]
@@ -438,7 +443,7 @@ class _ServingLoop:
             metrics.LOOP_STEP.labels(step="commit").observe(time.perf_counter() - started)
             return
         try:
-            self.consumer.commit(offsets)
+            self.consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
         except KafkaError as exc:
             self._committed(offsets, exc)
             return
