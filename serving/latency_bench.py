@@ -446,9 +446,10 @@ def run_bench(
 
     def collect(wanted: set[str] | None, until_s: float) -> None:
         """Read feeds (at least one poll, which waits up to 100 ms for one) until every
-        ``wanted`` request is answered (None: none awaited) or ``until_s``. Returning without a poll when nothing
-        was outstanding made the caller's loop spin a core between sends (and, in the
-        warm-up, left the warm answers unread, so the settling check never saw them)."""
+        ``wanted`` request is answered (None: none awaited) or ``until_s``. Returning without
+        a poll when nothing was outstanding made the caller's loop spin a core between sends
+        (and, in the warm-up, left the warm answers unread, so the settling check never saw
+        them)."""
         while True:
             for tp, records in feeds.poll(timeout_ms=100).items():
                 received = time.time()
