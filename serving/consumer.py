@@ -355,6 +355,7 @@ class _ServingLoop:
             self._settle()
             self._commit()
         self._refresh_lag()
+        _observe_gc_pauses()
         return n
 
     def uncommitted(self) -> int:
@@ -521,19 +522,27 @@ def _observe_ack(sent_s: float, _metadata: Any) -> None:
 
 
 _gc_started_s: list[float] = []
-# The histogram's children made up front: the callback may run inside any allocation,
-# including one of a thread holding the parent metric's lock (a /metrics scrape), so it
-# must not call ``labels()``, which takes that lock.
+# (generation, seconds) of each collection, until the loop observes them. The callback runs
+# inside whatever allocation set the collector off, possibly under a lock of
+# prometheus_client (in multiprocess mode one lock guards every value, and a metric's
+# first use allocates while holding it): taking any lock there deadlocked the serve loop.
+_gc_pauses: deque[tuple[int, float]] = deque(maxlen=10_000)
 _GC_PAUSE_BY_GENERATION = [metrics.GC_PAUSE.labels(generation=str(g)) for g in range(3)]
 
 
 def _time_gc(phase: str, info: dict[str, int]) -> None:
-    """gc.callbacks hook: each collection's pause into ``feedrank_serving_gc_pause_seconds``."""
+    """gc.callbacks hook: notes each collection's pause; takes no lock (see above)."""
     if phase == "start":
         _gc_started_s[:] = [time.perf_counter()]
     elif _gc_started_s:
-        elapsed_s = time.perf_counter() - _gc_started_s.pop()
-        _GC_PAUSE_BY_GENERATION[info["generation"]].observe(elapsed_s)
+        _gc_pauses.append((info["generation"], time.perf_counter() - _gc_started_s.pop()))
+
+
+def _observe_gc_pauses() -> None:
+    """Move the noted pauses into ``feedrank_serving_gc_pause_seconds`` (on the loop)."""
+    while _gc_pauses:
+        generation, seconds = _gc_pauses.popleft()
+        _GC_PAUSE_BY_GENERATION[generation].observe(seconds)
 
 
 def run_serving(
