@@ -690,7 +690,6 @@ def run_bench(
         "budget_ms": budget_ms,
         "heavy_ranker_cap": world.ranking.heavy_ranker_cap,
         "aim_ms": world.serving.aim_ms,
-        "switch_interval_ms": world.serving.switch_interval_ms,
     }
     if naive_requests <= 0:  # no reference paths (the chaos scenarios): no ratios to them
         return figures
