@@ -674,14 +674,6 @@ class ServingConfig(Section):
         description="XGBoost threads per serve process when scoring (training.nthread is for "
         "training): several processes share the cores, so one each avoids oversubscription.",
     )
-    switch_interval_ms: float = Field(
-        default=5.0,
-        gt=0,
-        le=100,
-        description="sys.setswitchinterval of a serve process: how long a thread may hold the "
-        "GIL while another waits for it. The loop shares it with the heavy ranker's worker and "
-        "kafka-python's I/O threads (Python's default: 5 ms).",
-    )
     feed_cache_ttl_s: int = Field(default=600, ge=1, description="Ranked feed cache TTL.")
     max_request_bytes: int = Field(default=262_144, description="Larger requests are refused.")
     processes: int = Field(

@@ -34,7 +34,6 @@ import contextlib
 import gc
 import logging
 import os
-import sys
 import threading
 import time
 from collections import deque
@@ -576,7 +575,6 @@ def run_serving(
     # joining the group, so the long collection cannot delay the join.
     gc.collect()
     gc.freeze()
-    sys.setswitchinterval(settings.serving.switch_interval_ms / 1000.0)
     if _time_gc not in gc.callbacks:
         gc.callbacks.append(_time_gc)
     loop = _ServingLoop(settings, scorer, client_id)
