@@ -14,7 +14,8 @@ start several and they share the partitions. Delivery is at-least-once:
 3. once the producer has every output of the batch acknowledged (``acks=all``), record
    the answered feeds in the feed cache (from now on a redelivery is a replay of the cached
    feed) and
-4. commit the settled offsets (after answering a batch, at most every ``COMMIT_INTERVAL_S``).
+4. commit the settled offsets (after answering a batch, at most every ``COMMIT_INTERVAL_S``,
+   asynchronously).
 
 Steps 3–4 do not hold up the next poll: a batch's outputs are in flight while the next
 requests are scored, and it is settled, oldest first, as soon as its acknowledgements are in
@@ -61,6 +62,7 @@ from serving.feed_cache import open_feed_cache
 from serving.reload import ModelWatcher
 from serving.scorer import (
     NO_CHAMPION_RANKER,
+    Arrival,
     ModelSlot,
     Scorer,
     load_serving_model,
@@ -78,6 +80,10 @@ MAX_POLL_RECORDS = 32  # small batches: a request never waits long behind its ba
 MAX_UNSETTLED_RECORDS = 2 * MAX_POLL_RECORDS
 COMMIT_INTERVAL_S = 0.2
 ACK_TIMEOUT_S = 30.0
+# A forced (synchronous) commit gives up after this and counts as failed: kafka-python's own
+# wait is the consumer's request timeout (305 s), past max_poll_interval_ms (300 s), so a
+# commit answered late would get the member evicted.
+COMMIT_TIMEOUT_MS = 10_000
 LAG_REFRESH_S = 1.0
 RECORD_OVERHEAD_BYTES = 1024  # key, headers and batch framing around a record's value
 
@@ -245,13 +251,20 @@ class _ServingLoop:
         self.stats.dead_lettered += 1
         return self.producer.send(DLQ_TOPIC, value=letter.to_bytes())
 
-    def handle(self, record: Any, tp: TopicPartition, waiting: int = 0) -> tuple[list[Any], Any]:
+    def handle(
+        self,
+        record: Any,
+        tp: TopicPartition,
+        waiting: int = 0,
+        arrival: Arrival | None = None,
+    ) -> tuple[list[Any], Any]:
         """Answer one message; returns its producer futures and the feed to cache (or None).
 
         Args:
             record: The consumed record (``value``, ``key``, ``offset``); any bytes at all.
             tp: Its topic partition, copied into a dead letter.
             waiting: Messages of the same poll still to be answered after this one.
+            arrival: When the poll that returned it was called and returned.
         """
         # The dead letter keeps a prefix; the full message stays at its offset for the
         # topic's retention.
@@ -267,7 +280,7 @@ class _ServingLoop:
             return [self._send_dead_letter(event)], None
         assert isinstance(event, FeedRequest)
         try:
-            answer = self.scorer.score(event, waiting=waiting)
+            answer = self.scorer.score(event, waiting=waiting, arrival=arrival)
         except Exception as exc:  # a request we cannot score must not stop the others
             log.exception("scoring failed for %s", event.request_id)
             reason = f"scoring failed: {type(exc).__name__}: {exc}".splitlines()[0][:500]
@@ -284,6 +297,7 @@ class _ServingLoop:
         cpu = time.thread_time()
         key = str(event.user_id).encode()
         futures = [self.producer.send(FEEDS_TOPIC, key=key, value=answer.payload)]
+        futures[0].add_callback(_observe_ack, time.time())
         if answer.impressions:
             limit = self._impressions_max_bytes - RECORD_OVERHEAD_BYTES
             futures += [
@@ -315,7 +329,9 @@ class _ServingLoop:
             self._settle(wait=True)
             if not self._commit_failed:
                 self._commit(force=True)
+        poll_called_s = time.time()
         batch = self.consumer.poll(timeout_ms=GROUP_POLL_TIMEOUT_MS, max_records=max_records)
+        arrival = Arrival(poll_called_s, time.time())
         # After a poll the member has joined and knows where to fetch its partitions from.
         metrics.ASSIGNED_PARTITIONS.set(len(self.consumer.assignment()))
         n = 0
@@ -325,7 +341,7 @@ class _ServingLoop:
             for tp, records in batch.items():
                 for record in records:
                     self.watcher.maybe_swap()
-                    record_futures, cached = self.handle(record, tp, polled - n - 1)
+                    record_futures, cached = self.handle(record, tp, polled - n - 1, arrival)
                     answered.futures += record_futures
                     if cached is not None:
                         answered.to_cache.append(cached)
@@ -339,6 +355,7 @@ class _ServingLoop:
             self._settle()
             self._commit()
         self._refresh_lag()
+        _observe_gc_pauses()
         return n
 
     def uncommitted(self) -> int:
@@ -371,9 +388,10 @@ class _ServingLoop:
         while self.in_flight:
             oldest = self.in_flight[0]
             if wait:
+                deadline_s = time.monotonic() + ACK_TIMEOUT_S
                 for future in oldest.futures:
                     with contextlib.suppress(KafkaError):
-                        future.get(timeout=ACK_TIMEOUT_S)
+                        future.get(timeout=max(deadline_s - time.monotonic(), 0.0))
             elif not all(f.is_done for f in oldest.futures):
                 return
             failed = [f for f in oldest.futures if not (f.is_done and f.succeeded())]
@@ -389,18 +407,24 @@ class _ServingLoop:
                 return
             self.in_flight.popleft()
             if oldest.to_cache and self.scorer.feed_cache is not None:
+                started = time.perf_counter()
                 self.scorer.feed_cache.put_many(oldest.to_cache)
+                metrics.LOOP_STEP.labels(step="settle").observe(time.perf_counter() - started)
             self.positions.update(oldest.next)
 
     def _commit(self, force: bool = False) -> None:
         """Commit the settled offsets of partitions still assigned, at most every
         ``COMMIT_INTERVAL_S`` unless ``force``.
 
-        Synchronous (a round trip took ~8 ms under bench load) and, as before this loop was
-        pipelined, only right after answering a batch: a poll that returned records, so the
-        group was stable. Never after an empty poll, which may be a rebalance under way. What
-        a member answered last before going idle is committed with its next batch or when it
-        stops; a crash meanwhile redelivers it, as at-least-once allows.
+        Only right after answering a batch: a poll that returned records, so the group was
+        stable. Never after an empty poll, which may be a rebalance under way. What a member
+        answered last before going idle is committed with its next batch or when it stops; a
+        crash meanwhile redelivers it, as at-least-once allows.
+
+        Asynchronous unless ``force``: the broker's answer is handled by a later poll
+        (:meth:`_committed`), so requests are scored meanwhile (a synchronous round trip
+        held the loop for 8–20 ms under bench load, every ``COMMIT_INTERVAL_S``). Forced
+        commits (the unsettled window is full, or the member stops) wait for it.
         """
         now = time.monotonic()
         if not force and now < self._next_commit_s:
@@ -414,13 +438,30 @@ class _ServingLoop:
         if not offsets:
             return
         self._next_commit_s = now + COMMIT_INTERVAL_S
+        started = time.perf_counter()
+        if not force:
+            self.consumer.commit_async(offsets, callback=self._committed)
+            metrics.LOOP_STEP.labels(step="commit").observe(time.perf_counter() - started)
+            return
         try:
-            self.consumer.commit(offsets)
+            self.consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
         except KafkaError as exc:
+            self._committed(offsets, exc)
+            return
+        metrics.LOOP_STEP.labels(step="commit").observe(time.perf_counter() - started)
+        self._committed(offsets, None)
+
+    def _committed(self, offsets: dict[TopicPartition, OffsetAndMetadata], result: Any) -> None:
+        """A commit's outcome (on the loop's thread: kafka-python calls an asynchronous
+        commit's callback from a later poll). ``result``: an exception (instance or class)
+        if it failed."""
+        if isinstance(result, BaseException) or (
+            isinstance(result, type) and issubclass(result, BaseException)
+        ):
             # Typically a rebalance took the partitions: the new owner redoes those messages,
             # and their cached feeds make that a replay. No forced retry until a commit after
             # a batch succeeds: a failing commit usually means the group is rebalancing.
-            log.warning("commit failed (%s); the last messages may be redelivered", exc)
+            log.warning("commit failed (%s); the last messages may be redelivered", result)
             self._commit_failed = True
             return
         self._commit_failed = False
@@ -445,6 +486,10 @@ class _ServingLoop:
         if now < self._next_lag_s:
             return
         self._next_lag_s = now + LAG_REFRESH_S
+        with metrics.LOOP_STEP.labels(step="lag").time():
+            self._refresh_lag_gauges()
+
+    def _refresh_lag_gauges(self) -> None:
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
             position = self.positions.get(tp)
@@ -469,6 +514,35 @@ class _ServingLoop:
             # Everything answered is committed already; leaving the group lets the others
             # take the partitions at once instead of after a session timeout.
             self.consumer.close(autocommit=False)
+
+
+def _observe_ack(sent_s: float, _metadata: Any) -> None:
+    """On the producer's I/O thread: a feed's send → the broker's acknowledgement."""
+    metrics.WAIT.labels(phase="ack").observe(time.time() - sent_s)
+
+
+_gc_started_s: list[float] = []
+# (generation, seconds) of each collection, until the loop observes them. The callback runs
+# inside whatever allocation set the collector off, possibly under a lock of
+# prometheus_client (in multiprocess mode one lock guards every value, and a metric's
+# first use allocates while holding it): taking any lock there deadlocked the serve loop.
+_gc_pauses: deque[tuple[int, float]] = deque(maxlen=10_000)
+_GC_PAUSE_BY_GENERATION = [metrics.GC_PAUSE.labels(generation=str(g)) for g in range(3)]
+
+
+def _time_gc(phase: str, info: dict[str, int]) -> None:
+    """gc.callbacks hook: notes each collection's pause; takes no lock (see above)."""
+    if phase == "start":
+        _gc_started_s[:] = [time.perf_counter()]
+    elif _gc_started_s:
+        _gc_pauses.append((info["generation"], time.perf_counter() - _gc_started_s.pop()))
+
+
+def _observe_gc_pauses() -> None:
+    """Move the noted pauses into ``feedrank_serving_gc_pause_seconds`` (on the loop)."""
+    while _gc_pauses:
+        generation, seconds = _gc_pauses.popleft()
+        _GC_PAUSE_BY_GENERATION[generation].observe(seconds)
 
 
 def run_serving(
@@ -501,6 +575,8 @@ def run_serving(
     # joining the group, so the long collection cannot delay the join.
     gc.collect()
     gc.freeze()
+    if _time_gc not in gc.callbacks:
+        gc.callbacks.append(_time_gc)
     loop = _ServingLoop(settings, scorer, client_id)
     log.info(
         "serving %s as %s in group %s with model %s",

@@ -24,6 +24,7 @@ through feedrank.model_files).
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import os
 import signal
 import subprocess
@@ -268,6 +269,8 @@ class ServeProcesses:
 # ------------------------------------------------------------------ the run
 
 _STAGES = ("decode", "hydrate", "light", "heavy", "rank", "encode_produce")
+# A request's waits in the serve process before scoring (serving.scorer.Arrival).
+_WAIT_PHASES = ("backlog", "fetch", "queued")
 _HEAVY_SAMPLES = (
     "feedrank_serving_heavy_rows_sum",
     "feedrank_serving_heavy_rows_count",
@@ -300,7 +303,54 @@ def _scrape(world: Settings, servers: int) -> dict[str, float]:
                 elif sample.name == "feedrank_serving_stage_cpu_seconds_total":
                     key = f"stage:{sample.labels.get('stage')}"
                     totals[key] = totals.get(key, 0.0) + sample.value
+                elif key := _pause_key(sample.name, sample.labels):
+                    totals[key] = totals.get(key, 0.0) + sample.value
     return totals
+
+
+# Pauses the bench reports from the servers' histograms: (metric, label), and the bound (s)
+# above which one counts as long.
+_PAUSES = {
+    "feedrank_serving_gc_pause_seconds": ("generation", "0.01"),
+    "feedrank_serving_wait_seconds": ("phase", "0.025"),
+    "feedrank_serving_loop_step_seconds": ("step", "0.025"),
+}
+
+
+def _pause_key(name: str, labels: dict[str, str]) -> str | None:
+    """``pause:<metric>:<label value>:<count|sum|long>`` for the samples of :data:`_PAUSES`
+    (``long``: the bucket at the bound, turned into the count above it by
+    :func:`_pause_figures`), else None."""
+    for metric, (label, bound) in _PAUSES.items():
+        if not name.startswith(metric) or label not in labels:
+            continue
+        suffix = name[len(metric) :]
+        if suffix == "_bucket" and labels.get("le") == bound:
+            return f"pause:{metric}:{labels[label]}:long"
+        if suffix in ("_count", "_sum"):
+            return f"pause:{metric}:{labels[label]}:{suffix[1:]}"
+    return None
+
+
+def _pause_figures(delta: dict[str, float]) -> dict[str, dict[str, dict[str, float]]]:
+    """GC pauses by generation, server-side waits by phase and loop steps by step over one
+    load phase (keys ``gc_pause``, ``wait``, ``loop_step``): how many, their mean and total
+    (ms), and how many were longer than the bound of :data:`_PAUSES`."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for key, value in delta.items():
+        if not key.startswith("pause:") or not key.endswith(":count"):
+            continue
+        _, metric, label, _ = key.split(":")
+        prefix = f"pause:{metric}:{label}"
+        total_ms = 1e3 * delta.get(f"{prefix}:sum", 0.0)
+        short = metric.removeprefix("feedrank_serving_").removesuffix("_seconds")
+        out.setdefault(short, {})[label] = {
+            "count": value,
+            "mean_ms": total_ms / value if value else 0.0,
+            "total_ms": total_ms,
+            f"over_{float(_PAUSES[metric][1]) * 1e3:g}ms": value - delta.get(f"{prefix}:long", 0.0),
+        }
+    return out
 
 
 def _machine_ticks() -> tuple[int, int]:
@@ -361,7 +411,8 @@ def run_bench(
             is over.
         per_request: Also return ``per_request``: each measured request's requested_at,
             when its first answer was consumed (None: never), how many answers it got,
-            degraded and deadline_missed.
+            degraded, deadline_missed, served_at and the feed's timings_ms (its waits and
+            stages in the serve process).
     """
     from kafka import KafkaProducer
 
@@ -394,11 +445,12 @@ def run_bench(
         except BaseException as exc:  # surfaced after the load
             fault_errors.append(exc)
 
-    def collect(wanted: set[str], until_s: float) -> None:
+    def collect(wanted: set[str] | None, until_s: float) -> None:
         """Read feeds (at least one poll, which waits up to 100 ms for one) until every
-        ``wanted`` request is answered or ``until_s``. Returning without a poll when nothing
-        was outstanding made the caller's loop spin a core between sends (and, in the
-        warm-up, left the warm answers unread, so the settling check never saw them)."""
+        ``wanted`` request is answered (None: none awaited) or ``until_s``. Returning without
+        a poll when nothing was outstanding made the caller's loop spin a core between sends
+        (and, in the warm-up, left the warm answers unread, so the settling check never saw
+        them)."""
         while True:
             for tp, records in feeds.poll(timeout_ms=100).items():
                 received = time.time()
@@ -465,7 +517,6 @@ def run_bench(
                     if delay > 0:
                         time.sleep(delay)
                     warm_due.append((send(*spec, prefix="warm").request_id, start_wall + i / rate))
-                    producer.flush()
                 warm_took.append(time.monotonic() - start)
                 start, start_wall = time.monotonic(), time.time()
             for i, spec in enumerate(specs or planned, start=-n_warm):
@@ -479,7 +530,10 @@ def run_bench(
                         measured_from.append(time.time())
                     scheduled.append(start_wall + (i + n_warm) / rate)
                     sent.append(send(*spec, prefix="bench"))
-                producer.flush()
+            # Open loop: no flush per request (linger 0 sends at once). Waiting for each
+            # acknowledgement made the schedule depend on the broker: a slow ack held every
+            # later request back, and the late ones then went out in a burst.
+            producer.flush()
 
         def settle_check() -> None:
             """Set ``settled`` once the warm requests due in the last window were answered
@@ -501,11 +555,16 @@ def run_bench(
 
         budget_s = world.serving.budget_ms / 1e3
         sender = threading.Thread(target=produce, name="bench-producer", daemon=True)
+        # No collections in the bench process while it loads: its live objects grow with
+        # every request sent and answered (1,000-id candidate lists, decoded feeds), and each
+        # full collection stopped the sending thread with the others.
+        gc.collect()
+        gc.disable()
         sender.start()
         before: dict[str, float] | None = None
         fault_thread: threading.Thread | None = None
         while sender.is_alive():
-            collect({r.request_id for r in sent}, time.monotonic() + 0.2)
+            collect(None, time.monotonic() + 0.2)
             if settle_max_s is not None and not settled.is_set() and not measured_from:
                 settle_check()
             if before is None and measured_from:
@@ -517,6 +576,7 @@ def run_bench(
                 )
                 fault_thread.start()
         sender.join()
+        gc.enable()
         collect({r.request_id for r in sent}, time.monotonic() + DRAIN_TIMEOUT_S)
         if fault_thread is not None:
             fault_thread.join()
@@ -538,9 +598,17 @@ def run_bench(
             delta,
         )
         scored = max(delta["scored"], 1.0)
+        # How late the load generator sent each request after it was due: latency counts
+        # from the send (requested_at), so a lagging generator would hide part of the wait.
+        lateness_ms = [
+            (r.requested_at.timestamp() - due) * 1e3 for r, due in zip(sent, scheduled, strict=True)
+        ]
         figures.update(
             {
                 "rate_rps": rate,
+                "send_lateness_p50_ms": percentile(lateness_ms, 50),
+                "send_lateness_p99_ms": percentile(lateness_ms, 99),
+                "pauses": _pause_figures(delta),
                 "warmup_s": warm_took[0] if warm_took else warmup_s,
                 "warmup_settled": settled.is_set() if settle_max_s is not None else None,
                 "answered_twice": sum(answers[r.request_id] > 1 for r in sent),
@@ -570,6 +638,12 @@ def run_bench(
                     "deadline_missed": r.request_id in results
                     and results[r.request_id]["feed"].deadline_missed,
                     "model_version": results[r.request_id]["feed"].model_version
+                    if r.request_id in results
+                    else None,
+                    "served_at": results[r.request_id]["feed"].served_at.timestamp()
+                    if r.request_id in results
+                    else None,
+                    "timings_ms": results[r.request_id]["feed"].timings_ms
                     if r.request_id in results
                     else None,
                 }
@@ -663,6 +737,17 @@ def _figures(
         )
         for stage in ("hydrate", "light", "heavy", "rank", "total")
     }
+    # Where each answer's time went: the server's waits before scoring (feed timings_ms),
+    # its scoring, then delivery (producer, broker, the bench's fetch).
+    parts = {
+        **{
+            phase: [a["feed"].timings_ms.get(phase, float("nan")) for a in answered]
+            for phase in _WAIT_PHASES
+        },
+        "scoring": [a["feed"].timings_ms.get("total", float("nan")) for a in answered],
+        "delivery": delivery_ms,
+    }
+    slowest = np.argsort(latencies_ms)[len(latencies_ms) - max(len(latencies_ms) // 100, 1) :]
     return {
         "requests": sent,
         "answered": len(answered),
@@ -678,6 +763,18 @@ def _figures(
         "requested_to_served_p50_ms": percentile(server_ms, 50),
         "requested_to_served_p99_ms": percentile(server_ms, 99),
         "served_to_consumed_p50_ms": percentile(delivery_ms, 50),
+        "served_to_consumed_p99_ms": percentile(delivery_ms, 99),
+        # p50 / p99 of each part, and its mean over the slowest 1 % of answers (the tail).
+        "parts_ms": {
+            part: {
+                "p50": percentile(values, 50),
+                "p99": percentile(values, 99),
+                "slowest_1pct_mean": float(np.nanmean(np.asarray(values)[slowest]))
+                if len(answered)
+                else float("nan"),
+            }
+            for part, values in parts.items()
+        },
         # From the servers' /metrics over the measured load: candidates the heavy ranker
         # scored per heavy-ranked request, and requests pruned below the cap for aim_ms.
         "heavy_rows_mean": delta["feedrank_serving_heavy_rows_sum"]
@@ -796,6 +893,28 @@ def print_table(figures: dict[str, Any]) -> None:
             f"{floor:.1f} wall / {figures['model_floor_cpu_ms']:.1f} CPU",
         ),
     ]
+    parts = figures.get("parts_ms")
+    if parts:
+        rows.append(
+            (
+                "p99 ms by part: " + " / ".join(parts) + "; send lateness",
+                " / ".join(f"{v['p99']:.1f}" for v in parts.values())
+                + f"; {figures['send_lateness_p99_ms']:.1f}",
+            )
+        )
+        rows.append(
+            (
+                "  mean over the slowest 1 % of answers",
+                " / ".join(f"{v['slowest_1pct_mean']:.1f}" for v in parts.values()),
+            )
+        )
+    for generation, pause in sorted(figures.get("pauses", {}).get("gc_pause", {}).items()):
+        rows.append(
+            (
+                f"GC generation {generation}: collections, total ms, over 10 ms",
+                f"{pause['count']:.0f}, {pause['total_ms']:.0f}, {pause['over_10ms']:.0f}",
+            )
+        )
     for name, value in rows:
         table.add_row(name, value)
     console = Console()

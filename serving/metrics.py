@@ -56,6 +56,31 @@ END_TO_END_LATENCY = Histogram(
     "From the request's requested_at to its ranked feed being handed to the producer.",
     buckets=_LATENCY_BUCKETS_S,
 )
+WAIT = Histogram(
+    "feedrank_serving_wait_seconds",
+    "Where a feed request waits outside scoring, by phase: backlog (requested_at → the serve "
+    "loop's poll that returned it was called: the loop was busy with earlier requests), fetch "
+    "(from then, or from requested_at, → that poll returned: broker and fetch), queued (poll "
+    "returned → its scoring started: behind the requests polled with it), ack (its feed "
+    "handed to the producer → the broker acknowledged it).",
+    ["phase"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+LOOP_STEP = Histogram(
+    "feedrank_serving_loop_step_seconds",
+    "Work of the serve loop between requests, by step: settle (acknowledged feeds into the "
+    "feed cache), commit (offsets, a broker round trip) and lag (the lag gauges' refresh). "
+    "Requests polled meanwhile wait (their backlog).",
+    ["step"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+GC_PAUSE = Histogram(
+    "feedrank_serving_gc_pause_seconds",
+    "Python garbage collections in the serve process, by generation, and how long each held "
+    "the interpreter (gc.callbacks).",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 REQUESTS = Counter(
     "feedrank_serving_requests_total",
     "Feed requests answered, by how (scored, or replayed from the feed cache).",

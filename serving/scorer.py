@@ -146,6 +146,16 @@ class Budget:
         return (self.deadline_s - time.time()) * 1000.0
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """When the serve loop's poll that returned a request was called and returned
+    (wall-clock epoch seconds): splits the request's wait before scoring into backlog, fetch
+    and queued (``serving.metrics.WAIT``)."""
+
+    poll_called_s: float
+    poll_returned_s: float
+
+
 @dataclass
 class PolicyContext:
     """Everything a ranking policy may use for one request."""
@@ -390,13 +400,18 @@ class Scorer:
 
     # ------------------------------------------------------------------ request
 
-    def score(self, request: FeedRequest, waiting: int = 0) -> ScoredRequest:
+    def score(
+        self, request: FeedRequest, waiting: int = 0, arrival: Arrival | None = None
+    ) -> ScoredRequest:
         """Answer one validated feed request.
 
         Args:
             request: The request.
             waiting: Requests this process has already polled that queue behind this one
                 (they share the time until the latency aim; see ``_rows_within_aim``).
+            arrival: When the poll that returned it was called and returned; its waits
+                (backlog, fetch, queued) then go to the feed's ``timings_ms`` and
+                ``feedrank_serving_wait_seconds``.
 
         Raises:
             Exception: whatever hydration or a model raises; the consumer turns it into a
@@ -407,6 +422,8 @@ class Scorer:
         requested_s = request.requested_at.timestamp()
         budget = Budget(deadline_s=requested_s - self._clock_offset_s + budget_ms / 1000.0)
         timings: dict[str, float] = {}
+        if arrival is not None:
+            timings.update(_waits(requested_s - self._clock_offset_s, arrival))
 
         if self.feed_cache is not None:
             cached = self.feed_cache.get(request.request_id)
@@ -581,6 +598,21 @@ class Scorer:
             )
             for item, vector in zip(feed.items, vectors, strict=True)
         ]
+
+
+def _waits(requested_s: float, arrival: Arrival) -> dict[str, float]:
+    """A request's waits before scoring, in ms, each also observed in ``WAIT``: backlog
+    (requested → the poll was called), fetch (→ it returned), queued (→ now)."""
+    now = time.time()
+    called = max(arrival.poll_called_s, requested_s)
+    waits_s = {
+        "backlog": called - requested_s,
+        "fetch": max(arrival.poll_returned_s - called, 0.0),
+        "queued": max(now - arrival.poll_returned_s, 0.0),
+    }
+    for phase, seconds in waits_s.items():
+        metrics.WAIT.labels(phase=phase).observe(seconds)
+    return {phase: seconds * 1e3 for phase, seconds in waits_s.items()}
 
 
 def _observe(stage: str, started: float) -> float:

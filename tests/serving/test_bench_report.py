@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from serving.latency_bench import plot_curve, print_table
+from serving.latency_bench import _figures, _pause_figures, _pause_key, plot_curve, print_table
 
 pytestmark = pytest.mark.unit
 
@@ -66,3 +68,54 @@ def test_report_prints_both_tables_and_draws_the_curve(
     png = tmp_path / "curve.png"
     plot_curve(figures, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pauses_are_read_from_the_servers_histograms() -> None:
+    gc = "feedrank_serving_gc_pause_seconds"
+    samples = [
+        (f"{gc}_count", {"generation": "2"}, 5.0),
+        (f"{gc}_sum", {"generation": "2"}, 0.1),
+        (f"{gc}_bucket", {"generation": "2", "le": "0.01"}, 3.0),
+        (f"{gc}_bucket", {"generation": "2", "le": "0.02"}, 4.0),  # not the bound: ignored
+        ("feedrank_serving_stage_seconds_count", {"stage": "heavy"}, 9.0),  # not a pause
+    ]
+    delta: dict[str, float] = {}
+    for name, labels, value in samples:
+        if key := _pause_key(name, labels):
+            delta[key] = value
+    assert len(delta) == 3
+    assert _pause_figures(delta) == {
+        "gc_pause": {"2": {"count": 5.0, "mean_ms": 20.0, "total_ms": 100.0, "over_10ms": 2.0}}
+    }
+
+
+def test_the_slowest_answers_are_split_into_their_parts() -> None:
+    start = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
+
+    def answer(backlog_ms: float) -> dict[str, object]:
+        served = start + dt.timedelta(milliseconds=backlog_ms + 10)
+        feed = SimpleNamespace(
+            requested_at=start,
+            served_at=served,
+            degraded=False,
+            deadline_missed=False,
+            timings_ms={"backlog": backlog_ms, "fetch": 2.0, "queued": 1.0, "total": 7.0},
+        )
+        return {"feed": feed, "received": served.timestamp() + 0.003}
+
+    answered = [answer(0.0) for _ in range(199)] + [answer(400.0)]
+    delta = dict.fromkeys(
+        (
+            "feedrank_serving_heavy_rows_sum",
+            "feedrank_serving_heavy_rows_count",
+            "feedrank_serving_heavy_pruned_for_aim_total",
+        ),
+        0.0,
+    )
+    figures = _figures(answered, 200, start.timestamp(), delta)
+    parts = figures["parts_ms"]
+    # The slowest 1 % (two answers): one waited 400 ms behind the loop, one did not.
+    assert parts["backlog"]["slowest_1pct_mean"] == pytest.approx(200.0)
+    assert parts["fetch"]["slowest_1pct_mean"] == pytest.approx(2.0)
+    assert parts["delivery"]["p50"] == pytest.approx(3.0, abs=0.01)
+    assert parts["backlog"]["p50"] == 0.0

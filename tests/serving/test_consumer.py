@@ -101,12 +101,17 @@ def warm_up(settings: Settings, producer, reader: TopicReader) -> None:
     assert got, "the consumer never answered the warm-up request"
 
 
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def test_end_to_end_order_equals_offline_scoring(group_settings, producer, hydrator_factory):
     settings = group_settings
     feeds_reader = TopicReader(settings, "ranked_feeds")
     imps_reader = TopicReader(settings, "impressions")
     scorer = make_scorer(settings, hydrator_factory)
     server = ServingThread(settings, scorer)
+    acks_before = _sample("feedrank_serving_wait_seconds_count", phase="ack")
     try:
         warm_up(settings, producer, feeds_reader)
         requests = []
@@ -135,6 +140,15 @@ def test_end_to_end_order_equals_offline_scoring(group_settings, producer, hydra
         imps_reader.close()
     assert set(feeds) == ids
     assert stats.dead_lettered == 0
+    # Each feed says where its time went before scoring; the parts fit in its serve time.
+    for (feed,) in feeds.values():
+        waits = [feed.timings_ms[phase] for phase in ("backlog", "fetch", "queued")]
+        assert min(waits) >= 0.0
+        served_ms = (feed.served_at - feed.requested_at).total_seconds() * 1e3
+        assert sum(waits) + feed.timings_ms["total"] <= served_ms + 1.0
+    # Every feed's acknowledgement was timed, and the collector's pauses are observed.
+    assert _sample("feedrank_serving_wait_seconds_count", phase="ack") - acks_before >= len(ids)
+    assert _sample("feedrank_serving_gc_pause_seconds_count", generation="0") > 0
     model = load_model("serve-v1", settings)
     heavy_answers = 0
     for request in requests:
@@ -521,8 +535,8 @@ def test_unacknowledged_output_redoes_every_unsettled_batch(
     handle = _ServingLoop.handle
     failed_once: list[tuple] = []
 
-    def handle_failing_once(self, record, tp, waiting=0):
-        futures, cached = handle(self, record, tp, waiting)
+    def handle_failing_once(self, record, tp, waiting=0, arrival=None):
+        futures, cached = handle(self, record, tp, waiting, arrival)
         if record.value is not None and unlucky.encode() in record.value and not failed_once:
             failed_once.append((tp, record.offset))
             futures = [*futures, _FailedSend()]

@@ -36,3 +36,32 @@ def test_metrics_endpoint_lists_serving_metrics() -> None:
         "feedrank_serving_model_reloads_total",
     ):
         assert name in body, name
+
+
+def test_a_collection_under_a_metrics_lock_does_not_block_the_loop() -> None:
+    """The GC-pause hook runs inside whatever allocation set the collector off, possibly
+    while that thread holds a prometheus_client lock (in multiprocess mode one lock guards
+    every value). Observing there deadlocked the serve loop; the hook only notes the pause
+    and the loop observes it later."""
+    import gc
+    import threading
+
+    from serving.consumer import _GC_PAUSE_BY_GENERATION, _observe_gc_pauses, _time_gc
+
+    before = _GC_PAUSE_BY_GENERATION[2]._sum.get()
+    lock = _GC_PAUSE_BY_GENERATION[2]._sum._lock  # the lock an observe() would take
+    done = threading.Event()
+
+    def collect_holding_the_lock() -> None:
+        with lock:
+            gc.callbacks.append(_time_gc)
+            try:
+                gc.collect()
+            finally:
+                gc.callbacks.remove(_time_gc)
+        done.set()
+
+    threading.Thread(target=collect_holding_the_lock, daemon=True).start()
+    assert done.wait(timeout=30), "the GC hook blocked on a metrics lock"
+    _observe_gc_pauses()
+    assert _GC_PAUSE_BY_GENERATION[2]._sum.get() > before
