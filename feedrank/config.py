@@ -700,16 +700,6 @@ class ServingConfig(Section):
         "i-th, from 0, exposes /metrics on metrics_port + 10 i); 0: none, serve is started by "
         "hand or the demo.",
     )
-    bench_warmup_s: float = Field(
-        default=30.0,
-        ge=0,
-        le=120,
-        description="`feedrank bench serving`: seconds of unmeasured load before the measured "
-        "one (each --curve rate after it gets at most 5). A broker started just before paid "
-        "2.4-2.8 ms of CPU per request in its first minute of load against 1.3-1.6 warm (JVM "
-        "compilation), which moved the first run's p99 at 100 req/s from 23-36 to 78-91 ms; "
-        "30 s covers it.",
-    )
 
     def process_metrics_port(self, index: int) -> int:
         """The ``/metrics`` port of the ``index``-th (from 0) of several serve processes.

@@ -55,14 +55,8 @@ def bench_serving(
         int, typer.Option(min=1, max=8, help="feedrank serve processes in the group.")
     ] = 2,
     warmup: Annotated[
-        float | None,
-        typer.Option(
-            min=0.0,
-            max=120.0,
-            help="Seconds of unmeasured load before the measured one (default: "
-            "serving.bench_warmup_s).",
-        ),
-    ] = None,
+        float, typer.Option(min=0.0, max=120.0, help="Seconds of unmeasured load first.")
+    ] = 5.0,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the figures here.")
     ] = None,

@@ -52,9 +52,6 @@ DRAIN_TIMEOUT_S = 60.0
 # The unmeasured load's last seconds that must be answered on time before a settled
 # measurement starts (``run_bench(settle_max_s=...)``).
 SETTLE_WINDOW_S = 5.0
-# Unmeasured load before each curve rate after the first load (``run_bench(warmup_s=...)``,
-# default ``serving.bench_warmup_s``): the processes and the broker are warm by then.
-CURVE_WARMUP_S = 5.0
 FLOOR_CALLS = 50
 
 
@@ -387,7 +384,7 @@ def run_bench(
     duration_s: float = 20.0,
     naive_requests: int = 10,
     servers: int = 1,
-    warmup_s: float | None = None,
+    warmup_s: float = 5.0,
     settle_max_s: float | None = None,
     curve_rates: tuple[float, ...] = (),
     fault: Callable[[float, ServeProcesses], None] | None = None,
@@ -401,9 +398,6 @@ def run_bench(
     ``duration_s`` too, on the same processes, and its figures go to ``load_curve``.
 
     Args:
-        warmup_s: Unmeasured load at ``rate_rps`` before its measured load (None:
-            ``serving.bench_warmup_s``); each curve rate after it gets at most
-            :data:`CURVE_WARMUP_S`.
         settle_max_s: Keep the unmeasured load going after ``warmup_s`` until the last
             :data:`SETTLE_WINDOW_S` of it was answered with a median latency (from when each
             request was due) within the budget, at most this long; then start the measured
@@ -425,8 +419,6 @@ def run_bench(
     from feedrank.services.kafka_broker import broker_pids
     from feedrank.services.process import process_cpu_seconds
 
-    if warmup_s is None:
-        warmup_s = settings.serving.bench_warmup_s
     world, world_kind, users, tweets = prepare_world(settings)
     if not len(users) or not len(tweets):
         raise FeedrankError("the bench world has no users or tweets")
@@ -487,11 +479,10 @@ def run_bench(
         producer.send("feed_requests", key=str(user).encode(), value=encode(request))
         return request
 
-    def load(rate: float, seed: int, warmup_s: float, with_fault: bool = False) -> dict[str, Any]:
+    def load(rate: float, seed: int, with_fault: bool = False) -> dict[str, Any]:
         """``warmup_s`` of unmeasured load at ``rate``, then ``duration_s`` measured: the
         processes' first seconds under a new load (allocator, XGBoost and socket buffers
-        growing, the aim's cost estimate adapting, a new broker's JVM compiling) are not the
-        steady state measured."""
+        growing, the aim's cost estimate adapting) are not the steady state measured."""
         n = max(1, round(rate * duration_s))
         planned = _requests(users, tweets, candidates, n, seed=seed)
         warm_load = _requests(users, tweets, candidates, round(rate * warmup_s), seed=seed + 1)
@@ -569,29 +560,23 @@ def run_bench(
         # full collection stopped the sending thread with the others.
         gc.collect()
         gc.disable()
-        try:
-            sender.start()
-            before: dict[str, float] | None = None
-            fault_thread: threading.Thread | None = None
-            while sender.is_alive():
-                collect(None, time.monotonic() + 0.2)
-                if settle_max_s is not None and not settled.is_set() and not measured_from:
-                    settle_check()
-                if before is None and measured_from:
-                    before = _scrape(world, servers)
-                    cpu_before = (
-                        time.process_time(),
-                        process_cpu_seconds(broker),
-                        _machine_ticks(),
-                    )
-                if with_fault and fault is not None and fault_thread is None and measured_from:
-                    fault_thread = threading.Thread(
-                        target=run_fault, args=(measured_from[0],), name="bench-fault", daemon=True
-                    )
-                    fault_thread.start()
-            sender.join()
-        finally:
-            gc.enable()
+        sender.start()
+        before: dict[str, float] | None = None
+        fault_thread: threading.Thread | None = None
+        while sender.is_alive():
+            collect(None, time.monotonic() + 0.2)
+            if settle_max_s is not None and not settled.is_set() and not measured_from:
+                settle_check()
+            if before is None and measured_from:
+                before = _scrape(world, servers)
+                cpu_before = (time.process_time(), process_cpu_seconds(broker), _machine_ticks())
+            if with_fault and fault is not None and fault_thread is None and measured_from:
+                fault_thread = threading.Thread(
+                    target=run_fault, args=(measured_from[0],), name="bench-fault", daemon=True
+                )
+                fault_thread.start()
+        sender.join()
+        gc.enable()
         collect({r.request_id for r in sent}, time.monotonic() + DRAIN_TIMEOUT_S)
         if fault_thread is not None:
             fault_thread.join()
@@ -685,12 +670,9 @@ def run_bench(
             collect(warm, time.monotonic() + 1.0)
             quick_rounds = quick_rounds + 1 if warm <= results.keys() else 0
             collect(warm, time.monotonic() + 2.0)  # let a slow round finish before the next
-        main = load(rate_rps, seed=5, warmup_s=warmup_s, with_fault=True)
-        curve_warmup_s = min(warmup_s, CURVE_WARMUP_S)
+        main = load(rate_rps, seed=5, with_fault=True)
         for k, rate in enumerate(curve_rates):
-            curve.append(
-                main if rate == rate_rps else load(rate, seed=100 + 2 * k, warmup_s=curve_warmup_s)
-            )
+            curve.append(main if rate == rate_rps else load(rate, seed=100 + 2 * k))
     finally:
         procs.stop()
         feeds.close(autocommit=False)
