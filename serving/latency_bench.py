@@ -560,23 +560,29 @@ def run_bench(
         # full collection stopped the sending thread with the others.
         gc.collect()
         gc.disable()
-        sender.start()
-        before: dict[str, float] | None = None
-        fault_thread: threading.Thread | None = None
-        while sender.is_alive():
-            collect(None, time.monotonic() + 0.2)
-            if settle_max_s is not None and not settled.is_set() and not measured_from:
-                settle_check()
-            if before is None and measured_from:
-                before = _scrape(world, servers)
-                cpu_before = (time.process_time(), process_cpu_seconds(broker), _machine_ticks())
-            if with_fault and fault is not None and fault_thread is None and measured_from:
-                fault_thread = threading.Thread(
-                    target=run_fault, args=(measured_from[0],), name="bench-fault", daemon=True
-                )
-                fault_thread.start()
-        sender.join()
-        gc.enable()
+        try:
+            sender.start()
+            before: dict[str, float] | None = None
+            fault_thread: threading.Thread | None = None
+            while sender.is_alive():
+                collect(None, time.monotonic() + 0.2)
+                if settle_max_s is not None and not settled.is_set() and not measured_from:
+                    settle_check()
+                if before is None and measured_from:
+                    before = _scrape(world, servers)
+                    cpu_before = (
+                        time.process_time(),
+                        process_cpu_seconds(broker),
+                        _machine_ticks(),
+                    )
+                if with_fault and fault is not None and fault_thread is None and measured_from:
+                    fault_thread = threading.Thread(
+                        target=run_fault, args=(measured_from[0],), name="bench-fault", daemon=True
+                    )
+                    fault_thread.start()
+            sender.join()
+        finally:
+            gc.enable()
         collect({r.request_id for r in sent}, time.monotonic() + DRAIN_TIMEOUT_S)
         if fault_thread is not None:
             fault_thread.join()
