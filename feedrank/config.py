@@ -597,6 +597,13 @@ class TrainingDataConfig(Section):
         "whole to every task instead of sorted with the impressions (jobs/training_data.py); "
         "0 turns the broadcast plan off.",
     )
+    asof_key_filter_max_keys: int = Field(
+        default=4_000_000,
+        ge=0,
+        description="Point-in-time join, sorted plan: when the examples hold at most this "
+        "many distinct keys of a view, the view's rows of other keys are dropped before the "
+        "sort (a broadcast semi-join on one 64-bit hash per key); 0 turns the filter off.",
+    )
     bench_duckdb_memory_limit: str = Field(
         default="6GB",
         description="`feedrank bench training-data`: DuckDB's memory_limit; above it DuckDB "
