@@ -83,6 +83,11 @@ class PathsConfig(Section):
         return self.home / "features"
 
     @property
+    def feature_history(self) -> Path:
+        """`features`' history summaries and snapshot record (jobs/feature_history.py)."""
+        return self.home / "feature_history"
+
+    @property
     def training(self) -> Path:
         return self.home / "training"
 

@@ -10,7 +10,7 @@ the days up to ``cut`` only their per-key totals: no window of any snapshot reac
 of days up to ``cut`` become one row per key dated ``cut`` (sums added, maxima kept), which
 gives the same snapshots as the unfolded rows, since sums and maxima are associative and
 every windowed sum excludes ``cut``. The folded rows of every call site are then saved under
-``<features>/_history/cut=<cut>/<site>/`` (:meth:`HistoryFold.save`); a later run whose cut
+``<paths.feature_history>/cut=<cut>/<site>/`` (:meth:`HistoryFold.save`); a later run whose cut
 is at or after a saved one reads that summary instead of the lake up to it, so it reads the
 lake's partitions after the summary's cut only (partition pruning) and its cost no longer
 grows with the lake's length (docs/performance.md, #27).
@@ -18,6 +18,14 @@ grows with the lake's length (docs/performance.md, #27).
 A summary is reused only while it still describes the lake and the code: its ``_meta.json``
 holds a digest of the lake partitions it folded (file names, sizes, modification times) and
 of the feature code; any difference and the run reads the whole lake again, as before.
+
+Snapshots are kept the same way (:class:`SnapshotRecord`): a view's partition of day ``D`` is
+a function of the lake's partitions up to ``D`` and of the code only, so a run records, per
+view and day, the digest of those inputs and of the partition it wrote
+(``<paths.feature_history>/snapshots.json``). A later run over a window that overlaps it
+(the retrain DAG's window moves by one day) keeps the partitions whose record still matches
+and computes from the first day that does not: one snapshot instead of ``training_days`` on
+a daily run.
 """
 
 from __future__ import annotations
@@ -35,22 +43,17 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from feedrank import lake
-from feedrank.publish import write_dir_atomic, write_json
+from feedrank.publish import write_dir_atomic, write_json, write_json_atomic
 from jobs import spark_io
 
 log = logging.getLogger("feedrank.features")
 
-HISTORY_DIR = "_history"
 META = "_meta.json"
+SNAPSHOTS = "snapshots.json"
 KEEP_SUMMARIES = 2  # the newest summaries kept: today's and yesterday's (a rerun's)
 # The code whose definitions a summary's rows depend on: a summary written by other code is
 # not reused.
 _CODE_FILES = ("jobs/features.py", "jobs/feature_history.py", "feedrank/feature_spec.py")
-
-
-def history_root(features_root: Path) -> Path:
-    """Where the summaries of a feature root live."""
-    return Path(features_root) / HISTORY_DIR
 
 
 def code_digest() -> str:
@@ -63,17 +66,33 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
+def _update_with_files(digest: hashlib._Hash, folder: Path, root: Path) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(
+                f"{path.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode()
+            )
+
+
 def lake_digest(lake_root: Path, tables: Iterable[str], through: dt.date) -> str:
     """SHA-256 of the lake partitions of ``tables`` up to ``through``: every file's path,
     size and modification time (a rewritten partition changes it)."""
     digest = hashlib.sha256()
     for table in sorted(tables):
         for part in lake.existing_partitions(lake_root, table, None, through):
-            for path in sorted(part.rglob("*")):
-                if path.is_file():
-                    stat = path.stat()
-                    rel = path.relative_to(lake_root)
-                    digest.update(f"{rel}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+            _update_with_files(digest, part, lake_root)
+    return digest.hexdigest()
+
+
+def folder_digest(folder: Path) -> str:
+    """SHA-256 of the files under ``folder`` (path, size, modification time); a missing
+    folder (a day without rows) has its own digest."""
+    digest = hashlib.sha256()
+    if folder.is_dir():
+        _update_with_files(digest, folder, folder)
+    else:
+        digest.update(b"missing")
     return digest.hexdigest()
 
 
@@ -96,9 +115,14 @@ class HistoryPlan:
         return None if self.carried is None else self.carried + dt.timedelta(days=1)
 
 
-def _saved_cuts(root: Path) -> list[dt.date]:
+def summary_dir(history_dir: Path, cut: dt.date) -> Path:
+    """The summary folder of ``cut``."""
+    return Path(history_dir) / f"cut={cut.isoformat()}"
+
+
+def _saved_cuts(history_dir: Path) -> list[dt.date]:
     cuts = []
-    for path in history_root(root).glob("cut=*"):
+    for path in Path(history_dir).glob("cut=*"):
         try:
             cuts.append(dt.date.fromisoformat(path.name.split("=", 1)[1]))
         except ValueError:
@@ -107,7 +131,7 @@ def _saved_cuts(root: Path) -> list[dt.date]:
 
 
 def plan_history(
-    lake_root: Path, features_root: Path, tables: Iterable[str], start: dt.date, lookback_days: int
+    lake_root: Path, history_dir: Path, tables: Iterable[str], start: dt.date, lookback_days: int
 ) -> HistoryPlan:
     """The cut of a run whose first snapshot is ``start`` and the newest saved summary it can
     start from: at or before the cut, written by this code over the lake as it is now."""
@@ -115,10 +139,10 @@ def plan_history(
     cut = start - dt.timedelta(days=lookback_days + 1)
     code = code_digest()
     carried = None
-    for saved in reversed(_saved_cuts(features_root)):
+    for saved in reversed(_saved_cuts(history_dir)):
         if saved > cut:
             continue
-        meta_path = history_root(features_root) / f"cut={saved.isoformat()}" / META
+        meta_path = summary_dir(history_dir, saved) / META
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):
@@ -136,7 +160,7 @@ class HistoryFold:
     call into one row per key (see the module docstring); remembers them for :meth:`save`."""
 
     spark: SparkSession
-    features_root: Path
+    history_dir: Path
     plan: HistoryPlan
     folded: dict[str, DataFrame] = field(default_factory=dict)
 
@@ -151,7 +175,7 @@ class HistoryFold:
         if carried is not None:
             # The schema is given: a site with no rows was saved without a data file.
             saved = self.spark.read.schema(per_day.schema).parquet(
-                str(self._site_dir(carried, site))
+                str(summary_dir(self.history_dir, carried) / site)
             )
             old = old.where(day > F.lit(carried)).unionByName(saved)
         folded = (
@@ -167,9 +191,6 @@ class HistoryFold:
         self.folded[site] = folded
         return per_day.where(day > F.lit(cut)).unionByName(folded.select(*per_day.columns))
 
-    def _site_dir(self, cut: dt.date, site: str) -> Path:
-        return history_root(self.features_root) / f"cut={cut.isoformat()}" / site
-
     def save(self) -> Path | None:
         """Write every folded site as the summary at the cut (atomically, one folder), drop
         summaries older than the :data:`KEEP_SUMMARIES` newest; None when there was nothing
@@ -177,7 +198,7 @@ class HistoryFold:
         cut = self.plan.cut
         if self.plan.carried == cut or not self.folded:
             return None
-        target = history_root(self.features_root) / f"cut={cut.isoformat()}"
+        target = summary_dir(self.history_dir, cut)
 
         def build(tmp: Path) -> None:
             for site, frame in sorted(self.folded.items()):
@@ -192,7 +213,57 @@ class HistoryFold:
             )
 
         write_dir_atomic(target, build)
-        for old in _saved_cuts(self.features_root)[:-KEEP_SUMMARIES]:
-            shutil.rmtree(history_root(self.features_root) / f"cut={old.isoformat()}")
+        for old in _saved_cuts(self.history_dir)[:-KEEP_SUMMARIES]:
+            shutil.rmtree(summary_dir(self.history_dir, old))
         log.info("history summary at %s saved (%s)", cut, ", ".join(sorted(self.folded)))
         return target
+
+
+@dataclass
+class SnapshotRecord:
+    """Per view and day: the digest of the inputs a feature partition was computed from (the
+    lake up to that day and the code) and of the partition itself."""
+
+    features_root: Path
+    path: Path
+    entries: dict[str, dict[str, dict[str, str]]]
+
+    @classmethod
+    def load(cls, features_root: Path, history_dir: Path) -> SnapshotRecord:
+        """The record of ``features_root``'s partitions kept in ``history_dir`` (empty when
+        there is none or it is unreadable)."""
+        path = Path(history_dir) / SNAPSHOTS
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError):
+            entries = {}
+        return cls(Path(features_root), path, entries if isinstance(entries, dict) else {})
+
+    @staticmethod
+    def inputs(lake_root: Path, tables: Iterable[str], day: dt.date, code: str) -> str:
+        """The digest of what a partition of ``day`` is computed from."""
+        return hashlib.sha256(f"{code}\n{lake_digest(lake_root, tables, day)}".encode()).hexdigest()
+
+    def _partition(self, view: str, day: dt.date) -> Path:
+        return lake.partition_dir(self.features_root, view, day)
+
+    def fresh(self, view: str, day: dt.date, inputs: str) -> bool:
+        """Whether ``view``'s partition of ``day`` was written from ``inputs`` and is untouched."""
+        entry = self.entries.get(view, {}).get(day.isoformat())
+        return bool(
+            entry
+            and entry.get("inputs") == inputs
+            and entry.get("files") == folder_digest(self._partition(view, day))
+        )
+
+    def record(self, view: str, day: dt.date, inputs: str) -> None:
+        """Note that ``view``'s partition of ``day`` (as it is now) was computed from ``inputs``."""
+        self.entries.setdefault(view, {})[day.isoformat()] = {
+            "inputs": inputs,
+            "files": folder_digest(self._partition(view, day)),
+        }
+
+    def save(self) -> None:
+        """Write the record atomically."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, self.entries)

@@ -50,7 +50,7 @@ from feedrank.config import HEADS, POSITIVE_HEADS, Settings
 from feedrank.feature_spec import ENTITIES, TARGET_ENCODING_SMOOTHING, VIEWS, View
 from feedrank.spark import size_shuffle_partitions
 from jobs import spark_io
-from jobs.feature_history import HistoryFold, plan_history
+from jobs.feature_history import HistoryFold, SnapshotRecord, code_digest, plan_history
 
 log = logging.getLogger("feedrank.features")
 
@@ -703,6 +703,7 @@ def run_features(
     start: dt.date,
     end: dt.date,
     views: list[str] | None = None,
+    reuse: bool = False,
 ) -> dict[str, list[Path]]:
     """Read the lake up to ``end`` and (re)write each view's partitions for [start, end].
 
@@ -713,14 +714,37 @@ def run_features(
     at its own cut for the next one. Nothing after ``end`` is read, so a rerun after new
     data lands gives the same output.
 
+    Every partition written is recorded with the digest of its inputs
+    (:class:`jobs.feature_history.SnapshotRecord`). With ``reuse``, the days from ``start``
+    whose partitions of every asked view still match their record are kept, and the run
+    computes from the first day that does not (nothing at all when every day matches).
+
     Returns:
-        View name -> partition folders written.
+        View name -> its partition folders in [start, end] (written or kept).
     """
     lake.check_interval(start, end)
-    lake_root = settings.paths.lake
-    plan = plan_history(
-        lake_root, settings.paths.features, FEATURE_INPUT_COLUMNS, start, LOOKBACK_DAYS
-    )
+    names = list(views or VIEWS)
+    unknown = [n for n in names if n not in VIEWS]
+    if unknown:
+        raise ValueError(f"unknown feature view {unknown[0]!r}")
+    lake_root, features_root = settings.paths.lake, settings.paths.features
+    code = code_digest()
+    history_dir = settings.paths.feature_history
+    record = SnapshotRecord.load(features_root, history_dir)
+    inputs = {
+        day: SnapshotRecord.inputs(lake_root, FEATURE_INPUT_COLUMNS, day, code)
+        for day in lake.days_between(start, end)
+    }
+    asked = start
+    if reuse:
+        stale = [d for d in inputs if not all(record.fresh(n, d, inputs[d]) for n in names)]
+        if not stale:
+            log.info("features %s..%s: every snapshot kept (same lake days, same code)", start, end)
+            return {n: lake.existing_partitions(features_root, n, start, end) for n in names}
+        start = stale[0]
+        if start > asked:
+            log.info("features %s..%s: snapshots before %s kept", asked, end, start)
+    plan = plan_history(lake_root, history_dir, FEATURE_INPUT_COLUMNS, start, LOOKBACK_DAYS)
     parts = {
         name: lake.existing_partitions(
             lake_root, name, None if name == "tweets" else plan.read_from, end
@@ -750,12 +774,8 @@ def run_features(
     folds = plan.carried is not None or any(
         p.name <= before_cut for paths in parts.values() for p in paths
     )
-    history = HistoryFold(spark, settings.paths.features, plan) if folds else None
+    history = HistoryFold(spark, history_dir, plan) if folds else None
     frames = build_features(spark, tables, start, end, history)
-    names = views or list(frames)
-    unknown = [n for n in names if n not in frames]
-    if unknown:
-        raise ValueError(f"unknown feature view {unknown[0]!r}")
 
     def write(name: str) -> list[Path]:
         log.info("writing %s for %s..%s", name, start, end)
@@ -767,8 +787,14 @@ def run_features(
     # work (planning, commit) that leaves the executor threads idle; another job fills them.
     with ThreadPoolExecutor(max_workers=VIEW_WRITERS) as pool:
         written = dict(zip(names, pool.map(write, names), strict=True))
+    for name in names:
+        for day in lake.days_between(start, end):
+            record.record(name, day, inputs[day])
+    record.save()
     if history is not None:
         history.save()
     for frame in tables.values():
         frame.unpersist()
-    return written
+    if start == asked:
+        return written
+    return {n: lake.existing_partitions(features_root, n, asked, end) for n in names}

@@ -1,5 +1,6 @@
 """A feature run that starts from a history summary reads only the lake after it and writes
-the same rows as the features built from the whole lake (jobs/feature_history.py)."""
+the same rows as the features built from the whole lake; a rerun keeps the partitions whose
+lake days did not change (jobs/feature_history.py)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def carried_summary(cfg: Settings, start: dt.date) -> dt.date | None:
     """The summary a run starting on ``start`` would carry."""
     return feature_history.plan_history(
         cfg.paths.lake,
-        cfg.paths.features,
+        cfg.paths.feature_history,
         features.FEATURE_INPUT_COLUMNS,
         start,
         features.LOOKBACK_DAYS,
@@ -46,18 +47,18 @@ def carried_summary(cfg: Settings, start: dt.date) -> dt.date | None:
 
 def test_run_from_a_summary_writes_what_the_whole_lake_gives(spark, first_run: Settings) -> None:
     cfg = first_run
-    lake_root, feat_root = cfg.paths.lake, cfg.paths.features
+    lake_root, feat_root, history = cfg.paths.lake, cfg.paths.features, cfg.paths.feature_history
     first_cut = FIRST_RUN - dt.timedelta(days=features.LOOKBACK_DAYS + 1)
-    assert (feature_history.history_root(feat_root) / f"cut={first_cut}").is_dir()
+    assert feature_history.summary_dir(history, first_cut).is_dir()
     plan = feature_history.plan_history(
-        lake_root, feat_root, features.FEATURE_INPUT_COLUMNS, SECOND_RUN, features.LOOKBACK_DAYS
+        lake_root, history, features.FEATURE_INPUT_COLUMNS, SECOND_RUN, features.LOOKBACK_DAYS
     )
     assert plan.carried == first_cut
     assert plan.read_from == first_cut + dt.timedelta(days=1)
 
     end = SECOND_RUN + dt.timedelta(days=1)
     features.run_features(spark, cfg, SECOND_RUN, end)
-    summary = feature_history.history_root(feat_root) / f"cut={plan.cut}"
+    summary = feature_history.summary_dir(history, plan.cut)
     assert spark.read.parquet(str(summary / "user_author")).count() > 0
 
     whole_lake = {
@@ -72,6 +73,26 @@ def test_run_from_a_summary_writes_what_the_whole_lake_gives(spark, first_run: S
         assert got.exceptAll(want).count() == 0, name
         assert want.exceptAll(got).count() == 0, name
 
+    # A rerun keeps every partition whose lake days did not change; a changed day is redone.
+    def digests(day: dt.date) -> dict[str, str]:
+        return {
+            v: feature_history.folder_digest(lake.partition_dir(feat_root, v, day))
+            for v in expected
+        }
+
+    kept, redone = digests(SECOND_RUN), digests(end)
+    written = [v for v in expected if lake.partition_dir(feat_root, v, end).is_dir()]
+    assert len(written) >= 7
+    rows = {v: lake.content_hash(lake.partition_dir(feat_root, v, end)) for v in written}
+    features.run_features(spark, cfg, SECOND_RUN, end, reuse=True)
+    assert (digests(SECOND_RUN), digests(end)) == (kept, redone)
+    touched = lake.partition_dir(lake_root, "impressions", end) / "part-00000.parquet"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    features.run_features(spark, cfg, SECOND_RUN, end, reuse=True)
+    assert digests(SECOND_RUN) == kept
+    assert all(digests(end)[v] != redone[v] for v in written)
+    assert {v: lake.content_hash(lake.partition_dir(feat_root, v, end)) for v in written} == rows
+
 
 @pytest.mark.parametrize("change", ["rewritten", "added"])
 def test_summary_is_not_used_once_the_lake_before_its_cut_changes(
@@ -79,7 +100,7 @@ def test_summary_is_not_used_once_the_lake_before_its_cut_changes(
 ) -> None:
     cfg = settings_at(first_run, tmp_path)
     shutil.copytree(first_run.paths.lake, cfg.paths.lake)
-    shutil.copytree(first_run.paths.features, cfg.paths.features)
+    shutil.copytree(first_run.paths.feature_history, cfg.paths.feature_history)
     assert carried_summary(cfg, SECOND_RUN) is not None
     part = lake.partition_dir(cfg.paths.lake, "impressions", LAKE_START) / "part-00000.parquet"
     if change == "rewritten":
