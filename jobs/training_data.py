@@ -99,19 +99,29 @@ def attribute_labels(
             ``served_at <= engaged_at <= served_at + attribution_window_s``.
     """
     keys = ["request_id", "user_id", "tweet_id"]
-    imp_keys = impressions.select(*keys, "served_at").dropDuplicates(keys)
     window = F.expr(f"INTERVAL {int(attribution_window_s)} SECONDS")
-    hits = (
-        engagements.select(*keys, "head", "engaged_at")
-        .join(imp_keys, keys)
-        .where(
-            (F.col("engaged_at") >= F.col("served_at"))
-            & (F.col("engaged_at") <= F.col("served_at") + window)
-        )
-        .groupBy(*keys)
-        .agg(*[F.max((F.col("head") == h).cast("bigint")).alias(f"label_{h}") for h in HEADS])
+    # Each key's engagements as one array, so the impressions are shuffled once, by the join
+    # (the grouped side is already partitioned by the keys), and each impression is labelled
+    # from its own served_at. A dedup of the impressions' keys and a second join used to
+    # shuffle the 18.6M impressions of the 20,000-user world twice (docs/performance.md #27).
+    engaged = engagements.groupBy(*keys).agg(
+        F.collect_list(F.struct("head", "engaged_at")).alias("_engaged")
     )
-    return impressions.join(hits, keys, "left").fillna(0, subset=list(LABEL_COLUMNS))
+    served = F.col("served_at")
+
+    def label(head: str) -> Column:
+        hit = F.exists(
+            "_engaged",
+            lambda e: (
+                (e["head"] == head)
+                & (e["engaged_at"] >= served)
+                & (e["engaged_at"] <= served + window)
+            ),
+        )
+        return F.coalesce(hit.cast("bigint"), F.lit(0).cast("bigint")).alias(f"label_{head}")
+
+    rest = [c for c in impressions.columns if c not in keys]
+    return impressions.join(engaged, keys, "left").select(*keys, *rest, *[label(h) for h in HEADS])
 
 
 def keep_hash(request_id: Column, tweet_id: Column) -> Column:
