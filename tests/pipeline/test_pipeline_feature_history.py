@@ -16,6 +16,9 @@ from feedrank import lake
 from feedrank.config import Settings
 from jobs import feature_history, features, spark_io
 
+# Over a minute each on 2 cores (201 s at load 2.6): `make test-long`, not `make test`.
+pytestmark = pytest.mark.long
+
 LAKE_START = dt.date(2026, 9, 1)
 LAKE_DAYS = 36
 FIRST_RUN = LAKE_START + dt.timedelta(days=31)  # its cut: LAKE_START + 1
