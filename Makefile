@@ -20,7 +20,7 @@ export UV_PYTHON := python3.11
 # set PYTHONDONTWRITEBYTECODE, which would make every process recompile what it imports.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: help setup up down status test test-unit test-cluster lint demo bench chaos airflow quality-curve prometheus mlflow-ui helm k8s-check
+.PHONY: help setup up down status test test-unit test-long test-cluster lint demo bench chaos airflow quality-curve prometheus mlflow-ui helm k8s-check
 
 help: ## List the targets
 	@echo "feedrank — make targets (FEEDRANK_PROFILE=local|redis|cluster|secure picks the services):"
@@ -62,11 +62,14 @@ down: ## Stop every service started from the run folder (var/ unless FEEDRANK_PA
 status: ## Show which services run and answer
 	@$(PY) -m feedrank.services status
 
-test: setup $(HELM) ## Run the test suite, all but the `cluster` DAG run (tests start real services themselves)
+test: setup $(HELM) ## Run the test suite, all but the `cluster` DAG run and the `long` checks (tests start real services themselves)
 	$(PY) -m pytest
 
 test-unit: setup ## Run only the tests marked unit (no services)
 	$(PY) -m pytest -m unit
+
+test-long: setup ## Checks on multi-week synthetic worlds: feature history summaries and kept snapshots (1-4 min here, not in `make test`)
+	$(PY) -m pytest -m long
 
 test-cluster: setup ## The retrain DAG on the cluster profile: 3 brokers, Redis, Spark master + 2 workers (8-11 min here, not in `make test`)
 	$(PY) -m pytest -m cluster

@@ -10,7 +10,9 @@ interval at ``L`` processes the last complete UTC day before ``L`` (rule and rea
 lake partitions and for each table's landed-through mark to pass ``D``'s end,
 ``validate`` checks them, ``features`` and ``training_data`` rebuild the
 trailing window of ``training_days`` days ending with ``D`` (the last of them is the held-out
-validation day), ``validate_features`` checks the feature tables ``features`` just built,
+validation day; ``features`` keeps the days whose partitions were written from the same lake
+days by the same code, so a daily run computes ``D`` only: ``jobs/feature_history.py``),
+``validate_features`` checks the feature tables ``features`` just built,
 ``materialize`` loads what became valid during ``D`` into the online store,
 and ``monitor`` checks the traffic served on ``D``. Tasks pass nothing to each other through
 XCom: each derives its inputs from the interval (the training-data run

@@ -83,6 +83,11 @@ class PathsConfig(Section):
         return self.home / "features"
 
     @property
+    def feature_history(self) -> Path:
+        """`features`' history summaries and snapshot record (jobs/feature_history.py)."""
+        return self.home / "feature_history"
+
+    @property
     def training(self) -> Path:
         return self.home / "training"
 
@@ -596,6 +601,13 @@ class TrainingDataConfig(Section):
         description="Point-in-time join: a feature table of at most this many rows is sent "
         "whole to every task instead of sorted with the impressions (jobs/training_data.py); "
         "0 turns the broadcast plan off.",
+    )
+    asof_key_filter_max_keys: int = Field(
+        default=4_000_000,
+        ge=0,
+        description="Point-in-time join, sorted plan: when the examples hold at most this "
+        "many distinct keys of a view, the view's rows of other keys are dropped before the "
+        "sort (a broadcast semi-join on one 64-bit hash per key); 0 turns the filter off.",
     )
     bench_duckdb_memory_limit: str = Field(
         default="6GB",

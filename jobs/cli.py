@@ -30,6 +30,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             list[str] | None,
             typer.Option("--view", help="Only this feature view (repeatable); default: all."),
         ] = None,
+        rebuild: Annotated[
+            bool,
+            typer.Option(
+                "--rebuild",
+                help="Recompute every day, even those whose partitions were written from the "
+                "same lake days by the same code (kept by default).",
+            ),
+        ] = False,
     ) -> None:
         """Compute feature-table snapshots from START to END (inclusive) from the lake."""
         from feedrank import lake
@@ -41,7 +49,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         settings = get_settings()
         setup_logging("features", settings)
         written = features.run_features(
-            get_spark("feedrank-features", settings), settings, first, last, view
+            get_spark("feedrank-features", settings), settings, first, last, view, not rebuild
         )
         for name, parts in written.items():
             typer.echo(f"{name}: {len(parts)} partition(s) in {settings.paths.features / name}")

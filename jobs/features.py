@@ -50,6 +50,7 @@ from feedrank.config import HEADS, POSITIVE_HEADS, Settings
 from feedrank.feature_spec import ENTITIES, TARGET_ENCODING_SMOOTHING, VIEWS, View
 from feedrank.spark import size_shuffle_partitions
 from jobs import spark_io
+from jobs.feature_history import HistoryFold, SnapshotRecord, code_digest, plan_history
 
 log = logging.getLogger("feedrank.features")
 
@@ -86,6 +87,8 @@ def _windowed(
     sums: Mapping[str, tuple[str, int | None]],
     maxes: Mapping[str, tuple[str, int | None]] | None = None,
     day_before: bool = False,
+    history: HistoryFold | None = None,
+    site: str = "",
 ) -> DataFrame:
     """For every snapshot day D and key: aggregates over days in (D - w, D] (None: all).
 
@@ -99,6 +102,10 @@ def _windowed(
     With ``day_before``, every sum also comes as ``_prev_<name>``: the same sum at the
     snapshot of D - 1, from the same rows (what :func:`_leaving` needs to know whether the
     entity was in the view the day before, the first snapshot of a run included).
+
+    With ``history``, the key-day rows up to its cut are folded into one row per key under
+    the name ``site`` (:class:`jobs.feature_history.HistoryFold`); every window must then end
+    after the cut, which is checked here.
     """
     maxes = maxes or {}
     sum_columns = sorted({c for c, _ in sums.values()})
@@ -106,6 +113,12 @@ def _windowed(
     per_day = daily.groupBy(*keys, "day").agg(
         *[F.sum(c).alias(c) for c in sum_columns], *[F.max(c).alias(c) for c in max_columns]
     )
+    if history is not None:
+        windows = [w for _, w in [*sums.values(), *maxes.values()] if w is not None]
+        reach = max(windows, default=0) + (1 if day_before else 0)
+        if reach > LOOKBACK_DAYS + 1:
+            raise ValueError(f"{site}: a {reach}-day window reaches before the history cut")
+        per_day = history.fold(site, per_day, keys, sum_columns, max_columns)
     if keys:
         per_day = per_day.repartition(*keys)
     joined = per_day.join(F.broadcast(snaps), F.col("day") <= F.col("snap"))
@@ -177,7 +190,12 @@ def _leaving(windowed: DataFrame, active: Callable[[Callable[[str], Column]], Co
     return windowed.where(now | before).withColumn(_TOMBSTONE, ~now).drop(*prev)
 
 
-def global_rates(impressions: DataFrame, engagements: DataFrame, snaps: DataFrame) -> DataFrame:
+def global_rates(
+    impressions: DataFrame,
+    engagements: DataFrame,
+    snaps: DataFrame,
+    history: HistoryFold | None = None,
+) -> DataFrame:
     """Per snapshot: the all-history rate of each head (engagements per impression)."""
     daily = _daily(impressions.select("served_at"), [], "served_at", {"imps": F.lit(1)})
     daily = daily.unionByName(
@@ -190,7 +208,7 @@ def global_rates(impressions: DataFrame, engagements: DataFrame, snaps: DataFram
         allowMissingColumns=True,
     ).fillna(0)
     sums = {"g_imps": ("imps", None), **{f"g_e_{h}": (f"e_{h}", None) for h in HEADS}}
-    totals = _windowed(daily, snaps, [], sums)
+    totals = _windowed(daily, snaps, [], sums, history=history, site="global_rates")
     return totals.select("snap", *[_rate(f"g_e_{h}", "g_imps").alias(f"prior_{h}") for h in HEADS])
 
 
@@ -202,6 +220,7 @@ def user_engagement_daily(
     engagements: DataFrame,
     snaps: DataFrame,
     prior: DataFrame | None = None,
+    history: HistoryFold | None = None,
 ) -> DataFrame:
     """The ``user_engagement_daily`` view for every snapshot day in ``snaps``."""
     view = VIEWS["user_engagement_daily"]
@@ -239,7 +258,7 @@ def user_engagement_daily(
     for w in (1, 7, 28):
         sums[f"user_impressions_{w}d"] = ("imps", w)
         sums.update({f"e_{h}_{w}d": (f"e_{h}", w) for h in HEADS})
-    stats = _windowed(daily, snaps, ["user_id"], sums)
+    stats = _windowed(daily, snaps, ["user_id"], sums, history=history, site="user_engagement")
 
     hourly = feed_requests.select(
         "user_id",
@@ -247,7 +266,9 @@ def user_engagement_daily(
         F.hour("requested_at").alias("hour"),
         F.lit(1).alias("n"),
     )
-    by_hour = _windowed(hourly, snaps, ["user_id", "hour"], {"n": ("n", 28)})
+    by_hour = _windowed(
+        hourly, snaps, ["user_id", "hour"], {"n": ("n", 28)}, history=history, site="user_hours"
+    )
     # Most requests wins; ties go to the earliest hour.
     peak = (
         by_hour.where("n > 0")
@@ -256,7 +277,7 @@ def user_engagement_daily(
         .select("user_id", "snap", (-F.col("best.neg_hour")).alias("user_active_hour_peak"))
     )
     if prior is None:
-        prior = global_rates(impressions, engagements, snaps)
+        prior = global_rates(impressions, engagements, snaps, history)
     out = (
         stats.join(peak, ["user_id", "snap"], "left")
         .join(F.broadcast(prior), "snap", "left")
@@ -281,6 +302,7 @@ def author_stats_daily(
     engagements: DataFrame,
     snaps: DataFrame,
     prior: DataFrame | None = None,
+    history: HistoryFold | None = None,
 ) -> DataFrame:
     """The ``author_stats_daily`` view: authors who posted or were shown before the cutoff."""
     view = VIEWS["author_stats_daily"]
@@ -315,11 +337,13 @@ def author_stats_daily(
         **{f"e_{h}_all": (f"e_{h}", None) for h in HEADS},
     }
     out = (
-        _windowed(daily, snaps, ["author_id"], sums)
+        _windowed(daily, snaps, ["author_id"], sums, history=history, site="author_stats")
         .where((F.col("tweets_all") > 0) | (F.col("imps_all") > 0))
         .join(
             F.broadcast(
-                prior if prior is not None else global_rates(impressions, engagements, snaps)
+                prior
+                if prior is not None
+                else global_rates(impressions, engagements, snaps, history)
             ),
             "snap",
             "left",
@@ -361,7 +385,11 @@ def tweet_authors(tweets: DataFrame) -> DataFrame:
 
 
 def tweet_stats_daily(
-    tweets: DataFrame, impressions: DataFrame, engagements: DataFrame, snaps: DataFrame
+    tweets: DataFrame,
+    impressions: DataFrame,
+    engagements: DataFrame,
+    snaps: DataFrame,
+    history: HistoryFold | None = None,
 ) -> DataFrame:
     """The ``tweet_stats_daily`` view: cumulative counts of tweets posted in the last 28 days."""
     view = VIEWS["tweet_stats_daily"]
@@ -382,7 +410,9 @@ def tweet_stats_daily(
         "tweet_impressions_total": ("imps", None),
         **{f"tweet_{h}_total": (f"e_{h}", None) for h in HEADS},
     }
-    windowed = _windowed(daily, snaps, ["tweet_id"], sums, day_before=True)
+    windowed = _windowed(
+        daily, snaps, ["tweet_id"], sums, day_before=True, history=history, site="tweet_stats"
+    )
     out = _leaving(windowed, lambda c: c("posted_28d") > 0)
     return _finish_daily(out, view)
 
@@ -393,6 +423,7 @@ def user_author_affinity_daily(
     engagements: DataFrame,
     snaps: DataFrame,
     prior: DataFrame | None = None,
+    history: HistoryFold | None = None,
 ) -> DataFrame:
     """The real graph: pairs with a follow edge or any impression/engagement in 28 days."""
     view = VIEWS["user_author_affinity_daily"]
@@ -429,7 +460,14 @@ def user_author_affinity_daily(
         **{f"e_{h}_all": (f"e_{h}", None) for h in ("like", "click")},
     }
     windowed = _windowed(
-        daily, snaps, keys, sums, {"last_engaged_at": ("last_engaged_at", None)}, day_before=True
+        daily,
+        snaps,
+        keys,
+        sums,
+        {"last_engaged_at": ("last_engaged_at", None)},
+        day_before=True,
+        history=history,
+        site="user_author",
     )
 
     def active(c: Callable[[str], Column]) -> Column:
@@ -440,7 +478,9 @@ def user_author_affinity_daily(
         _leaving(windowed, active)
         .join(
             F.broadcast(
-                prior if prior is not None else global_rates(impressions, engagements, snaps)
+                prior
+                if prior is not None
+                else global_rates(impressions, engagements, snaps, history)
             ),
             "snap",
             "left",
@@ -457,7 +497,11 @@ def user_author_affinity_daily(
 
 
 def user_topic_affinity_daily(
-    tweets: DataFrame, impressions: DataFrame, engagements: DataFrame, snaps: DataFrame
+    tweets: DataFrame,
+    impressions: DataFrame,
+    engagements: DataFrame,
+    snaps: DataFrame,
+    history: HistoryFold | None = None,
 ) -> DataFrame:
     """A reader's 28-day history with each topic (topic taken from the tweets table)."""
     view = VIEWS["user_topic_affinity_daily"]
@@ -489,7 +533,9 @@ def user_topic_affinity_daily(
     }
     out = (
         _leaving(
-            _windowed(daily, snaps, keys, sums, day_before=True),
+            _windowed(
+                daily, snaps, keys, sums, day_before=True, history=history, site="user_topic"
+            ),
             lambda c: c("ut_impressions_28d") > 0,
         )
         .withColumn("ut_engagement_rate_28d", _rate("pos_28d", "ut_impressions_28d"))
@@ -577,16 +623,24 @@ def user_realtime(engagements: DataFrame, start: dt.date, end: dt.date) -> DataF
 
 
 def build_features(
-    spark: SparkSession, tables: Mapping[str, DataFrame], start: dt.date, end: dt.date
+    spark: SparkSession,
+    tables: Mapping[str, DataFrame],
+    start: dt.date,
+    end: dt.date,
+    history: HistoryFold | None = None,
 ) -> dict[str, DataFrame]:
     """Every feature view for snapshot days [start, end] from the lake tables.
 
     Args:
         spark: the session (only used to build the snapshot-day frame).
         tables: lake DataFrames by name (users, tweets, follows, feed_requests,
-            impressions, engagements), covering at least the lookback before ``start``.
+            impressions, engagements) up to ``end``: the whole lake, or with ``history``
+            the days after its carried summary (tweets: always all of them, the topic
+            lookup needs every tweet).
         start: first snapshot day.
         end: last snapshot day.
+        history: folds the days up to its cut into per-key totals (see
+            :mod:`jobs.feature_history`); None: every key-day row is kept.
 
     Returns:
         View name -> DataFrame with the contract's columns plus ``date`` (the partition).
@@ -594,7 +648,7 @@ def build_features(
     snaps = _snapshots(spark, lake.days_between(start, end))
     t = tables
     # Computed once (tiny: one row per snapshot) and shared by the three encodings.
-    prior = global_rates(t["impressions"], t["engagements"], snaps).cache()
+    prior = global_rates(t["impressions"], t["engagements"], snaps, history).cache()
     tweets_in = t["tweets"].where(
         (F.to_date("created_at") >= F.lit(start)) & (F.to_date("created_at") <= F.lit(end))
     )
@@ -607,20 +661,21 @@ def build_features(
             t["engagements"],
             snaps,
             prior,
+            history,
         ),
         "author_stats_daily": author_stats_daily(
-            t["tweets"], t["follows"], t["impressions"], t["engagements"], snaps, prior
+            t["tweets"], t["follows"], t["impressions"], t["engagements"], snaps, prior, history
         ),
         "tweet_attributes": tweet_attributes(tweets_in),
         "tweet_authors": tweet_authors(tweets_in),
         "tweet_stats_daily": tweet_stats_daily(
-            t["tweets"], t["impressions"], t["engagements"], snaps
+            t["tweets"], t["impressions"], t["engagements"], snaps, history
         ),
         "user_author_affinity_daily": user_author_affinity_daily(
-            t["follows"], t["impressions"], t["engagements"], snaps, prior
+            t["follows"], t["impressions"], t["engagements"], snaps, prior, history
         ),
         "user_topic_affinity_daily": user_topic_affinity_daily(
-            t["tweets"], t["impressions"], t["engagements"], snaps
+            t["tweets"], t["impressions"], t["engagements"], snaps, history
         ),
         "tweet_realtime": tweet_realtime(t["engagements"], start, end),
         "user_realtime": user_realtime(t["engagements"], start, end),
@@ -648,23 +703,64 @@ def run_features(
     start: dt.date,
     end: dt.date,
     views: list[str] | None = None,
+    reuse: bool = False,
 ) -> dict[str, list[Path]]:
     """Read the lake up to ``end`` and (re)write each view's partitions for [start, end].
 
-    Target encodings and follow counts use all history, so every partition up to ``end`` is
-    read; nothing after ``end`` is read, so a rerun after new data lands gives the same
-    output.
+    Target encodings and follow counts use all history. The days before the longest window
+    of the first snapshot enter only as per-key totals: from the newest history summary that
+    still matches the lake when there is one (then only the partitions after it are read),
+    else from every partition (:mod:`jobs.feature_history`); the run then saves the summary
+    at its own cut for the next one. Nothing after ``end`` is read, so a rerun after new
+    data lands gives the same output.
+
+    Every partition written is recorded with the digest of its inputs
+    (:class:`jobs.feature_history.SnapshotRecord`). With ``reuse``, the days from ``start``
+    whose partitions of every asked view still match their record are kept, and the run
+    computes from the first day that does not (nothing at all when every day matches).
 
     Returns:
-        View name -> partition folders written.
+        View name -> its partition folders in [start, end] (written or kept).
     """
     lake.check_interval(start, end)
+    names = list(views or VIEWS)
+    unknown = [n for n in names if n not in VIEWS]
+    if unknown:
+        raise ValueError(f"unknown feature view {unknown[0]!r}")
+    lake_root, features_root = settings.paths.lake, settings.paths.features
+    code = code_digest()
+    history_dir = settings.paths.feature_history
+    record = SnapshotRecord.load(features_root, history_dir)
+    inputs = {
+        day: SnapshotRecord.inputs(lake_root, FEATURE_INPUT_COLUMNS, day, code)
+        for day in lake.days_between(start, end)
+    }
+    asked = start
+    if reuse:
+        stale = [d for d in inputs if not all(record.fresh(n, d, inputs[d]) for n in names)]
+        if not stale:
+            log.info("features %s..%s: every snapshot kept (same lake days, same code)", start, end)
+            return {n: lake.existing_partitions(features_root, n, start, end) for n in names}
+        start = stale[0]
+        if start > asked:
+            log.info("features %s..%s: snapshots before %s kept", asked, end, start)
+    plan = plan_history(lake_root, history_dir, FEATURE_INPUT_COLUMNS, start, LOOKBACK_DAYS)
     parts = {
-        name: lake.existing_partitions(settings.paths.lake, name, None, end)
+        name: lake.existing_partitions(
+            lake_root, name, None if name == "tweets" else plan.read_from, end
+        )
         for name in FEATURE_INPUT_COLUMNS
     }
     if not parts["impressions"]:
-        raise FileNotFoundError(f"no impressions partitions up to {end} in {settings.paths.lake}")
+        raise FileNotFoundError(f"no impressions partitions up to {end} in {lake_root}")
+    log.info(
+        "features %s..%s: lake read from %s (history cut %s, summary carried: %s)",
+        start,
+        end,
+        plan.read_from or "its first day",
+        plan.cut,
+        plan.carried or "none",
+    )
     size_shuffle_partitions(spark, settings, [p for paths in parts.values() for p in paths])
     # Read once, reused by every view; only the columns the views use are cached.
     tables = {
@@ -673,11 +769,13 @@ def run_features(
         .cache()
         for name, columns in FEATURE_INPUT_COLUMNS.items()
     }
-    frames = build_features(spark, tables, start, end)
-    names = views or list(frames)
-    unknown = [n for n in names if n not in frames]
-    if unknown:
-        raise ValueError(f"unknown feature view {unknown[0]!r}")
+    # Nothing to fold (the lake starts after the cut) and no summary: the unfolded plan.
+    before_cut = f"{lake.DATE_COLUMN}={plan.cut}"
+    folds = plan.carried is not None or any(
+        p.name <= before_cut for paths in parts.values() for p in paths
+    )
+    history = HistoryFold(spark, history_dir, plan) if folds else None
+    frames = build_features(spark, tables, start, end, history)
 
     def write(name: str) -> list[Path]:
         log.info("writing %s for %s..%s", name, start, end)
@@ -689,6 +787,14 @@ def run_features(
     # work (planning, commit) that leaves the executor threads idle; another job fills them.
     with ThreadPoolExecutor(max_workers=VIEW_WRITERS) as pool:
         written = dict(zip(names, pool.map(write, names), strict=True))
+    for name in names:
+        for day in lake.days_between(start, end):
+            record.record(name, day, inputs[day])
+    record.save()
+    if history is not None:
+        history.save()
     for frame in tables.values():
         frame.unpersist()
-    return written
+    if start == asked:
+        return written
+    return {n: lake.existing_partitions(features_root, n, asked, end) for n in names}

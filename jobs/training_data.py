@@ -99,19 +99,29 @@ def attribute_labels(
             ``served_at <= engaged_at <= served_at + attribution_window_s``.
     """
     keys = ["request_id", "user_id", "tweet_id"]
-    imp_keys = impressions.select(*keys, "served_at").dropDuplicates(keys)
     window = F.expr(f"INTERVAL {int(attribution_window_s)} SECONDS")
-    hits = (
-        engagements.select(*keys, "head", "engaged_at")
-        .join(imp_keys, keys)
-        .where(
-            (F.col("engaged_at") >= F.col("served_at"))
-            & (F.col("engaged_at") <= F.col("served_at") + window)
-        )
-        .groupBy(*keys)
-        .agg(*[F.max((F.col("head") == h).cast("bigint")).alias(f"label_{h}") for h in HEADS])
+    # Each key's engagements as one array, so the impressions are shuffled once, by the join
+    # (the grouped side is already partitioned by the keys), and each impression is labelled
+    # from its own served_at. A dedup of the impressions' keys and a second join used to
+    # shuffle the 18.6M impressions of the 20,000-user world twice (docs/performance.md #27).
+    engaged = engagements.groupBy(*keys).agg(
+        F.collect_list(F.struct("head", "engaged_at")).alias("_engaged")
     )
-    return impressions.join(hits, keys, "left").fillna(0, subset=list(LABEL_COLUMNS))
+    served = F.col("served_at")
+
+    def label(head: str) -> Column:
+        hit = F.exists(
+            "_engaged",
+            lambda e: (
+                (e["head"] == head)
+                & (e["engaged_at"] >= served)
+                & (e["engaged_at"] <= served + window)
+            ),
+        )
+        return F.coalesce(hit.cast("bigint"), F.lit(0).cast("bigint")).alias(f"label_{head}")
+
+    rest = [c for c in impressions.columns if c not in keys]
+    return impressions.join(engaged, keys, "left").select(*keys, *rest, *[label(h) for h in HEADS])
 
 
 def keep_hash(request_id: Column, tweet_id: Column) -> Column:
@@ -183,6 +193,7 @@ def asof_lookup(
     ts_column: str = "served_at",
     id_columns: tuple[str, ...] = ID_KEYS,
     broadcast: bool = False,
+    key_filter_max_keys: int = 0,
 ) -> DataFrame:
     """For each point: ``view``'s features as of ``points[ts_column]`` (Feast semantics).
 
@@ -203,6 +214,12 @@ def asof_lookup(
         id_columns: the columns of ``points`` carried to the result (at least a row's id;
             any of its columns may be carried, which spares the caller a join back).
         broadcast: use the broadcast plan.
+        key_filter_max_keys: sort-based plan: when the points hold at most this many keys
+            (0: never), feature rows of other keys are dropped before the sort, by a
+            broadcast semi-join on a 64-bit hash of the key (a collision only keeps a row
+            no point can join). The 20,000-user world's affinity view holds every pair
+            active in 28 days; the window's examples only some of them
+            (docs/performance.md, #27).
 
     Returns:
         ``id_columns``, the view's features (null when no row is within the TTL) and
@@ -249,6 +266,14 @@ def asof_lookup(
             )
         )
     else:
+        if key_filter_max_keys > 0:
+            wanted = points.select(F.xxhash64(*point_keys).alias("_kh")).distinct()
+            if wanted.count() <= key_filter_max_keys:
+                features = features.join(
+                    F.broadcast(wanted),
+                    F.xxhash64(*[F.col(k).cast("bigint") for k in keys]) == F.col("_kh"),
+                    "left_semi",
+                )
         feat_type = features.select(feat_struct.alias("s")).schema["s"].dataType
         id_types = {f.name: f.dataType for f in points.select(*id_columns).schema.fields}
         lhs = points.select(
@@ -333,6 +358,7 @@ def join_features(
     views: Mapping[str, DataFrame],
     broadcast_max_rows: int = 0,
     broadcast_max_history: int = BROADCAST_MAX_HISTORY,
+    key_filter_max_keys: int = 0,
 ) -> DataFrame:
     """Every model view joined as of :func:`request_time` (``examples`` keyed by
     :data:`ID_KEYS`).
@@ -340,7 +366,8 @@ def join_features(
     A view that :func:`broadcastable` admits is looked up by broadcast with every column
     carried along (no shuffle). A larger one is looked up on a narrow frame taken from
     ``examples`` and joined back by id, so the wide rows are shuffled once instead of once per
-    view. ``examples`` is read once per view: cache it.
+    view. ``examples`` is read once per view: cache it. ``key_filter_max_keys``: see
+    :func:`asof_lookup` (sorted views only).
     """
     missing = [name for name in JOIN_ORDER if name not in views]
     if missing:
@@ -356,7 +383,13 @@ def join_features(
             points, views[first], VIEWS[first], None, at, tuple(points.columns), True
         ).select(*points.columns, "tweet_topic")
     else:
-        tweet = asof_lookup(points, views[first], VIEWS[first], ts_column=at)
+        tweet = asof_lookup(
+            points,
+            views[first],
+            VIEWS[first],
+            ts_column=at,
+            key_filter_max_keys=key_filter_max_keys,
+        )
         out = out.join(tweet, ids, "left")
         with_topic = points.join(tweet.select(*ids, "tweet_topic"), ids, "left")
     for name in JOIN_ORDER[1:]:
@@ -364,7 +397,14 @@ def join_features(
         if broadcastable(views[name], view, broadcast_max_rows, broadcast_max_history):
             out = asof_lookup(out, views[name], view, keys, at, tuple(out.columns), True)
         else:
-            found = asof_lookup(with_topic if keys else points, views[name], view, keys, at)
+            found = asof_lookup(
+                with_topic if keys else points,
+                views[name],
+                view,
+                keys,
+                at,
+                key_filter_max_keys=key_filter_max_keys,
+            )
             out = out.join(found, ids, "left")
     return out.drop(at)
 
@@ -448,6 +488,7 @@ def build_training_examples(
     negative_keep_rate: float,
     validation_start: dt.date,
     broadcast_max_rows: int = 0,
+    key_filter_max_keys: int = 0,
 ) -> DataFrame:
     """Labelled, downsampled, point-in-time-joined examples.
 
@@ -458,7 +499,13 @@ def build_training_examples(
     """
     labelled = attribute_labels(impressions, engagements, attribution_window_s)
     return examples_from_labels(
-        labelled, feed_requests, views, negative_keep_rate, validation_start, broadcast_max_rows
+        labelled,
+        feed_requests,
+        views,
+        negative_keep_rate,
+        validation_start,
+        broadcast_max_rows,
+        key_filter_max_keys,
     )
 
 
@@ -469,9 +516,12 @@ def examples_from_labels(
     negative_keep_rate: float,
     validation_start: dt.date,
     broadcast_max_rows: int = 0,
+    key_filter_max_keys: int = 0,
 ) -> DataFrame:
     """The part of :func:`build_training_examples` after :func:`attribute_labels`; views of
-    at most ``broadcast_max_rows`` rows are looked up by broadcast (:func:`join_features`)."""
+    at most ``broadcast_max_rows`` rows are looked up by broadcast, the others sorted, their
+    rows of keys no example holds dropped first (``key_filter_max_keys``,
+    :func:`join_features`)."""
     # Impressions are unique per (request, tweet); the ids below rely on it. Duplicates are
     # dropped after the downsampling (a filter on each row's own labels and ids), so only the
     # kept rows go through the dedup's shuffle (5.65M instead of 18.6M rows on the
@@ -483,7 +533,9 @@ def examples_from_labels(
     )
     # Every view reads the kept rows: compute them once.
     kept = kept.cache()
-    joined = add_context(join_features(kept, views, broadcast_max_rows))
+    joined = add_context(
+        join_features(kept, views, broadcast_max_rows, key_filter_max_keys=key_filter_max_keys)
+    )
     types = _output_types()
     split = F.when(F.to_date("served_at") >= F.lit(validation_start), "validation").otherwise(
         "train"
@@ -619,6 +671,7 @@ def run_training_data(
         td.negative_keep_rate,
         validation_start,
         td.asof_broadcast_max_rows,
+        td.asof_key_filter_max_keys,
     ).cache()
     counts = (
         examples.groupBy("split")

@@ -227,22 +227,32 @@ def test_long_histories_take_the_sort_plan(spark):
 @pytest.mark.integration
 def test_sort_and_broadcast_plans_join_the_same_features(spark, pipeline_run):
     """Every model view (topic key included) joined to the world's impressions by the sort
-    plan and by the broadcast plan: the same value in every cell."""
+    plan (with and without dropping the feature rows of keys no impression holds) and by the
+    broadcast plan: the same value in every cell."""
     cfg = pipeline_run.settings
     impressions = spark_io.read_lake(spark, cfg.paths.lake, "impressions", START, END)
     requests = spark_io.read_lake(spark, cfg.paths.lake, "feed_requests", None, None)
     examples = impressions.join(device_codes(requests), "request_id", "left")
     views = {v: spark_io.read_view(spark, cfg.paths.features, v, None, None) for v in JOIN_ORDER}
     by_plan = {}
-    for max_rows in (0, 10**9):
-        # every view by broadcast, the stream views' long histories included
-        rows = join_features(
-            examples, views, broadcast_max_rows=max_rows, broadcast_max_history=max_rows
-        ).collect()
-        by_plan[max_rows] = {(r["request_id"], r["tweet_id"]): r.asDict() for r in rows}
-    assert len(by_plan[0]) == impressions.count() > 1000
-    assert by_plan[0].keys() == by_plan[10**9].keys()
-    for key, row in by_plan[0].items():
-        other = by_plan[10**9][key]
-        assert row.keys() == other.keys()
-        assert all(_same(row[c], other[c]) for c in row), key
+    # sorted; sorted with the key filter; every view by broadcast (long histories included)
+    plans = {"sorted": (0, 0), "filtered": (0, 10**9), "broadcast": (10**9, 0)}
+    for name, (max_rows, max_keys) in plans.items():
+        joined = join_features(
+            examples,
+            views,
+            broadcast_max_rows=max_rows,
+            broadcast_max_history=max_rows,
+            key_filter_max_keys=max_keys,
+        )
+        executed = joined._jdf.queryExecution().executedPlan().toString()
+        assert ("LeftSemi" in executed) == (name == "filtered")
+        rows = joined.collect()
+        by_plan[name] = {(r["request_id"], r["tweet_id"]): r.asDict() for r in rows}
+    assert len(by_plan["sorted"]) == impressions.count() > 1000
+    for name in ("filtered", "broadcast"):
+        assert by_plan["sorted"].keys() == by_plan[name].keys()
+        for key, row in by_plan["sorted"].items():
+            other = by_plan[name][key]
+            assert row.keys() == other.keys()
+            assert all(_same(row[c], other[c]) for c in row), (name, key)
