@@ -75,14 +75,37 @@ def _update_with_files(digest: hashlib._Hash, folder: Path, root: Path) -> None:
             )
 
 
-def lake_digest(lake_root: Path, tables: Iterable[str], through: dt.date) -> str:
-    """SHA-256 of the lake partitions of ``tables`` up to ``through``: every file's path,
-    size and modification time (a rewritten partition changes it)."""
+def lake_digests(
+    lake_root: Path, tables: Iterable[str], days: Iterable[dt.date]
+) -> dict[dt.date, str]:
+    """Per day of ``days``: the SHA-256 of the lake partitions of ``tables`` up to that day,
+    of every file's path, size and modification time (a rewritten partition changes it).
+
+    One walk over the partitions, in date order, whatever the number of days.
+    """
+    wanted = sorted(set(days))
+    if not wanted:
+        return {}
+    parts = sorted(
+        (dt.date.fromisoformat(path.name.split("=", 1)[1]), table, path)
+        for table in tables
+        for path in lake.existing_partitions(lake_root, table, None, wanted[-1])
+    )
     digest = hashlib.sha256()
-    for table in sorted(tables):
-        for part in lake.existing_partitions(lake_root, table, None, through):
-            _update_with_files(digest, part, lake_root)
-    return digest.hexdigest()
+    digests: dict[dt.date, str] = {}
+    pending = iter(parts)
+    part = next(pending, None)
+    for day in wanted:
+        while part is not None and part[0] <= day:
+            _update_with_files(digest, part[2], lake_root)
+            part = next(pending, None)
+        digests[day] = digest.copy().hexdigest()
+    return digests
+
+
+def lake_digest(lake_root: Path, tables: Iterable[str], through: dt.date) -> str:
+    """:func:`lake_digests` of the one day ``through``."""
+    return lake_digests(lake_root, tables, [through])[through]
 
 
 def folder_digest(folder: Path) -> str:
@@ -240,9 +263,14 @@ class SnapshotRecord:
         return cls(Path(features_root), path, entries if isinstance(entries, dict) else {})
 
     @staticmethod
-    def inputs(lake_root: Path, tables: Iterable[str], day: dt.date, code: str) -> str:
-        """The digest of what a partition of ``day`` is computed from."""
-        return hashlib.sha256(f"{code}\n{lake_digest(lake_root, tables, day)}".encode()).hexdigest()
+    def inputs(
+        lake_root: Path, tables: Iterable[str], days: Iterable[dt.date], code: str
+    ) -> dict[dt.date, str]:
+        """Per day of ``days``: the digest of what a partition of that day is computed from."""
+        return {
+            day: hashlib.sha256(f"{code}\n{digest}".encode()).hexdigest()
+            for day, digest in lake_digests(lake_root, tables, days).items()
+        }
 
     def _partition(self, view: str, day: dt.date) -> Path:
         return lake.partition_dir(self.features_root, view, day)

@@ -731,10 +731,9 @@ def run_features(
     code = code_digest()
     history_dir = settings.paths.feature_history
     record = SnapshotRecord.load(features_root, history_dir)
-    inputs = {
-        day: SnapshotRecord.inputs(lake_root, FEATURE_INPUT_COLUMNS, day, code)
-        for day in lake.days_between(start, end)
-    }
+    inputs = SnapshotRecord.inputs(
+        lake_root, FEATURE_INPUT_COLUMNS, lake.days_between(start, end), code
+    )
     asked = start
     if reuse:
         stale = [d for d in inputs if not all(record.fresh(n, d, inputs[d]) for n in names)]
