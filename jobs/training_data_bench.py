@@ -286,6 +286,8 @@ def bench_point(
             run_spark(spark, home, broadcast_rows)
         cores = os.cpu_count() or 1
         pids = spark_pids(spark)
+        # Each engine's figures are logged when it finishes: a later engine that fails (a full
+        # disk under DuckDB's spill at 100M rows) does not take them with it.
         engines = {
             "spark": {
                 **measure(lambda: run_spark(spark, home, broadcast_rows), pids),
@@ -293,13 +295,15 @@ def bench_point(
                 "process": "driver JVM (local mode: executors inside it)"
                 if len(pids) == 1
                 else f"driver JVM + {len(pids) - 1} executor JVMs",
-            },
-            "duckdb": {
-                **measure(lambda: run_duckdb(home, duckdb_limit), os.getpid()),
-                "cores": min(duckdb_threads(), cores),
-                "process": "this Python process",
-            },
+            }
         }
+        log.info("training-data bench %s rows, spark: %s", rows, engines["spark"])
+        engines["duckdb"] = {
+            **measure(lambda: run_duckdb(home, duckdb_limit), os.getpid()),
+            "cores": min(duckdb_threads(), cores),
+            "process": "this Python process",
+        }
+        log.info("training-data bench %s rows, duckdb: %s", rows, engines["duckdb"])
         feast_rows = min(rows, feast_max_rows)
         feast = measure(prepare_feast(settings, home, feast_rows), os.getpid())
         scale = rows / feast_rows
