@@ -15,9 +15,8 @@ Pure steps (DataFrames in, DataFrame out), composed by :func:`build_training_exa
    (:func:`request_time`: ``requested_at``, else ``served_at``; serving reads the online store
    when the request arrives): the row with the greatest ``event_timestamp`` <= that moment
    (ties: greatest ``created_timestamp``) and ``event_timestamp`` >= moment - ttl; otherwise
-   null. Done as a sort-based window
-   (union of impressions and feature rows, last non-null feature row per key), which scales
-   out instead of exploding a range join.
+   null. Done as an equi-join on the key with a range condition against each feature row's
+   validity interval (:func:`feature_intervals`), so every point matches at most one row.
 4. :func:`add_context` — :func:`feedrank.context.context_features` through a pandas UDF.
 
 :func:`run_training_data` is the shell: reads an explicit interval, writes
@@ -155,11 +154,11 @@ def downsample_negatives(labelled: DataFrame, keep_rate: float) -> DataFrame:
     )
 
 
-# The broadcast plan scans a key's whole history for every point (a higher-order ``filter``
-# that Spark interprets row by row, without codegen), so it pays only for short histories:
-# daily snapshots (3-9 rows per key) do; the stream views' per-minute rows (100-200 per key
-# in the demo world) made the demo's training data 80 s against 49 s sorted
-# (docs/performance.md, #23).
+# The broadcast plan tests a point against every row of its key (the hash join's condition),
+# so it suits short histories: daily snapshots (3-9 rows per key) do; the stream views'
+# per-minute rows (100-200 per key in the demo world) are sorted instead. (With the earlier
+# broadcast plan, a per-point array scan, they made the demo's training data 80 s against
+# 49 s sorted: docs/performance.md, #23.)
 BROADCAST_MAX_HISTORY = 16
 
 
@@ -197,13 +196,18 @@ def asof_lookup(
 ) -> DataFrame:
     """For each point: ``view``'s features as of ``points[ts_column]`` (Feast semantics).
 
-    Two plans, same rows:
+    The view's rows become validity intervals (:func:`feature_intervals`: from a row's event
+    time to the key's next one), and each point is joined on its key to the interval holding
+    its moment; the TTL then nulls a stale row. A key's intervals do not overlap, so the join
+    neither multiplies points nor needs a per-point aggregate, and Spark runs it as one
+    generated-code join with the range as its condition. Two plans, same rows:
 
-    - broadcast (``broadcast``, for a small feature table: :func:`broadcastable`): each key's
-      feature rows, sorted by time, go to every task as one array; a point keeps the last
-      element at or before its time. No shuffle of the points at all.
-    - sort-based (default): the union of points and feature rows sorted by key and time,
-      last non-null feature row per key; scales out instead of exploding a range join.
+    - broadcast (``broadcast``, for a small feature table: :func:`broadcastable`): the
+      intervals go to every task (a broadcast hash join); no shuffle of the points at all.
+    - sort-merge (default): points and intervals are both sorted by key.
+
+    The earlier plans (a window over the union of points and feature rows; a per-point scan
+    of a broadcast array) cost 1.5-2.7x more (docs/performance.md, #27).
 
     Args:
         points: rows to look up; ``id_columns`` must identify a row.
@@ -214,7 +218,7 @@ def asof_lookup(
         id_columns: the columns of ``points`` carried to the result (at least a row's id;
             any of its columns may be carried, which spares the caller a join back).
         broadcast: use the broadcast plan.
-        key_filter_max_keys: sort-based plan: when the points hold at most this many keys
+        key_filter_max_keys: sort-merge plan: when the points hold at most this many keys
             (0: never), feature rows of other keys are dropped before the sort, by a
             broadcast semi-join on a 64-bit hash of the key (a collision only keeps a row
             no point can join). The 20,000-user world's affinity view holds every pair
@@ -228,87 +232,65 @@ def asof_lookup(
     keys = list(ENTITIES[view.entity].join_keys)
     mapping = dict(key_columns or {})
     src = source_ts_column(view.name)
-    feat_struct = F.struct(
-        *[F.col(n) for n in view.feature_names], F.col("event_timestamp").alias(src)
+    point_keys = [f"_k{i}" for i in range(len(keys))]
+    feature_keys = [f"_fk{i}" for i in range(len(keys))]
+    lhs = points.select(
+        *id_columns,
+        *[
+            F.col(mapping.get(k, k)).cast("bigint").alias(a)
+            for k, a in zip(keys, point_keys, strict=True)
+        ],
+        F.col(ts_column).alias("_ts"),
     )
-    key_alias = [f"_k{i}" for i in range(len(keys))]
-    point_keys = [
-        F.col(mapping.get(k, k)).cast("bigint").alias(a)
-        for k, a in zip(keys, key_alias, strict=True)
-    ]
-    feature_keys = [F.col(k).cast("bigint").alias(a) for k, a in zip(keys, key_alias, strict=True)]
-    if broadcast:
-        # sort_array orders the structs by event time, then created time: the last element
-        # at or before the point is the greatest event time, ties to the latest created.
-        history = features.groupBy(*feature_keys).agg(
-            F.sort_array(
-                F.collect_list(
-                    F.struct(
-                        F.col("event_timestamp").alias("ts"),
-                        F.col("created_timestamp").alias("cts"),
-                        feat_struct.alias("feat"),
-                    )
-                )
-            ).alias("_history")
-        )
-        # The point's row is the last one at or before it: its position is the number of
-        # event times <= the point's time. Counting over the array of times alone spares
-        # copying every feature struct that a filter over the rows would make (123 CPU-s
-        # for three views on 5.65M points, docs/performance.md #27).
-        at = F.size(F.filter(F.col("_history.ts"), lambda ts: ts <= F.col("_ts")))
-        joined = (
-            points.select(*id_columns, *point_keys, F.col(ts_column).alias("_ts"))
-            .join(F.broadcast(history), key_alias, "left")
-            .withColumn("_at", at)
-            .withColumn(
-                "_feat",
-                F.when(F.col("_at") > 0, F.element_at("_history", F.col("_at"))["feat"]),
+    if key_filter_max_keys > 0 and not broadcast:
+        wanted = lhs.select(F.xxhash64(*point_keys).alias("_kh")).distinct()
+        if wanted.count() <= key_filter_max_keys:
+            features = features.join(
+                F.broadcast(wanted),
+                F.xxhash64(*[F.col(k).cast("bigint") for k in keys]) == F.col("_kh"),
+                "left_semi",
             )
-        )
-    else:
-        if key_filter_max_keys > 0:
-            wanted = points.select(F.xxhash64(*point_keys).alias("_kh")).distinct()
-            if wanted.count() <= key_filter_max_keys:
-                features = features.join(
-                    F.broadcast(wanted),
-                    F.xxhash64(*[F.col(k).cast("bigint") for k in keys]) == F.col("_kh"),
-                    "left_semi",
-                )
-        feat_type = features.select(feat_struct.alias("s")).schema["s"].dataType
-        id_types = {f.name: f.dataType for f in points.select(*id_columns).schema.fields}
-        lhs = points.select(
-            *id_columns,
-            *point_keys,
-            F.col(ts_column).alias("_ts"),
-            F.lit(1).alias("_side"),
-            F.lit(None).cast("timestamp").alias("_cts"),
-            F.lit(None).cast(feat_type).alias("_feat"),
-        )
-        rhs = features.select(
-            *[F.lit(None).cast(id_types[c]).alias(c) for c in id_columns],
-            *feature_keys,
-            F.col("event_timestamp").alias("_ts"),
-            F.lit(0).alias("_side"),
-            F.col("created_timestamp").alias("_cts"),
-            feat_struct.alias("_feat"),
-        )
-        # Feature rows sort before points at the same instant: event_timestamp <= served_at;
-        # among equal event times the greatest created_timestamp comes last and wins.
-        order = (
-            Window.partitionBy(*key_alias)
-            .orderBy("_ts", "_side", "_cts")
-            .rowsBetween(Window.unboundedPreceding, Window.currentRow)
-        )
-        joined = (
-            lhs.unionByName(rhs)
-            .withColumn("_feat", F.last("_feat", ignorenulls=True).over(order))
-            .where(F.col("_side") == 1)
-        )
-    fresh = F.col(f"_feat.{src}") >= F.col("_ts") - F.expr(f"INTERVAL {view.ttl_days} DAYS")
+    intervals = feature_intervals(features, view, feature_keys)
+    if broadcast:
+        intervals = F.broadcast(intervals)
+    ts = F.col("_ts")
+    matches = [F.col(p) == F.col(f) for p, f in zip(point_keys, feature_keys, strict=True)]
+    within = (ts >= F.col("_from")) & (F.col("_to").isNull() | (ts < F.col("_to")))
+    joined = lhs.join(intervals, [*matches, within], "left")
+    fresh = F.col(f"_feat.{src}") >= ts - F.expr(f"INTERVAL {view.ttl_days} DAYS")
     return joined.select(
         *id_columns,
         *[F.when(fresh, F.col(f"_feat.{n}")).alias(n) for n in view.feature_names],
         F.when(fresh, F.col(f"_feat.{src}")).alias(src),
+    )
+
+
+def feature_intervals(features: DataFrame, view: View, key_aliases: list[str]) -> DataFrame:
+    """``view``'s rows as validity intervals: keys (as bigint ``key_aliases``), ``_from`` (the
+    row's ``event_timestamp``), ``_to`` (the key's next event time; null for its last row) and
+    ``_feat`` (the features and :func:`source_ts_column`).
+
+    Of rows sharing a key and an event time only the greatest ``created_timestamp`` is kept, so
+    a key's intervals do not overlap and a moment falls in at most one of them.
+    """
+    keys = ENTITIES[view.entity].join_keys
+    feat = F.struct(
+        *[F.col(n) for n in view.feature_names],
+        F.col("event_timestamp").alias(source_ts_column(view.name)),
+    )
+    rows = features.select(
+        *[F.col(k).cast("bigint").alias(a) for k, a in zip(keys, key_aliases, strict=True)],
+        F.col("event_timestamp").alias("_from"),
+        F.col("created_timestamp").alias("_cts"),
+        feat.alias("_feat"),
+    )
+    # The next row by (event time, created time): a row followed by one of the same event
+    # time is superseded; otherwise the next row's event time ends this row's interval.
+    following = Window.partitionBy(*key_aliases).orderBy("_from", "_cts")
+    return (
+        rows.withColumn("_to", F.lead("_from").over(following))
+        .where(F.col("_to").isNull() | (F.col("_to") > F.col("_from")))
+        .drop("_cts")
     )
 
 
@@ -327,11 +309,10 @@ def asof_join(
 
     A view of at most ``broadcast_max_rows`` rows and ``broadcast_max_history`` rows per key
     (:func:`broadcastable`) is looked up by broadcast with every column of ``left`` carried
-    along (no shuffle at all). A larger view is sorted with
-    the points: by default on a narrow frame (ids, keys, time) joined back on ``id_columns``,
-    so wide rows are not sorted with the feature rows; with ``carry`` every column of ``left``
-    goes through the sort instead (one shuffle instead of two: the better plan for a narrow
-    ``left``).
+    along (no shuffle at all). A larger view is sort-merge joined with the points: by default
+    on a narrow frame (ids, keys, time) joined back on ``id_columns``, so wide rows are not
+    shuffled once per view; with ``carry`` every column of ``left`` goes through the join
+    instead (one shuffle instead of two: the better plan for a narrow ``left``).
     """
     broadcast = broadcastable(features, view, broadcast_max_rows, broadcast_max_history)
     if carry or broadcast:
