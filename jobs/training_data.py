@@ -301,20 +301,18 @@ def asof_join(
     key_columns: Mapping[str, str] | None = None,
     ts_column: str = "served_at",
     id_columns: tuple[str, ...] = ID_KEYS,
-    broadcast_max_rows: int = 0,
+    broadcast: bool = False,
     carry: bool = False,
-    broadcast_max_history: int = BROADCAST_MAX_HISTORY,
 ) -> DataFrame:
     """``left`` plus ``view``'s features as of ``ts_column`` (see :func:`asof_lookup`).
 
-    A view of at most ``broadcast_max_rows`` rows and ``broadcast_max_history`` rows per key
-    (:func:`broadcastable`) is looked up by broadcast with every column of ``left`` carried
-    along (no shuffle at all). A larger view is sort-merge joined with the points: by default
-    on a narrow frame (ids, keys, time) joined back on ``id_columns``, so wide rows are not
-    shuffled once per view; with ``carry`` every column of ``left`` goes through the join
-    instead (one shuffle instead of two: the better plan for a narrow ``left``).
+    With ``broadcast`` (for a view :func:`broadcastable` admits; the caller decides once) the
+    view is looked up by broadcast with every column of ``left`` carried along (no shuffle at
+    all). Otherwise it is sort-merge joined with the points: by default on a narrow frame
+    (ids, keys, time) joined back on ``id_columns``, so wide rows are not shuffled once per
+    view; with ``carry`` every column of ``left`` goes through the join instead (one shuffle
+    instead of two: the better plan for a narrow ``left``).
     """
-    broadcast = broadcastable(features, view, broadcast_max_rows, broadcast_max_history)
     if carry or broadcast:
         return asof_lookup(
             left, features, view, key_columns, ts_column, tuple(left.columns), broadcast

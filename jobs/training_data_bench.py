@@ -8,8 +8,9 @@ in the feature-table contract: ``user_engagement_daily`` (daily snapshots, ttl 2
 ``tweet_realtime`` (5-minute counters, ttl 1 day). Three engines do the same joins:
 
 - Spark: :func:`jobs.training_data.asof_join` per view (broadcast at or below
-  ``training_data.asof_broadcast_max_rows`` rows, else a sort carrying the narrow
-  impressions), written to the ``noop`` sink so all columns are computed;
+  ``training_data.asof_broadcast_max_rows`` rows, else a sort-merge join carrying the narrow
+  impressions; shuffle partitions sized from the inputs' rows as ``feedrank training-data``
+  sizes them), written to the ``noop`` sink so all columns are computed;
 - Feast: ``get_historical_features`` on the file offline store of ``feature_repo/``, applied
   in a scratch run folder (capped at ``feast_max_rows`` entity rows; above that the time is
   extrapolated linearly from the capped run and reported as such);
@@ -42,6 +43,7 @@ import pyarrow.parquet as pq
 from feedrank import lake, publish
 from feedrank.config import Settings
 from feedrank.feature_spec import VIEWS
+from feedrank.spark import size_shuffle_partitions
 from jobs import spark_io
 
 log = logging.getLogger("feedrank.bench")
@@ -183,24 +185,31 @@ def measure(run: Callable[[], object], pid: int | Sequence[int]) -> dict[str, fl
     }
 
 
-def run_spark(spark, home: Path, broadcast_max_rows: int) -> None:
+def run_spark(spark, settings: Settings, home: Path) -> None:
     """Spark's as-of joins of every impression to both views into the ``noop`` sink.
 
-    :func:`jobs.training_data.asof_join` per view, as ``feedrank training-data`` runs it
-    (broadcast at or below ``broadcast_max_rows``), with the impressions carried through the
-    sort (they are narrow here); views that are sorted go first, while the rows are narrow.
+    :func:`jobs.training_data.asof_join` per view, as ``feedrank training-data`` runs it:
+    shuffle partitions sized from the inputs' rows (:func:`feedrank.spark.size_shuffle_partitions`),
+    a view that :func:`~jobs.training_data.broadcastable` admits broadcast (decided once per
+    view), the others sort-merge joined first, while the rows are narrow, with the impressions
+    carried through the join (they are narrow here).
     """
     from jobs.training_data import asof_join, broadcastable
 
-    views = {n: spark_io.read_view(spark, home / "features", n, None, None) for n in BENCH_VIEWS}
+    features = home / "features"
+    inputs = [p for n in BENCH_VIEWS for p in lake.existing_partitions(features, n)]
+    size_shuffle_partitions(spark, settings, [home / "impressions", *inputs])
+    max_rows = settings.training_data.asof_broadcast_max_rows
+    views = {n: spark_io.read_view(spark, features, n, None, None) for n in BENCH_VIEWS}
+    broadcast = {n: broadcastable(v, VIEWS[n], max_rows) for n, v in views.items()}
     out = spark.read.parquet(str(home / "impressions"))
-    for name in sorted(views, key=lambda n: broadcastable(views[n], VIEWS[n], broadcast_max_rows)):
+    for name in sorted(views, key=broadcast.__getitem__):
         out = asof_join(
             out,
             views[name],
             VIEWS[name],
             id_columns=("row_id",),
-            broadcast_max_rows=broadcast_max_rows,
+            broadcast=broadcast[name],
             carry=True,
         )
     out.write.format("noop").mode("overwrite").save()
@@ -214,15 +223,25 @@ def duckdb_threads() -> int:
         return int(con.execute("SELECT current_setting('threads')").fetchone()[0])
 
 
+# Disk DuckDB's spill leaves free: its own default cap, 90 % of the free space, took a
+# 28 GB disk down to 1 GB at 100M rows (docs/performance.md, #27).
+SPILL_HEADROOM_BYTES = 4 * 2**30
+
+
 def run_duckdb(home: Path, memory_limit: str) -> None:
     """DuckDB's ASOF LEFT JOINs (TTL applied) into a temp table, spilling to ``home`` above
-    ``memory_limit``."""
+    ``memory_limit``; the spill stops, with DuckDB's out-of-space error, where
+    :data:`SPILL_HEADROOM_BYTES` of the disk would be left."""
     import duckdb
 
+    spill = home / "duckdb-spill"
+    spill.mkdir(parents=True, exist_ok=True)
+    cap_mb = max(0, shutil.disk_usage(spill).free - SPILL_HEADROOM_BYTES) // 2**20
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET memory_limit = '{memory_limit}'")
-    con.execute(f"SET temp_directory = '{home / 'duckdb-spill'}'")
+    con.execute(f"SET temp_directory = '{spill}'")
+    con.execute(f"SET max_temp_directory_size = '{cap_mb}MB'")
     selects, joins = [], []
     for alias, name in zip(("u", "t"), BENCH_VIEWS, strict=True):
         view = VIEWS[name]
@@ -280,17 +299,16 @@ def bench_point(
         t = time.perf_counter()
         counts = write_bench_data(home, rows)
         log.info("bench data %s written in %.1fs", counts, time.perf_counter() - t)
-        broadcast_rows = settings.training_data.asof_broadcast_max_rows
         duckdb_limit = settings.training_data.bench_duckdb_memory_limit
         if warm_up:  # JIT, file listing caches: the first query of a session is slower
-            run_spark(spark, home, broadcast_rows)
+            run_spark(spark, settings, home)
         cores = os.cpu_count() or 1
         pids = spark_pids(spark)
         # Each engine's figures are logged when it finishes: a later engine that fails (a full
         # disk under DuckDB's spill at 100M rows) does not take them with it.
         engines = {
             "spark": {
-                **measure(lambda: run_spark(spark, home, broadcast_rows), pids),
+                **measure(lambda: run_spark(spark, settings, home), pids),
                 "cores": spark.sparkContext.defaultParallelism,
                 "process": "driver JVM (local mode: executors inside it)"
                 if len(pids) == 1

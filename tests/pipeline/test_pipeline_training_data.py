@@ -19,6 +19,7 @@ from jobs import spark_io
 from jobs.training_data import (
     JOIN_ORDER,
     asof_join,
+    broadcastable,
     device_codes,
     join_features,
     source_ts_column,
@@ -161,8 +162,8 @@ def test_leak_check_catches_a_same_day_snapshot_join(spark, pipeline_run):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("broadcast_max_rows", [0, 1000], ids=["sort", "broadcast"])
-def test_asof_join_ttl_ties_and_missing_keys(spark, broadcast_max_rows):
+@pytest.mark.parametrize("broadcast", [False, True], ids=["sort", "broadcast"])
+def test_asof_join_ttl_ties_and_missing_keys(spark, broadcast):
     """Feast's rule on hand-made rows: latest event <= t, ties by created, within the TTL;
     the same rows from the sort-merge plan and from the broadcast plan."""
     view = VIEWS["user_realtime"]  # ttl 1 day
@@ -190,10 +191,10 @@ def test_asof_join_ttl_ties_and_missing_keys(spark, broadcast_max_rows):
         feats,
         view,
         id_columns=("user_id", "served_at"),
-        broadcast_max_rows=broadcast_max_rows,
+        broadcast=broadcast,
     )
     plan = joined._jdf.queryExecution().executedPlan().toString()
-    assert ("BroadcastHashJoin" in plan) == (broadcast_max_rows > 0)
+    assert ("BroadcastHashJoin" in plan) == broadcast
     got = {(r["user_id"], r["served_at"]): r["user_engagements_1h"] for r in joined.collect()}
     assert got == {(1, t): 12, (2, t): None, (3, t): 30, (4, t): None, (1, t - 3 * h): None}
 
@@ -211,17 +212,16 @@ def test_long_histories_take_the_sort_plan(spark):
     )
     left = spark.createDataFrame([(1, t)], "user_id long, served_at timestamp")
     for max_history, sorted_plan in ((4, True), (5, False)):
+        broadcast = broadcastable(feats, view, 1000, max_history)
+        assert broadcast != sorted_plan
         joined = asof_join(
-            left,
-            feats,
-            view,
-            id_columns=("user_id", "served_at"),
-            broadcast_max_rows=1000,
-            broadcast_max_history=max_history,
+            left, feats, view, id_columns=("user_id", "served_at"), broadcast=broadcast
         )
         plan = joined._jdf.queryExecution().executedPlan().toString()
         assert ("BroadcastHashJoin" not in plan) == sorted_plan
         assert [r["user_engagements_1h"] for r in joined.collect()] == [0]
+    assert not broadcastable(feats, view, 4, 5), "more rows than the row limit"
+    assert not broadcastable(feats, view, 0, 5), "0 turns the broadcast plan off"
 
 
 @pytest.mark.integration
