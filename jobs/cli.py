@@ -151,6 +151,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             int,
             typer.Option(help="Feast above this many rows is extrapolated (it is slower)."),
         ] = 1_000_000,
+        repeat: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                help="Runs of each engine per size; the fastest counts (the others are in "
+                "the JSON's runs_s).",
+            ),
+        ] = 1,
         master: Annotated[
             str | None,
             typer.Option(
@@ -171,13 +179,16 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         json_path = json_path or settings.paths.reports / "bench-training-data.json"
         png_path = png_path or json_path.with_suffix(".png")
         result = bench_training_data(
-            settings, rows or [1_000_000], json_path, png_path, feast_max_rows
+            settings, rows or [1_000_000], json_path, png_path, feast_max_rows, repeat
         )
         typer.echo(
             f"{'rows':>11} {'engine':>7} {'s':>8} {'cpu_s':>8} {'rows/core-s':>12} {'MB':>7}"
         )
         for point in result["points"]:
             for engine, f in point["engines"].items():
+                if "error" in f:
+                    typer.echo(f"{point['rows']:>11} {engine:>7} failed: {f['error']}")
+                    continue
                 mark = " (extrapolated)" if f.get("extrapolated") else ""
                 typer.echo(
                     f"{point['rows']:>11} {engine:>7} {f['s']:>8.2f} {f['cpu_s']:>8.2f} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -98,3 +99,33 @@ def test_curve_png_is_drawn_with_extrapolated_points(tmp_path: Path) -> None:
     path = tmp_path / "curve.png"
     bench.plot_curve(figures, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _failed(point: dict, engine: str) -> dict:
+    point["engines"][engine] = {"error": "Out of Memory Error: failed to offload data block"}
+    point[f"spark_vs_{engine}_per_core"] = None
+    return point
+
+
+def test_a_size_where_duckdb_failed_is_left_out_of_its_figures(tmp_path: Path) -> None:
+    points = [
+        _point(1_000_000, 10, 6, 20),
+        _point(10_000_000, 100, 60, 200),
+        _failed(_point(100_000_000, 1_000, 600, 2_000), "duckdb"),
+    ]
+    found = bench.goals(points)
+    assert found["spark_within_2x_of_duckdb_from_10m"] is True  # judged at 10M only
+    assert found["max_step_growth_of_s_per_row"]["duckdb"] == 1.0
+    assert found["spark_linear_within_20pct"] is True
+    only_failed = [_failed(_point(10_000_000, 100, 60, 200), "duckdb")]
+    assert bench.goals(only_failed)["spark_within_2x_of_duckdb_from_10m"] is None
+    figures = {"points": points, "spark_master": "local[2]", "cpu_count": 2}
+    bench.plot_curve({**figures, "load_avg_1m": [1.0, 2.0]}, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_best_of_keeps_the_fastest_run_and_lists_every_run() -> None:
+    pauses = iter([0.15, 0.01, 0.08])
+    found = bench.best_of(lambda: time.sleep(next(pauses)), os.getpid(), 3)
+    assert len(found["runs_s"]) == 3
+    assert found["s"] == min(found["runs_s"]) < 0.08 <= sorted(found["runs_s"])[1]
