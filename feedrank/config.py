@@ -612,8 +612,7 @@ class TrainingDataConfig(Section):
     bench_duckdb_memory_limit: str = Field(
         default="6GB",
         description="`feedrank bench training-data`: DuckDB's memory_limit; above it DuckDB "
-        "spills to <home>/bench instead of holding the joined table in memory (10M rows "
-        "peaked at 6.7 GB without a limit, docs/performance.md #27).",
+        "spills to <home>/bench (its joins' state; the result is streamed out, not held).",
     )
 
 

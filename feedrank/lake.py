@@ -83,22 +83,27 @@ def partition_dir(root: Path, table: str, day: dt.date) -> Path:
     return Path(root) / table / f"{DATE_COLUMN}={day.isoformat()}"
 
 
+def dated_folders(base: Path, column: str = DATE_COLUMN) -> list[tuple[dt.date, Path]]:
+    """``(day, folder)`` of every ``<base>/<column>=YYYY-MM-DD`` folder, in date order; names
+    that are not a date are skipped (none when ``base`` does not exist)."""
+    found = []
+    for path in Path(base).glob(f"{column}=*"):
+        try:
+            found.append((dt.date.fromisoformat(path.name.split("=", 1)[1]), path))
+        except ValueError:
+            continue
+    return sorted(found)
+
+
 def existing_partitions(
     root: Path, table: str, start: dt.date | None = None, end: dt.date | None = None
 ) -> list[Path]:
     """Partition folders of ``table`` whose date is within [start, end] (open ends allowed)."""
-    base = Path(root) / table
-    if not base.is_dir():
-        return []
-    found = []
-    for path in sorted(base.glob(f"{DATE_COLUMN}=*")):
-        try:
-            day = dt.date.fromisoformat(path.name.split("=", 1)[1])
-        except ValueError:
-            continue
-        if (start is None or day >= start) and (end is None or day <= end):
-            found.append(path)
-    return found
+    return [
+        path
+        for day, path in dated_folders(Path(root) / table)
+        if (start is None or day >= start) and (end is None or day <= end)
+    ]
 
 
 WATERMARKS = "_watermarks"

@@ -87,9 +87,10 @@ def lake_digests(
     if not wanted:
         return {}
     parts = sorted(
-        (dt.date.fromisoformat(path.name.split("=", 1)[1]), table, path)
+        (day, table, path)
         for table in tables
-        for path in lake.existing_partitions(lake_root, table, None, wanted[-1])
+        for day, path in lake.dated_folders(Path(lake_root) / table)
+        if day <= wanted[-1]
     )
     digest = hashlib.sha256()
     digests: dict[dt.date, str] = {}
@@ -144,13 +145,7 @@ def summary_dir(history_dir: Path, cut: dt.date) -> Path:
 
 
 def _saved_cuts(history_dir: Path) -> list[dt.date]:
-    cuts = []
-    for path in Path(history_dir).glob("cut=*"):
-        try:
-            cuts.append(dt.date.fromisoformat(path.name.split("=", 1)[1]))
-        except ValueError:
-            continue
-    return sorted(cuts)
+    return [day for day, _ in lake.dated_folders(history_dir, "cut")]
 
 
 def plan_history(
