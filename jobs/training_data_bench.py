@@ -341,9 +341,6 @@ def bench_point(
             }
         }
         log.info("training-data bench %s rows, spark: %s", rows, engines["spark"])
-        # The finished runs' shuffle files (14 GB at 100M rows) go once their objects are
-        # collected (Spark's ContextCleaner): a JVM GC now frees that disk for DuckDB's spill.
-        spark.sparkContext._jvm.System.gc()
         try:
             engines["duckdb"] = {
                 **best_of(lambda: run_duckdb(home, duckdb_limit), os.getpid(), repeat),
