@@ -593,10 +593,11 @@ class TrainingDataConfig(Section):
         default=0.25, gt=0, le=1, description="Share of all-negative impressions kept."
     )
     validation_days: int = Field(default=1, ge=1, description="Last days held out by time.")
-    # 300k rows (26 features) broadcast within a 3 GB driver peak; 999k rows peaked at
-    # 4.6 GB RSS for the default 4 GB heap (docs/performance.md, #27): half that is the default.
+    # The broadcast hash join of a 900k-row, 26-feature view peaked at 3.6 GB RSS in the
+    # bench's 30M-row run, as the sort plan did, and took 51-59 s against 64-66 s sorted
+    # (docs/performance.md, #27). (The earlier per-key array plan peaked at 4.6 GB at 999k.)
     asof_broadcast_max_rows: int = Field(
-        default=500_000,
+        default=1_000_000,
         ge=0,
         description="Point-in-time join: a feature table of at most this many rows is sent "
         "whole to every task instead of sorted with the impressions (jobs/training_data.py); "

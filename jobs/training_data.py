@@ -33,9 +33,11 @@ import logging
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -171,17 +173,25 @@ def broadcastable(
     """Whether a feature table suits the broadcast plan of :func:`asof_lookup`: at most
     ``broadcast_max_rows`` rows and on average at most ``max_history`` rows per entity key.
 
-    Decided on rows (for Parquet a metadata-only count): the broadcast copy holds one object
-    per row, so rows, not compressed bytes, say what it costs (a narrow 5M-row view, 43 MB of
-    Parquet, filled a 4 GB driver and had not finished after 4 minutes; docs/performance.md).
+    Decided on rows: the broadcast copy holds one object per row, so rows, not compressed
+    bytes, say what it costs (a narrow 5M-row view, 43 MB of Parquet, filled a 4 GB driver;
+    docs/performance.md). A table read from Parquet is measured in the driver without a Spark
+    job (rows from the footers, distinct keys from the key columns: 0.4 s less of the bench's
+    1M-row run than two Spark jobs per view); any other frame by Spark.
     """
     if broadcast_max_rows <= 0:
         return False
-    rows = features.count()
+    keys = list(ENTITIES[view.entity].join_keys)
+    files = [unquote(urlparse(f).path) for f in features.inputFiles()]
+    rows = sum(pq.read_metadata(f).num_rows for f in files) if files else features.count()
     if rows > broadcast_max_rows:
         return False
-    keys = features.select(*ENTITIES[view.entity].join_keys).distinct().count()
-    return rows <= max_history * max(keys, 1)
+    if files:
+        distinct = ds.dataset(files, format="parquet").to_table(columns=keys)
+        found = distinct.group_by(keys).aggregate([]).num_rows
+    else:
+        found = features.select(*keys).distinct().count()
+    return rows <= max_history * max(found, 1)
 
 
 def asof_lookup(
@@ -257,7 +267,10 @@ def asof_lookup(
     matches = [F.col(p) == F.col(f) for p, f in zip(point_keys, feature_keys, strict=True)]
     within = (ts >= F.col("_from")) & (F.col("_to").isNull() | (ts < F.col("_to")))
     joined = lhs.join(intervals, [*matches, within], "left")
-    fresh = F.col(f"_feat.{src}") >= ts - F.expr(f"INTERVAL {view.ttl_days} DAYS")
+    # Feast's ttl is a timedelta: plain microseconds. (``ts - INTERVAL n DAYS`` is calendar
+    # arithmetic through zoned dates: 4 % of the bench's CPU at 10M rows, docs/performance.md.)
+    ttl_us = view.ttl_days * 86_400 * 1_000_000
+    fresh = F.unix_micros(F.col(f"_feat.{src}")) >= F.unix_micros(ts) - F.lit(ttl_us)
     return joined.select(
         *id_columns,
         *[F.when(fresh, F.col(f"_feat.{n}")).alias(n) for n in view.feature_names],

@@ -200,9 +200,10 @@ def test_asof_join_ttl_ties_and_missing_keys(spark, broadcast):
 
 
 @pytest.mark.integration
-def test_long_histories_take_the_sort_plan(spark):
+def test_long_histories_take_the_sort_plan(spark, tmp_path):
     """A view under the row limit whose keys have more rows each than the history limit is
-    sorted, not broadcast (the broadcast plan tests a point against every row of its key)."""
+    sorted, not broadcast (the broadcast plan tests a point against every row of its key);
+    decided alike for a frame Spark counts and a Parquet table measured from its files."""
     view = VIEWS["user_realtime"]
     t = dt.datetime(2026, 11, 5, 12, tzinfo=dt.UTC)
     feats = spark.createDataFrame(
@@ -220,8 +221,16 @@ def test_long_histories_take_the_sort_plan(spark):
         plan = joined._jdf.queryExecution().executedPlan().toString()
         assert ("BroadcastHashJoin" not in plan) == sorted_plan
         assert [r["user_engagements_1h"] for r in joined.collect()] == [0]
-    assert not broadcastable(feats, view, 4, 5), "more rows than the row limit"
-    assert not broadcastable(feats, view, 0, 5), "0 turns the broadcast plan off"
+    # Two files of one key: 3 + 2 rows, 1 distinct key in all.
+    feats.limit(3).write.parquet(str(tmp_path / "a"))
+    feats.subtract(feats.limit(3)).write.parquet(str(tmp_path / "b"))
+    stored = spark.read.parquet(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert len(stored.inputFiles()) >= 2
+    for frame in (feats, stored):
+        assert broadcastable(frame, view, 1000, 5), "5 rows of one key: within 5 per key"
+        assert not broadcastable(frame, view, 1000, 4), "5 rows of one key: above 4 per key"
+        assert not broadcastable(frame, view, 4, 5), "more rows than the row limit"
+        assert not broadcastable(frame, view, 0, 5), "0 turns the broadcast plan off"
 
 
 @pytest.mark.integration
