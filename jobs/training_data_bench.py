@@ -73,6 +73,15 @@ def _features_table(
 
 
 CHUNK_ROWS = 5_000_000  # rows per generated Parquet file: bounds the generator's memory
+# Rows per Parquet row group, the unit every engine splits a scan into. The lake's tables are
+# many small files (land writes one per micro-batch and day); with pyarrow's default group of
+# 1Mi rows the 1M-row impressions were one group, so Spark scanned and joined them in one task
+# on one core (2.7-3.4 s, against 2.2-2.5 s in groups of 250k; docs/performance.md, #27).
+ROW_GROUP_ROWS = 250_000
+
+
+def _write(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS)
 
 
 def write_bench_data(home: Path, rows: int, seed: int = 0) -> dict[str, int]:
@@ -97,7 +106,7 @@ def write_bench_data(home: Path, rows: int, seed: int = 0) -> dict[str, int]:
         table = _features_table(
             "user_engagement_daily", keys, np.full(users, t0 + (d + 1) * day_us), rng
         )
-        pq.write_table(table, folder / "part-00000.parquet")
+        _write(table, folder / "part-00000.parquet")
         counts["user_engagement_daily"] = counts.get("user_engagement_daily", 0) + users
     # Stream counters: about one row per two impressions, on the 5-minute grid.
     n_stream = max(1_000, rows // 2)
@@ -107,7 +116,7 @@ def write_bench_data(home: Path, rows: int, seed: int = 0) -> dict[str, int]:
         n = min(CHUNK_ROWS, n_stream - first)
         steps = rng.integers(0, 3 * 86_400 // STEP_S, n) * STEP_S * 1_000_000 + t0
         stream = _features_table("tweet_realtime", rng.integers(0, tweets, n), steps, rng)
-        pq.write_table(stream, folder / f"part-{i:05d}.parquet")
+        _write(stream, folder / f"part-{i:05d}.parquet")
     counts["tweet_realtime"] = n_stream
     (home / "impressions").mkdir(parents=True, exist_ok=True)
     for i, first in enumerate(range(0, rows, CHUNK_ROWS)):
@@ -121,7 +130,7 @@ def write_bench_data(home: Path, rows: int, seed: int = 0) -> dict[str, int]:
                 "served_at": pa.array(served, pa.timestamp("us", tz="UTC")),
             }
         )
-        pq.write_table(impressions, home / "impressions" / f"part-{i:05d}.parquet")
+        _write(impressions, home / "impressions" / f"part-{i:05d}.parquet")
     counts["impressions"] = rows
     return counts
 
@@ -292,8 +301,13 @@ def prepare_feast(settings: Settings, home: Path, max_rows: int) -> Callable[[],
     return lambda: store.get_historical_features(entity_df=entity_df, features=refs).to_df()
 
 
+def _ran(figures: dict) -> bool:
+    """Whether an engine's figures at a size are a run (a failed size holds its ``error``)."""
+    return "error" not in figures
+
+
 def _per_core(rows: int, figures: dict) -> dict:
-    if "error" in figures:
+    if not _ran(figures):
         return figures
     return {
         **figures,
@@ -304,7 +318,7 @@ def _per_core(rows: int, figures: dict) -> dict:
 
 def _ratio(engines: dict, a: str, b: str) -> float | None:
     """``a``'s rows per core-second over ``b``'s; None when either failed at this size."""
-    if "error" in engines[a] or "error" in engines[b]:
+    if not (_ran(engines[a]) and _ran(engines[b])):
         return None
     return round(engines[a]["rows_per_core_s"] / engines[b]["rows_per_core_s"], 3)
 
@@ -386,7 +400,7 @@ def goals(points: list[dict[str, Any]]) -> dict[str, Any]:
     growth = {}
     for engine in ("spark", "duckdb", "feast"):
         per_row = [
-            p["engines"][engine]["s"] / p["rows"] for p in points if "s" in p["engines"][engine]
+            p["engines"][engine]["s"] / p["rows"] for p in points if _ran(p["engines"][engine])
         ]
         steps = [b / a for a, b in itertools.pairwise(per_row)]
         growth[engine] = round(max(steps), 3) if steps else None
@@ -414,7 +428,7 @@ def plot_curve(figures: dict[str, Any], path: Path) -> None:
 
     fig, (secs, rate, mem) = plt.subplots(1, 3, figsize=(15, 4.5))
     for engine, style in (("spark", "o-"), ("duckdb", "s-"), ("feast", "^-")):
-        done = [p for p in figures["points"] if "s" in p["engines"][engine]]
+        done = [p for p in figures["points"] if _ran(p["engines"][engine])]
         rows = [p["rows"] for p in done]
         stats = [p["engines"][engine] for p in done]
         line = secs.plot(rows, [s["s"] for s in stats], style, label=engine)[0]

@@ -80,10 +80,15 @@ def test_measure_adds_up_the_processes_of_a_cluster_run() -> None:
 def test_bench_data_is_written_in_bounded_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Bounded files, each in row groups an engine can split a scan by."""
     monkeypatch.setattr(bench, "CHUNK_ROWS", 1_500)
+    monkeypatch.setattr(bench, "ROW_GROUP_ROWS", 600)
     counts = bench.write_bench_data(tmp_path, 4_000)
     parts = sorted((tmp_path / "impressions").glob("*.parquet"))
     assert [pq.read_metadata(p).num_rows for p in parts] == [1_500, 1_500, 1_000]
+    assert [pq.read_metadata(p).num_row_groups for p in parts] == [3, 3, 2]
+    stream = sorted((tmp_path / "features" / "tweet_realtime").rglob("*.parquet"))
+    assert [pq.read_metadata(p).num_row_groups for p in stream] == [3, 1]
     ids = [i for p in parts for i in pq.read_table(p, columns=["row_id"])["row_id"].to_pylist()]
     assert ids == list(range(4_000))
     assert counts == {"user_engagement_daily": 3_000, "tweet_realtime": 2_000, "impressions": 4_000}
