@@ -91,7 +91,7 @@ def test_bench_data_is_written_in_bounded_files(
     assert [pq.read_metadata(p).num_row_groups for p in stream] == [3, 1]
     ids = [i for p in parts for i in pq.read_table(p, columns=["row_id"])["row_id"].to_pylist()]
     assert ids == list(range(4_000))
-    assert counts == {"user_engagement_daily": 3_000, "tweet_realtime": 2_000, "impressions": 4_000}
+    assert counts == {"user_engagement_daily": 2_000, "tweet_realtime": 2_000, "impressions": 4_000}
 
 
 def test_curve_png_is_drawn_with_extrapolated_points(tmp_path: Path) -> None:
