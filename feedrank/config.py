@@ -505,7 +505,12 @@ class SparkConfig(Section):
     shuffle_partitions_max: int = Field(
         default=64, ge=1, description="Upper bound of the input-sized shuffle partitions."
     )
-    driver_memory: str = Field(default="4g", description="spark.driver.memory.")
+    driver_memory: str = Field(
+        default="6g",
+        description="spark.driver.memory (in local mode the executors' memory too). 6g holds "
+        "the 2M-row broadcast of training_data.asof_broadcast_max_rows; 4g ran out of heap "
+        "on it (docs/performance.md, #27). The heap grows only as a job needs it.",
+    )
     driver_java_options: str = Field(
         default="",
         description="spark.driver.extraJavaOptions of the sessions feedrank starts (in local "
@@ -593,11 +598,12 @@ class TrainingDataConfig(Section):
         default=0.25, gt=0, le=1, description="Share of all-negative impressions kept."
     )
     validation_days: int = Field(default=1, ge=1, description="Last days held out by time.")
-    # The broadcast hash join of a 900k-row, 26-feature view peaked at 3.6 GB RSS in the
-    # bench's 30M-row run, as the sort plan did, and took 51-59 s against 64-66 s sorted
-    # (docs/performance.md, #27). (The earlier per-key array plan peaked at 4.6 GB at 999k.)
+    # The broadcast hash join of a 2M-row, 26-feature view (the bench's 100M-row run) took
+    # 168-187 s against 225-255 s sorted, peaking at 6.8 GB RSS with a 6g driver; a 4g driver
+    # ran out of heap on it (docs/performance.md, #27). Sized for spark.driver_memory: on a
+    # cluster every executor holds the broadcast too, so lower it for small executors.
     asof_broadcast_max_rows: int = Field(
-        default=1_000_000,
+        default=2_000_000,
         ge=0,
         description="Point-in-time join: a feature table of at most this many rows is sent "
         "whole to every task instead of sorted with the impressions (jobs/training_data.py); "

@@ -116,6 +116,13 @@ def shuffle_partitions_for(input_rows: int, settings: Settings) -> int:
     return max(cfg.shuffle_partitions, min(cfg.shuffle_partitions_max, wanted))
 
 
+def parquet_rows(files: Iterable[Path | str]) -> int:
+    """Rows of Parquet ``files``, from their footers (no data is read)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_metadata(f).num_rows for f in files)
+
+
 def size_shuffle_partitions(spark, settings: Settings, inputs: Iterable[Path]) -> int:
     """Set the session's shuffle partitions from the rows of the Parquet partition folders a
     job reads (their footers: no data is read; :func:`shuffle_partitions_for`), unless
@@ -125,12 +132,10 @@ def size_shuffle_partitions(spark, settings: Settings, inputs: Iterable[Path]) -
     Returns:
         The shuffle partitions the job runs with.
     """
-    import pyarrow.parquet as pq
-
     external = external_conf().get(SHUFFLE_PARTITIONS)
     if external is not None:
         return int(external)
-    rows = sum(pq.read_metadata(f).num_rows for p in inputs for f in Path(p).glob("*.parquet"))
+    rows = parquet_rows(f for p in inputs for f in Path(p).glob("*.parquet"))
     partitions = shuffle_partitions_for(rows, settings)
     spark.conf.set(SHUFFLE_PARTITIONS, str(partitions))
     log.info("%d shuffle partitions for %d input rows", partitions, rows)

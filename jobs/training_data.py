@@ -61,7 +61,7 @@ from feedrank.feature_spec import (
     training_columns,
 )
 from feedrank.schemas import DEVICES
-from feedrank.spark import size_shuffle_partitions
+from feedrank.spark import parquet_rows, size_shuffle_partitions
 from jobs import spark_io
 
 log = logging.getLogger("feedrank.training_data")
@@ -183,7 +183,7 @@ def broadcastable(
         return False
     keys = list(ENTITIES[view.entity].join_keys)
     files = [unquote(urlparse(f).path) for f in features.inputFiles()]
-    rows = sum(pq.read_metadata(f).num_rows for f in files) if files else features.count()
+    rows = parquet_rows(files) if files else features.count()
     if rows > broadcast_max_rows:
         return False
     if files:
