@@ -143,6 +143,9 @@ def follow_dag_line(progress: DagProgress, line: str) -> list[str]:
     return []
 
 
+RETRY_ROW_WAIT_S = 10.0
+
+
 def next_retry_at(dag_id: str, task_id: str, logical_date: str) -> str:
     """When Airflow retries ``task_id`` of the run at ``logical_date`` (ISO, UTC).
 
@@ -157,21 +160,27 @@ def next_retry_at(dag_id: str, task_id: str, logical_date: str) -> str:
     from sqlalchemy import select
 
     midnight = dt.datetime.combine(dt.date.fromisoformat(logical_date), dt.time(), dt.UTC)
-    with create_session() as session:
-        ti = session.scalars(
-            select(TaskInstance)
-            .join(TaskInstance.dag_run)
-            .where(
-                TaskInstance.dag_id == dag_id,
-                TaskInstance.task_id == task_id,
-                DagRun.logical_date == midnight,
-            )
-            .order_by(TaskInstance.end_date.desc())
-        ).first()
-        if ti is None:
-            raise FeedrankError(f"no task instance {dag_id}.{task_id} at {logical_date}")
-        ti.task = SerializedDagModel.get_dag(dag_id, session=session).get_task(task_id)
-        return ti.next_retry_datetime().isoformat()
+    # The task's log says up_for_retry before its row has the end time the rule counts from
+    # (seen on a loaded machine: ``None + timedelta``): wait for it, a few seconds at most.
+    deadline = time.monotonic() + RETRY_ROW_WAIT_S
+    while True:
+        with create_session() as session:
+            ti = session.scalars(
+                select(TaskInstance)
+                .join(TaskInstance.dag_run)
+                .where(
+                    TaskInstance.dag_id == dag_id,
+                    TaskInstance.task_id == task_id,
+                    DagRun.logical_date == midnight,
+                )
+                .order_by(TaskInstance.end_date.desc())
+            ).first()
+            if ti is None:
+                raise FeedrankError(f"no task instance {dag_id}.{task_id} at {logical_date}")
+            if ti.end_date is not None or time.monotonic() >= deadline:
+                ti.task = SerializedDagModel.get_dag(dag_id, session=session).get_task(task_id)
+                return ti.next_retry_datetime().isoformat()
+        time.sleep(0.2)
 
 
 def _announce_retry(env: dict[str, str], dag_id: str, task_id: str, day: dt.date) -> None:
