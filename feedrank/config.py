@@ -512,11 +512,18 @@ class SparkConfig(Section):
         "on it (docs/performance.md, #27). The heap grows only as a job needs it.",
     )
     driver_java_options: str = Field(
-        default="",
+        default="-XX:+UseParallelGC",
         description="spark.driver.extraJavaOptions of the sessions feedrank starts (in local "
-        "mode the executors run in the driver JVM too). `feedrank demo` sets "
-        "-XX:TieredStopAtLevel=1 (C1 JIT only) for its few-MB jobs: training data 108 -> 74 "
-        "CPU-s, features 65 -> 59 (docs/performance.md); large runs want C2: empty by default.",
+        "mode the executors run in the driver JVM too). The throughput collector: batch jobs "
+        "wait for no pause, and G1's write barriers cost CPU (docs/performance.md, #27). "
+        "`feedrank demo` adds -XX:TieredStopAtLevel=1 (C1 JIT only) for its few-MB jobs: "
+        "training data 108 -> 74 CPU-s, features 65 -> 59; large runs want C2.",
+    )
+    shuffle_compress: bool = Field(
+        default=False,
+        description="spark.shuffle.compress and spark.shuffle.spill.compress. Off on one "
+        "machine, where shuffle files never cross a network and lz4 is CPU the two cores "
+        "lack (docs/performance.md, #27); the cluster profile turns it on.",
     )
     cluster_workers: int = Field(default=2, ge=1, description="Workers of the local cluster.")
     worker_cores: int = Field(default=1, ge=1, description="Cores per local worker.")

@@ -50,7 +50,7 @@ DEMO_ARMS = {"control": 0.45, "treatment": 0.45, "oracle": 0.10}
 # than with the old 3-day window keep the demo's time about the same (docs/quality.md).
 DEMO_DAYS = 9
 DEMO_USERS = 500
-DEMO_SPARK_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
+DEMO_SPARK_JIT_OPTION = "-XX:TieredStopAtLevel=1"
 
 
 def _step(title: str) -> float:
@@ -561,8 +561,11 @@ def run_demo(
     os.environ["FEEDRANK_SIMULATOR__USERS"] = str(users)
     # The demo's Spark jobs (features, training data, landing) run on a few MB: with the
     # JIT's C1 tier only, training data took 73.5 instead of 107.5-109.8 CPU-s and features
-    # 59 instead of 65 (docs/performance.md, #23); large runs want C2 (the default, empty).
-    os.environ.setdefault("FEEDRANK_SPARK__DRIVER_JAVA_OPTIONS", DEMO_SPARK_JAVA_OPTIONS)
+    # 59 instead of 65 (docs/performance.md, #23); large runs want C2 (the default).
+    os.environ.setdefault(
+        "FEEDRANK_SPARK__DRIVER_JAVA_OPTIONS",
+        f"{settings.spark.driver_java_options} {DEMO_SPARK_JIT_OPTION}".strip(),
+    )
     settings = settings.model_copy(
         update={"simulator": settings.simulator.model_copy(update={"users": users})}
     )

@@ -39,8 +39,8 @@ def event_log_dir(settings: Settings) -> Path:
 
 
 def profile_conf(app_name: str, settings: Settings) -> dict[str, str]:
-    """The Spark properties the profile asks for: master, memory, JVM options, loopback
-    addresses, UTC."""
+    """The Spark properties the profile asks for: master, memory, JVM options, shuffle
+    compression, loopback addresses, UTC."""
     conf = {
         "spark.master": settings.spark.master,
         "spark.app.name": app_name,
@@ -51,6 +51,8 @@ def profile_conf(app_name: str, settings: Settings) -> dict[str, str]:
         "spark.driver.host": "127.0.0.1",
         "spark.driver.bindAddress": "127.0.0.1",
         "spark.local.dir": str(settings.paths.home / "spark-local"),
+        "spark.shuffle.compress": str(settings.spark.shuffle_compress).lower(),
+        "spark.shuffle.spill.compress": str(settings.spark.shuffle_compress).lower(),
         "spark.ui.enabled": "false",
         # PySpark starts as a "shell", which turns the stage progress bar on; off a terminal
         # (task logs, `make demo > log`) its carriage-return redraws are all the log would hold.

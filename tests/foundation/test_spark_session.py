@@ -104,6 +104,7 @@ def test_driver_java_options_reach_the_session_jvm(tmp_path: Path) -> None:
         "bean = spark.sparkContext._jvm.java.lang.management.ManagementFactory\n"
         "print('|'.join(bean.getRuntimeMXBean().getInputArguments()))\n"
         "print(spark.conf.get('spark.driver.extraJavaOptions', 'unset'))\n"
+        "print(spark.sparkContext.getConf().get('spark.shuffle.compress'))\n"
         "spark.stop()\n"
     )
     env = {
@@ -115,9 +116,27 @@ def test_driver_java_options_reach_the_session_jvm(tmp_path: Path) -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    jvm_args, conf_value = done.stdout.strip().splitlines()[-2:]
+    jvm_args, conf_value, shuffle_compress = done.stdout.strip().splitlines()[-3:]
     assert {"-XX:TieredStopAtLevel=1", "-Dfeedrank.test=on"} <= set(jvm_args.split("|"))
     assert conf_value == "-XX:TieredStopAtLevel=1 -Dfeedrank.test=on"
+    assert shuffle_compress == "false"  # the local profile's session
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("profile", "compress"), [("local", "false"), ("cluster", "true")])
+def test_shuffles_are_compressed_only_where_they_cross_a_network(
+    monkeypatch: pytest.MonkeyPatch, profile: str, compress: str
+) -> None:
+    """One machine: shuffle files stay local, lz4 would only cost CPU; the cluster profile's
+    executors exchange them over the network. Both profiles run the throughput collector."""
+    from feedrank.spark import profile_conf
+
+    monkeypatch.delenv("FEEDRANK_SPARK__SHUFFLE_COMPRESS", raising=False)
+    monkeypatch.delenv("FEEDRANK_SPARK__DRIVER_JAVA_OPTIONS", raising=False)
+    monkeypatch.setenv("FEEDRANK_PROFILE", profile)
+    conf = profile_conf("t", Settings())
+    assert conf["spark.shuffle.compress"] == conf["spark.shuffle.spill.compress"] == compress
+    assert conf["spark.driver.extraJavaOptions"] == "-XX:+UseParallelGC"
 
 
 @pytest.mark.unit
