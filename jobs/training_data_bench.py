@@ -143,6 +143,12 @@ def _jvm_pid(spark) -> int:
     return int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
 
 
+def _gc_names(spark) -> list[str]:
+    """The driver JVM's garbage collectors, as the JVM names them (e.g. "PS Scavenge")."""
+    beans = spark.sparkContext._jvm.java.lang.management.ManagementFactory
+    return [str(b.getName()) for b in beans.getGarbageCollectorMXBeans()]
+
+
 def spark_pids(spark) -> list[int]:
     """The driver JVM and, on a standalone cluster of this machine, the application's executor
     JVMs (started with the application and kept for its life: static allocation)."""
@@ -495,9 +501,14 @@ def bench_training_data(
         "spark_session_start_s": round(spark_start_s, 3),
         "spark_conf": {
             k: conf.get(k)
-            for k in ("spark.driver.memory", "spark.sql.shuffle.partitions")
+            for k in (
+                "spark.driver.memory",
+                "spark.shuffle.compress",
+                "spark.sql.shuffle.partitions",
+            )
             if conf.contains(k)
         },
+        "spark_driver_gc": _gc_names(spark),
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "feast_max_rows": feast_max_rows,
         "repeat": repeat,
