@@ -7,6 +7,7 @@ tracks runs and the ``champion`` alias).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,15 +78,117 @@ def head_probabilities(
             raw booster output, and no calibration).
         calibration: Then apply each listed head's :class:`DayAheadCalibration`.
     """
+    raw = {head: booster.inplace_predict(X) for head, booster in boosters.items()}
+    return calibrated_heads(raw, keep_rates, calibration)
+
+
+def calibrated_heads(
+    raw: Mapping[str, np.ndarray],
+    keep_rates: Mapping[str, float] | None = None,
+    calibration: Mapping[str, DayAheadCalibration] | None = None,
+) -> dict[str, np.ndarray]:
+    """The heads' booster outputs ``raw`` as float64 probabilities, recalibrated for negative
+    downsampling with ``keep_rates`` (``None``: left raw, and no calibration), then by each
+    listed head's ``calibration``."""
     out: dict[str, np.ndarray] = {}
-    for head, booster in boosters.items():
-        p = np.asarray(booster.inplace_predict(X), dtype=np.float64)
+    for head, p in raw.items():
+        p = np.asarray(p, dtype=np.float64)
         if keep_rates is not None:
             p = recalibrate(p, keep_rates[head])
             if calibration and head in calibration:
                 p = calibration[head].apply(p)
         out[head] = p
     return out
+
+
+# Everything in a head's saved model except its trees and its intercept: heads joined into one
+# booster must agree on all of it.
+_JOINT_FRAME = ("feature_names", "feature_types", "objective")
+_JOINT_PROBE_ROWS = 256
+
+
+def joint_booster(boosters: Mapping[str, Any], nthread: int = 1) -> Any | None:
+    """The heads as one multi-target XGBoost booster, whose ``inplace_predict`` gives every
+    head's output, column by column in ``boosters`` order, in one call.
+
+    Five calls cost five times XGBoost's fixed cost per call (~0.2 ms) and fill each row's
+    feature vector five times; one call over the same trees cost ~20 % less CPU on 300 rows.
+    The trees are the heads' own, copied unchanged (tree ``i`` of head ``k`` adds to output
+    ``k``), so the outputs are the same floats: checked on a probe matrix before the joint
+    booster is returned.
+
+    Returns:
+        The joint booster, or ``None`` when the heads cannot be joined (not plain gradient
+        boosted trees with one output each, different feature names, types or objectives) or
+        the probe disagrees: then the heads are predicted one by one.
+    """
+    import xgboost as xgb
+
+    heads = list(boosters)
+    if len(heads) < 2 or not all(isinstance(b, xgb.Booster) for b in boosters.values()):
+        return None
+    try:
+        joint = _joint_model([json.loads(bytes(b.save_raw("json"))) for b in boosters.values()])
+        if joint is None:
+            return None
+        booster = xgb.Booster(model_file=bytearray(json.dumps(joint).encode()))
+    except (KeyError, TypeError, ValueError, AttributeError, xgb.core.XGBoostError):
+        return None  # a layout this function does not know: the heads one by one
+    booster.set_param({"nthread": nthread})
+    probe = _probe_matrix(booster.num_features())
+    alone = np.stack([boosters[h].inplace_predict(probe) for h in heads], axis=1)
+    together = np.asarray(booster.inplace_predict(probe)).reshape(alone.shape)
+    return booster if np.array_equal(alone, together) else None
+
+
+def _joint_model(saved: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The heads' saved models (XGBoost JSON) as one multi-target model, or ``None`` when
+    they cannot be joined. Round ``r`` holds each head's tree ``r``, if it has one."""
+    models = [doc["learner"] for doc in saved]
+    first = models[0]
+    params = [
+        {k: v for k, v in m["learner_model_param"].items() if k != "base_score"} for m in models
+    ]
+    if any(
+        m["gradient_booster"]["name"] != "gbtree"
+        or params[i] != params[0]
+        or params[i]["num_target"] != "1"
+        or params[i]["num_class"] != "0"
+        or any(m.get(key) != first.get(key) for key in _JOINT_FRAME)
+        or m["gradient_booster"]["model"].get("cats")
+        != first["gradient_booster"]["model"].get("cats")
+        or m["gradient_booster"]["model"]["gbtree_model_param"]["num_parallel_tree"] != "1"
+        for i, m in enumerate(models)
+    ):
+        return None
+    per_head = [m["gradient_booster"]["model"]["trees"] for m in models]
+    trees: list[dict[str, Any]] = []
+    tree_info: list[int] = []
+    indptr = [0]
+    for round_ in range(max(len(t) for t in per_head)):
+        for k, head_trees in enumerate(per_head):
+            if round_ < len(head_trees):
+                trees.append({**head_trees[round_], "id": len(trees)})
+                tree_info.append(k)
+        indptr.append(len(trees))
+    intercepts = [m["learner_model_param"]["base_score"].strip("[]") for m in models]
+    first["attributes"] = {}
+    first["learner_model_param"].update(
+        num_target=str(len(models)), base_score="[" + ",".join(intercepts) + "]"
+    )
+    model = first["gradient_booster"]["model"]
+    model.update(trees=trees, tree_info=tree_info, iteration_indptr=indptr)
+    model["gbtree_model_param"]["num_trees"] = str(len(trees))
+    return saved[0]
+
+
+def _probe_matrix(n_features: int) -> np.ndarray:
+    """Rows that reach many leaves: values across several scales, 10 % missing."""
+    rng = np.random.default_rng(0)
+    scale = 10.0 ** rng.integers(-3, 6, size=(_JOINT_PROBE_ROWS, n_features))
+    X = rng.standard_normal((_JOINT_PROBE_ROWS, n_features)) * scale
+    X[rng.random(X.shape) < 0.1] = np.nan
+    return X
 
 
 LIGHT_RANKER_KINDS = ("linear_regression", "logistic_regression")
@@ -181,6 +284,8 @@ class LoadedModel:
         keep_rates: Per-head negative keep-rate used for recalibration.
         weights: Ranking weights recorded at training time.
         calibration: Per-head day-ahead calibration (empty: none was fitted).
+        joint: The heads as one booster (:func:`joint_booster`), predicted in one call;
+            ``None``: one call per head.
     """
 
     version: str
@@ -192,6 +297,7 @@ class LoadedModel:
     weights: dict[str, float]
     features: tuple[str, ...] = field(default_factory=tuple)
     calibration: dict[str, DayAheadCalibration] = field(default_factory=dict)
+    joint: Any | None = None
     _light_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __post_init__(self) -> None:
@@ -226,12 +332,13 @@ class LoadedModel:
         Returns:
             ``{head: float64 array (n,)}`` for every head.
         """
-        return head_probabilities(
-            self.boosters,
-            self._check(X),
-            self.keep_rates if calibrated else None,
-            self.calibration,
-        )
+        X = self._check(X)
+        keep_rates = self.keep_rates if calibrated else None
+        if self.joint is None:
+            return head_probabilities(self.boosters, X, keep_rates, self.calibration)
+        out = np.asarray(self.joint.inplace_predict(X)).reshape(len(X), len(self.boosters))
+        raw = {head: out[:, k] for k, head in enumerate(self.boosters)}
+        return calibrated_heads(raw, keep_rates, self.calibration)
 
     def weighted_scores(self, X: np.ndarray) -> np.ndarray:
         """The ranking score :func:`feedrank.ranking.weighted_score` with this model's weights."""

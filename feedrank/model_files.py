@@ -36,7 +36,7 @@ import numpy as np
 from feedrank import feature_spec
 from feedrank.config import HEADS, Settings
 from feedrank.errors import FeedrankError
-from feedrank.model import DayAheadCalibration, LightRanker, LoadedModel
+from feedrank.model import DayAheadCalibration, LightRanker, LoadedModel, joint_booster
 from feedrank.publish import write_dir_atomic
 
 FORMAT_VERSION = 1
@@ -277,6 +277,7 @@ def load_model(
                 f"model {name}: checksum mismatch for {file_name} (file changed or corrupted)"
             )
     n_features = len(metadata["features"])
+    threads = settings.training.nthread if nthread is None else nthread
     boosters: dict[str, Any] = {}
     for head in HEADS:
         path = model_dir / head_file(head)
@@ -290,7 +291,7 @@ def load_model(
                 f"model {name}: {path.name} expects {booster.num_features()} "
                 f"features, the contract has {n_features}"
             )
-        booster.set_param({"nthread": settings.training.nthread if nthread is None else nthread})
+        booster.set_param({"nthread": threads})
         boosters[head] = booster
     try:
         light = LightRanker.from_json(json.loads((model_dir / LIGHT_RANKER_FILE).read_text()))
@@ -319,4 +320,5 @@ def load_model(
         weights={h: float(w) for h, w in weights.items()},
         features=tuple(metadata["features"]),
         calibration=calibration,
+        joint=joint_booster(boosters, threads),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ from synthetic_examples import write_training_run
 from feedrank.config import Settings
 from feedrank.errors import FeedrankError
 from feedrank.feature_spec import KEEP_PROB_COLUMN, model_features
-from feedrank.model import LoadedModel
+from feedrank.model import LoadedModel, joint_booster
 from feedrank.model_files import load_model
 from jobs.train import train
 from jobs.train_heads import search_space, train_heads_single_node
@@ -60,6 +61,37 @@ def test_calibrated_after_downsampling_within_10pct_of_the_label_rate(model, val
         assert np.average(preds[head], weights=w) == pytest.approx(rate, rel=0.10), head
         # Without recalibration the downsampled model over-predicts clearly.
         assert np.average(raw[head], weights=w) > 1.3 * rate, head
+
+
+def test_one_call_to_the_joint_booster_gives_every_head_exactly(model, validation) -> None:
+    # Serving predicts all heads with one booster; the heads' own boosters are the reference.
+    assert model.joint is not None
+    per_head = dataclasses.replace(model, joint=None)
+    X = feature_matrix(validation)
+    X[::7, ::3] = np.nan  # missing values take each tree's default branch
+    for rows in (X, X[:1], X[:0]):
+        for calibrated in (True, False):
+            joint = model.predict_heads(rows, calibrated=calibrated)
+            alone = per_head.predict_heads(rows, calibrated=calibrated)
+            assert list(joint) == list(alone)
+            for head in alone:
+                assert joint[head].dtype == np.float64 and joint[head].shape == (len(rows),)
+                np.testing.assert_array_equal(joint[head], alone[head], err_msg=head)
+
+
+def test_heads_with_different_tree_counts_join_and_unlike_heads_do_not(model, validation) -> None:
+    X = feature_matrix(validation)
+    heads = dict(model.boosters)
+    heads["reply"] = heads["reply"][: max(heads["reply"].num_boosted_rounds() // 2, 1)]
+    joint = joint_booster(heads)
+    assert joint is not None
+    out = np.asarray(joint.inplace_predict(X)).reshape(len(X), len(heads))
+    for k, (head, booster) in enumerate(heads.items()):
+        np.testing.assert_array_equal(out[:, k], booster.inplace_predict(X), err_msg=head)
+    renamed = model.boosters["click"].copy()
+    renamed.feature_names = [f"other_{name}" for name in model.features]
+    assert joint_booster({**model.boosters, "click": renamed}) is None
+    assert joint_booster({"like": model.boosters["like"]}) is None
 
 
 def test_trained_model_records_contract_rates_and_provenance(model, synthetic_run) -> None:
