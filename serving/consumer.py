@@ -11,11 +11,10 @@ start several and they share the partitions. Delivery is at-least-once:
    to ``ranked_feeds`` and its impressions to ``impressions`` (one message per feed; both
    keyed by user); anything that cannot be answered goes to ``feed_requests.dlq`` with the
    reason — no input stops the loop;
-3. once the producer has every output of the batch acknowledged (``acks=all``), record
-   the answered feeds in the feed cache (from now on a redelivery is a replay of the cached
-   feed) and
-4. commit the settled offsets (after answering a batch, at most every ``COMMIT_INTERVAL_S``,
-   asynchronously).
+3. once the producer has every output of the batch acknowledged (``acks=all``), the batch
+   is settled; then, after answering a batch, at most every ``COMMIT_INTERVAL_S``:
+4. record the settled batches' feeds in the feed cache, in one transaction (from now on a
+   redelivery is a replay of the cached feed), and commit their offsets, asynchronously.
 
 Steps 3–4 do not hold up the next poll: a batch's outputs are in flight while the next
 requests are scored, and it is settled, oldest first, as soon as its acknowledgements are in
@@ -207,6 +206,9 @@ class _ServingLoop:
         self._next_commit_s = 0.0
         self._commit_failed = False
         self.in_flight: deque[_InFlight] = deque()
+        # Settled batches (every output acknowledged) whose feeds are not cached yet: the
+        # next commit caches them, then commits their offsets.
+        self.acknowledged: list[_InFlight] = []
         self.consumer = KafkaConsumer(
             **settings.kafka.client_options("serve"),
             client_id=client_id,
@@ -372,12 +374,14 @@ class _ServingLoop:
             for offsets in (self.answered, self.positions, self.committed):
                 offsets.pop(tp, None)
             self.base.pop(tp, None)
+            for batch in self.acknowledged:  # their feeds are still cached (for the new owner)
+                batch.next.pop(tp, None)
 
     def _settle(self, wait: bool = False) -> None:
         """Settle the in-flight batches whose outputs are all acknowledged, oldest first.
 
-        A settled batch's feeds go to the feed cache (from then on a redelivery replays
-        them) and its offsets become ``positions``, to be committed. A batch with an output
+        A settled batch joins ``acknowledged``: the next commit caches its feeds (from then
+        on a redelivery replays them) and commits its offsets. A batch with an output
         that failed, or that is still unacknowledged after ``ACK_TIMEOUT_S`` when ``wait`` is
         set, rewinds its partitions to its first message, and every later batch with it:
         they are redone.
@@ -405,12 +409,24 @@ class _ServingLoop:
                 self._rewind(list(self.in_flight))
                 self.in_flight.clear()
                 return
-            self.in_flight.popleft()
-            if oldest.to_cache and self.scorer.feed_cache is not None:
-                started = time.perf_counter()
-                self.scorer.feed_cache.put_many(oldest.to_cache)
-                metrics.LOOP_STEP.labels(step="settle").observe(time.perf_counter() - started)
-            self.positions.update(oldest.next)
+            self.acknowledged.append(self.in_flight.popleft())
+
+    def _record_acknowledged(self) -> None:
+        """Cache the feeds of the acknowledged batches (one transaction), then make their
+        offsets committable (``positions``): a redelivery of a committed-to-be message is then
+        a replay. Called just before a commit, so the feed cache sees one write per
+        ``COMMIT_INTERVAL_S`` instead of one per batch (one SQLite transaction per batch took
+        0.88 ms of the loop per request at 100 req/s, two serve processes writing)."""
+        if not self.acknowledged:
+            return
+        feeds = [feed for batch in self.acknowledged for feed in batch.to_cache]
+        if feeds and self.scorer.feed_cache is not None:
+            started = time.perf_counter()
+            self.scorer.feed_cache.put_many(feeds)
+            metrics.LOOP_STEP.labels(step="settle").observe(time.perf_counter() - started)
+        for batch in self.acknowledged:
+            self.positions.update(batch.next)
+        self.acknowledged.clear()
 
     def _commit(self, force: bool = False) -> None:
         """Commit the settled offsets of partitions still assigned, at most every
@@ -429,6 +445,7 @@ class _ServingLoop:
         now = time.monotonic()
         if not force and now < self._next_commit_s:
             return
+        self._record_acknowledged()
         owned = self.consumer.assignment()
         offsets = {
             tp: OffsetAndMetadata(pos, "", -1)

@@ -510,6 +510,51 @@ def test_two_consumers_and_rebalances_lose_nothing(group_settings, producer, hyd
         assert all(c.items == copies[0].items for c in copies)
 
 
+def test_answered_feeds_are_cached_once_per_commit_and_replayable(
+    group_settings, producer, hydrator_factory
+):
+    # The feed cache is written with each commit (all batches settled since the last one, in
+    # one transaction), not once per batch, and every answered feed is in it when the loop
+    # stops: a redelivery of any of them is a byte-for-byte replay.
+    settings = group_settings
+    reader = TopicReader(settings, "ranked_feeds")
+    requests = [make_request(500 + i, range(3 * i, 3 * i + 3)) for i in range(60)]
+    scorer = make_scorer(settings, hydrator_factory)
+    cache = scorer.feed_cache
+    assert cache is not None
+    writes: list[int] = []
+    put_many = cache.put_many
+
+    def counting_put_many(feeds) -> None:
+        feeds = list(feeds)
+        writes.append(len(feeds))
+        put_many(feeds)
+
+    cache.put_many = counting_put_many  # type: ignore[method-assign]
+    server = ServingThread(settings, scorer)
+    try:
+        warm_up(settings, producer, reader)
+        for i in range(0, len(requests), 5):
+            send_requests(producer, requests[i : i + 5])
+            time.sleep(0.02)
+        ids = {r.request_id for r in requests}
+        values = reader.read(
+            len(ids),
+            90,
+            accept=lambda v: json.loads(v)["request_id"] in ids,
+            key=lambda v: json.loads(v)["request_id"],
+        )
+    finally:
+        stats = server.stop()
+        reader.close()
+    assert set(request_ids_of(values)) == ids
+    for value in values:
+        assert cache.get(json.loads(value)["request_id"]) == value
+    assert sum(writes) >= len(ids)
+    # One write per commit (the last commit's outcome may still be unread when it stops).
+    assert len(writes) <= stats.commits + 2 < len(ids)
+
+
 class _FailedSend(Future):
     """A producer future the broker never acknowledged (kafka-python's shape, with get)."""
 
