@@ -158,6 +158,13 @@ def send_requests(producer, requests: Iterable[FeedRequest]) -> None:
     producer.flush(timeout=30)
 
 
+def send_in_bursts(producer, requests: list[FeedRequest], burst: int, pause_s: float) -> None:
+    """Send ``requests`` ``burst`` at a time, ``pause_s`` apart: polls return several."""
+    for i in range(0, len(requests), burst):
+        send_requests(producer, requests[i : i + burst])
+        time.sleep(pause_s)
+
+
 def request_ids_of(values: Iterable[bytes]) -> list[str]:
     return [json.loads(v)["request_id"] for v in values]
 

@@ -20,6 +20,7 @@ from serving_helpers import (
     fresh_group,
     make_request,
     request_ids_of,
+    send_in_bursts,
     send_requests,
     train_throwaway_model,
 )
@@ -99,6 +100,16 @@ def warm_up(settings: Settings, producer, reader: TopicReader) -> None:
     send_requests(producer, [request])
     got = reader.read(1, 90, accept=lambda v: request.request_id.encode() in v)
     assert got, "the consumer never answered the warm-up request"
+
+
+def read_answers(reader: TopicReader, ids: set[str], timeout_s: float) -> list[bytes]:
+    """The ranked feeds answering ``ids``, one per request id, read within ``timeout_s``."""
+    return reader.read(
+        len(ids),
+        timeout_s,
+        accept=lambda v: json.loads(v)["request_id"] in ids,
+        key=lambda v: json.loads(v)["request_id"],
+    )
 
 
 def _sample(name: str, **labels: str) -> float:
@@ -488,12 +499,7 @@ def test_two_consumers_and_rebalances_lose_nothing(group_settings, producer, hyd
             send_requests(producer, requests[i : i + 20])
             time.sleep(0.1)
         ids = {r.request_id for r in requests}
-        values = reader.read(
-            len(ids),
-            120,
-            accept=lambda v: json.loads(v)["request_id"] in ids,
-            key=lambda v: json.loads(v)["request_id"],
-        )
+        values = read_answers(reader, ids, 120)
         assert second is not None
         stats_second = second.stop()
     finally:
@@ -534,16 +540,9 @@ def test_answered_feeds_are_cached_once_per_commit_and_replayable(
     server = ServingThread(settings, scorer)
     try:
         warm_up(settings, producer, reader)
-        for i in range(0, len(requests), 5):
-            send_requests(producer, requests[i : i + 5])
-            time.sleep(0.02)
+        send_in_bursts(producer, requests, 5, 0.02)
         ids = {r.request_id for r in requests}
-        values = reader.read(
-            len(ids),
-            90,
-            accept=lambda v: json.loads(v)["request_id"] in ids,
-            key=lambda v: json.loads(v)["request_id"],
-        )
+        values = read_answers(reader, ids, 90)
     finally:
         stats = server.stop()
         reader.close()
@@ -589,9 +588,7 @@ def test_unacknowledged_output_redoes_every_unsettled_batch(
     server = ServingThread(settings, make_scorer(settings, hydrator_factory))
     try:
         warm_up(settings, producer, reader)
-        for i in range(0, len(requests), 10):
-            send_requests(producer, requests[i : i + 10])
-            time.sleep(0.05)
+        send_in_bursts(producer, requests, 10, 0.05)
         ids = {r.request_id for r in requests}
         values: list[bytes] = []
         deadline = time.monotonic() + 90
