@@ -524,7 +524,6 @@ def test_answered_feeds_are_cached_once_per_commit_and_replayable(
     # stops: a redelivery of any of them is a byte-for-byte replay.
     settings = group_settings
     reader = TopicReader(settings, "ranked_feeds")
-    requests = [make_request(500 + i, range(3 * i, 3 * i + 3)) for i in range(60)]
     scorer = make_scorer(settings, hydrator_factory)
     cache = scorer.feed_cache
     assert cache is not None
@@ -540,6 +539,8 @@ def test_answered_feeds_are_cached_once_per_commit_and_replayable(
     server = ServingThread(settings, scorer)
     try:
         warm_up(settings, producer, reader)
+        # Made once the loop answers: their requested_at is not already past the deadline.
+        requests = [make_request(500 + i, range(3 * i, 3 * i + 3)) for i in range(60)]
         send_in_bursts(producer, requests, 5, 0.02)
         ids = {r.request_id for r in requests}
         values = read_answers(reader, ids, 90)
@@ -547,6 +548,7 @@ def test_answered_feeds_are_cached_once_per_commit_and_replayable(
         stats = server.stop()
         reader.close()
     assert set(request_ids_of(values)) == ids
+    assert stats.scored > stats.missed  # answered on time, by the model, not as expired
     for value in values:
         assert cache.get(json.loads(value)["request_id"]) == value
     assert sum(writes) >= len(ids)
